@@ -1,0 +1,128 @@
+//! Admin and health listener (loopback by default): `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Runs on its own thread and runtime so that a scrape never competes with a core's requests; it reads the
+//! cores' published metrics and the shared flags, nothing else.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use monoio::net::TcpListener;
+
+use crate::gateway::Shared;
+use crate::http::{Conn, ReadError, ReadLimits, Response};
+use crate::metrics::{self, CoreShared};
+
+pub type CoreList = Arc<OnceLock<Vec<Arc<CoreShared>>>>;
+
+pub fn run(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cores: CoreList,
+    n_cores: usize,
+    bound: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => {
+                let _ = bound.send(Ok(()));
+                l
+            }
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let shared = shared.clone();
+            let cores = cores.clone();
+            monoio::spawn(async move {
+                let mut conn = Conn::new(stream);
+                let l = &shared.config.limits;
+                let limits = ReadLimits {
+                    header_bytes_max: l.header_bytes_max,
+                    headers_count_max: l.headers_count_max,
+                    body_bytes_max: 0,
+                    idle_timeout: l.idle_timeout.0,
+                    header_read_timeout: l.header_read_timeout.0,
+                    request_timeout: l.request_timeout.0,
+                };
+                loop {
+                    let head = match conn.read_head(&limits).await {
+                        Ok(h) => h,
+                        Err(ReadError::Refused(r)) => {
+                            let _ = conn
+                                .write(
+                                    Response::new(r.http_status()).full(r.code().as_bytes(), true),
+                                )
+                                .await;
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    if conn.read_body(&head, &limits).await.is_err() {
+                        let _ = conn
+                            .write(Response::new(413).full(b"admin requests carry no body", true))
+                            .await;
+                        return;
+                    }
+                    let resp = route(
+                        &head.method,
+                        head.path.split('?').next().unwrap_or(""),
+                        &shared,
+                        &cores,
+                        n_cores,
+                    );
+                    if conn.write(resp).await.is_err() || head.close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn route(method: &str, path: &str, shared: &Shared, cores: &CoreList, n_cores: usize) -> Vec<u8> {
+    if method != "GET" {
+        return Response::new(405).header("allow", "GET").full(b"", false);
+    }
+    match path {
+        "/healthz" => Response::new(200)
+            .header("content-type", "text/plain")
+            .full(b"ok\n", false),
+        "/readyz" => {
+            let ready = shared.ready_cores.load(Ordering::SeqCst) == n_cores
+                && !shared.draining.load(Ordering::SeqCst);
+            if ready {
+                Response::new(200)
+                    .header("content-type", "text/plain")
+                    .full(b"ready\n", false)
+            } else {
+                Response::new(503)
+                    .header("content-type", "text/plain")
+                    .full(b"not ready\n", false)
+            }
+        }
+        "/metrics" => {
+            let list = cores.get().map(Vec::as_slice).unwrap_or(&[]);
+            let text = metrics::render(list, shared.started.elapsed());
+            Response::new(200)
+                .header("content-type", "text/plain; version=0.0.4")
+                .full(text.as_bytes(), false)
+        }
+        _ => Response::new(404).full(b"not found\n", false),
+    }
+}

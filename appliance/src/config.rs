@@ -1,0 +1,377 @@
+//! The appliance's configuration: YAML file, embedded defaults, and validation with key paths.
+//!
+//! Every limit lives here with its safe default and the reason for it. Unknown keys are errors, so a typo
+//! never silently falls back to a default; a bad file fails at start naming the key path and the problem.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use portcullis_pipeline::names;
+
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The YAML does not fit the schema: the key path and what serde said.
+    Invalid { path: String, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read config {}: {error}", path.display())
+            }
+            ConfigError::Invalid { path, message } => write!(f, "config key `{path}`: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A duration in the file: `250ms`, `5s`, `2m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(Dur).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration (use e.g. 250ms, 5s, 2m, 1h)"
+            ))
+        })
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where LMDB, audit segments and the generated TLS material live. Created 0700.
+    pub data_dir: PathBuf,
+    /// Runtime threads, one per core; 0 = every core the process may run on.
+    pub cores: usize,
+    pub listen: Listen,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: Limits,
+    /// Identifies this appliance in session ids of a fleet (0..=65535).
+    pub node_id: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("portcullis-data"),
+            cores: 0,
+            listen: Listen::default(),
+            upstreams: Vec::new(),
+            limits: Limits::default(),
+            node_id: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// MCP over HTTPS (TLS; ALPN http/1.1). `https://ADDR/mcp`.
+    pub mcp_tls: Option<SocketAddr>,
+    /// MCP over plain HTTP. Off by default; meant for loopback.
+    pub mcp_plain: Option<SocketAddr>,
+    /// Admin and health: `/healthz`, `/readyz`, `/metrics`. Loopback by default.
+    pub admin: SocketAddr,
+    /// Origins allowed in an `Origin` header (DNS-rebinding defence); loopback origins always pass.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            mcp_tls: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            mcp_plain: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `[a-z0-9-]`, starting with a letter: the prefix of its tool names (`NAME__tool`).
+    pub name: String,
+    /// `http://host:port/path` of the upstream's MCP endpoint.
+    pub url: String,
+}
+
+/// Per-request and per-core bounds, loaded from `limits:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Request body bytes; past it the request is refused with 413 `payload_too_large` before parsing.
+    /// 4 MiB: tool arguments are JSON, and larger payloads belong in resources.
+    pub body_bytes_max: usize,
+    /// JSON nesting depth; deeper bodies get `json_too_deep`. 64 covers real schemas with room.
+    pub json_depth_max: u32,
+    /// Request line plus headers, bytes; past it 431 `headers_too_large`. 16 KiB, like common proxies' default.
+    pub header_bytes_max: usize,
+    /// Headers per request; past it 431.
+    pub headers_count_max: usize,
+    /// Time for a request's headers to arrive once its first byte has (slowloris defence).
+    pub header_read_timeout: Dur,
+    /// Time for a request's body to arrive once its headers have.
+    pub request_timeout: Dur,
+    /// Idle time on a keep-alive connection before the gateway closes it.
+    pub idle_timeout: Dur,
+    /// Connecting to an upstream.
+    pub upstream_connect_timeout: Dur,
+    /// From sending a request upstream until its response headers (and each further SSE event) arrive.
+    pub upstream_response_timeout: Dur,
+    /// An upstream JSON body or one SSE event, bytes; larger is `upstream_protocol_error`.
+    pub upstream_body_bytes_max: usize,
+    /// Open agent connections per core; at the bound new connections are closed at once.
+    pub connections_per_core_max: usize,
+    /// Idle pooled connections per upstream per core.
+    pub upstream_idle_per_core_max: usize,
+    /// Live sessions per core; at the bound `initialize` gets 503 `overloaded`.
+    pub sessions_per_core_max: usize,
+    /// Session idle time before it expires (404 `session_expired`, the client re-initializes).
+    pub session_idle: Dur,
+    /// Longest session life, however active.
+    pub session_duration_max: Dur,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub drain_timeout: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 4 << 20,
+            json_depth_max: 64,
+            header_bytes_max: 16 << 10,
+            headers_count_max: 64,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            request_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(120)),
+            upstream_connect_timeout: Dur(Duration::from_secs(5)),
+            upstream_response_timeout: Dur(Duration::from_secs(60)),
+            upstream_body_bytes_max: 16 << 20,
+            connections_per_core_max: 10_000,
+            upstream_idle_per_core_max: 64,
+            sessions_per_core_max: 10_000,
+            session_idle: Dur(Duration::from_secs(30 * 60)),
+            session_duration_max: Dur(Duration::from_secs(24 * 3600)),
+            drain_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// An upstream's endpoint, parsed once at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+pub fn parse_http_url(url: &str) -> Result<UpstreamUrl, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// upstream URLs are supported so far".to_owned())?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.to_owned(),
+            p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?,
+        ),
+        _ => (authority.to_owned(), 80),
+    };
+    if host.is_empty() {
+        return Err("missing host".to_owned());
+    }
+    if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("path contains spaces or control characters".to_owned());
+    }
+    Ok(UpstreamUrl {
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
+impl Config {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            let c = Config::default();
+            c.validate()?;
+            return Ok(c);
+        };
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let c: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            invalid(&path, e.into_inner().to_string())
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.mcp_tls.is_none() && self.listen.mcp_plain.is_none() {
+            return Err(invalid(
+                "listen",
+                "at least one of mcp_tls and mcp_plain must be set",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            names::validate_upstream_name(&u.name).map_err(|e| {
+                invalid(
+                    &format!("upstreams[{i}].name"),
+                    format!("`{}`: {e:?}", u.name),
+                )
+            })?;
+            if !seen.insert(u.name.as_str()) {
+                return Err(invalid(
+                    &format!("upstreams[{i}].name"),
+                    format!("`{}` is used twice", u.name),
+                ));
+            }
+            parse_http_url(&u.url).map_err(|e| invalid(&format!("upstreams[{i}].url"), e))?;
+        }
+        let l = &self.limits;
+        let positive: [(&str, usize); 7] = [
+            ("limits.body_bytes_max", l.body_bytes_max),
+            ("limits.header_bytes_max", l.header_bytes_max),
+            ("limits.headers_count_max", l.headers_count_max),
+            ("limits.upstream_body_bytes_max", l.upstream_body_bytes_max),
+            (
+                "limits.connections_per_core_max",
+                l.connections_per_core_max,
+            ),
+            ("limits.sessions_per_core_max", l.sessions_per_core_max),
+            ("limits.json_depth_max", l.json_depth_max as usize),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(invalid(k, "must be greater than 0"));
+            }
+        }
+        if l.header_bytes_max < 1024 {
+            return Err(invalid("limits.header_bytes_max", "must be at least 1024"));
+        }
+        let durations = [
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.request_timeout", l.request_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            (
+                "limits.upstream_connect_timeout",
+                l.upstream_connect_timeout,
+            ),
+            (
+                "limits.upstream_response_timeout",
+                l.upstream_response_timeout,
+            ),
+            ("limits.session_idle", l.session_idle),
+            ("limits.session_duration_max", l.session_duration_max),
+        ];
+        for (k, v) in durations {
+            if v.0.is_zero() {
+                return Err(invalid(k, "must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_yaml("{}").unwrap();
+        assert_eq!(c.limits.body_bytes_max, 4 << 20);
+        assert_eq!(c.listen.mcp_tls, Some("127.0.0.1:8443".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        assert!(
+            err("limits:\n  body_bytes_mux: 3\n").contains("limits"),
+            "{}",
+            err("limits:\n  body_bytes_mux: 3\n")
+        );
+        assert!(err("limits:\n  body_bytes_mux: 3\n").contains("body_bytes_mux"));
+        assert!(err("limits:\n  idle_timeout: soon\n").contains("limits.idle_timeout"));
+        assert!(
+            err("upstreams:\n  - name: Bad_Name\n    url: http://127.0.0.1:1/mcp\n")
+                .contains("upstreams[0].name")
+        );
+        assert!(err("upstreams:\n  - name: a\n    url: ftp://x\n").contains("upstreams[0].url"));
+        assert!(err("limits:\n  body_bytes_max: 0\n").contains("limits.body_bytes_max"));
+        let twice =
+            "upstreams:\n  - {name: a, url: 'http://h:1/'}\n  - {name: a, url: 'http://h:2/'}\n";
+        assert!(err(twice).contains("used twice"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn urls() {
+        let u = parse_http_url("http://127.0.0.1:9000/mcp").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 9000, "/mcp")
+        );
+        assert_eq!(parse_http_url("http://example").unwrap().port, 80);
+        assert!(parse_http_url("http://h:1/a b").is_err());
+    }
+}

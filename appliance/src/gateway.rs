@@ -1,0 +1,1432 @@
+//! The MCP endpoint of one core: carries out what `pipeline` decides, doing the I/O it asks for.
+//!
+//! A POST is framed, parsed and classified by era (`pipeline::transport`), routed (`pipeline::mcp`), then
+//! answered by the gateway itself (initialize, ping, discover), fanned out to every upstream and merged (the
+//! list methods), or forwarded to the one upstream that owns a namespaced name, with the response relayed
+//! as JSON or as a live SSE stream. Each upstream is spoken to in the revision it supports, whatever the
+//! agent speaks; upstream sessions belong to one agent session and are never shared between agents.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
+use portcullis_pipeline::mcp::{self, ListKind, Route};
+use portcullis_pipeline::session::{
+    Session, SessionError, SessionId, SessionShard, UpstreamBinding,
+};
+use portcullis_pipeline::sse::{self, SseParser};
+use portcullis_pipeline::transport::{self, Era, McpHeaders, Refusal};
+use portcullis_pipeline::{frame, DenyReason, Revision};
+use simd_json::prelude::*;
+use simd_json::OwnedValue as Value;
+
+use crate::config::{Config, UpstreamUrl};
+use crate::http::{encode_chunk, Conn, RequestHead, Response, LAST_CHUNK};
+use crate::metrics::{inc, CoreMetrics, CoreShared};
+use crate::upstream::{Pool, UpstreamResponse};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Pages fetched from one upstream for one merged list; past it the rest is dropped (bounded fan-out).
+const LIST_PAGES_MAX: usize = 32;
+
+/// Read-only state every core shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub upstreams: Vec<UpstreamDef>,
+    pub draining: std::sync::atomic::AtomicBool,
+    pub ready_cores: std::sync::atomic::AtomicUsize,
+    pub started: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamDef {
+    pub name: String,
+    pub url: UpstreamUrl,
+}
+
+/// A session operation sent to the core that owns the session.
+#[derive(Debug)]
+pub enum SessionMsg {
+    Touch {
+        id: SessionId,
+        now: Instant,
+        reply: flume::Sender<Result<Session, SessionError>>,
+    },
+    Bind {
+        id: SessionId,
+        upstream: usize,
+        binding: UpstreamBinding,
+        reply: flume::Sender<Result<(), Option<UpstreamBinding>>>,
+    },
+    Unbind {
+        id: SessionId,
+        upstream: usize,
+    },
+    Close {
+        id: SessionId,
+        reply: flume::Sender<Option<Session>>,
+    },
+}
+
+/// One core's state. Lives in an `Rc`: nothing here crosses threads except through `peers`.
+#[derive(Debug)]
+pub struct Core {
+    pub id: u16,
+    pub shared: Arc<Shared>,
+    pub pool: Pool,
+    pub sessions: RefCell<SessionShard>,
+    pub peers: Vec<flume::Sender<SessionMsg>>,
+    pub metrics: CoreMetrics,
+    /// Revision each upstream speaks, as detected by this core.
+    upstream_revision: RefCell<Vec<Option<Revision>>>,
+    pub in_flight: Cell<usize>,
+    pub connections: Cell<usize>,
+}
+
+/// Who is asking: a 2026-07-28 agent (stateless) or a 2025-11-25 session.
+enum Agent {
+    Modern {
+        meta: Value,
+    },
+    Session {
+        id: SessionId,
+        session: Box<Session>,
+    },
+}
+
+impl Agent {
+    fn is_modern(&self) -> bool {
+        matches!(self, Agent::Modern { .. })
+    }
+}
+
+/// Legacy upstream sessions opened for one stateless request, closed when it is done.
+type Ephemeral = Vec<(usize, String)>;
+
+impl Core {
+    pub fn new(
+        id: u16,
+        shared: Arc<Shared>,
+        pool: Pool,
+        peers: Vec<flume::Sender<SessionMsg>>,
+        metrics: Arc<CoreShared>,
+    ) -> Self {
+        let l = &shared.config.limits;
+        let limits = portcullis_pipeline::session::SessionLimits {
+            session_idle: l.session_idle.0,
+            session_duration_max: l.session_duration_max.0,
+            sessions_per_core_max: l.sessions_per_core_max,
+        };
+        let n = shared.upstreams.len();
+        Core {
+            id,
+            shared,
+            pool,
+            sessions: RefCell::new(SessionShard::new(limits)),
+            peers,
+            metrics: CoreMetrics::new(metrics),
+            upstream_revision: RefCell::new(vec![None; n]),
+            in_flight: Cell::new(0),
+            connections: Cell::new(0),
+        }
+    }
+
+    fn parse_limits(&self) -> ParseLimits {
+        ParseLimits {
+            json_depth_max: self.shared.config.limits.json_depth_max,
+        }
+    }
+
+    // ---- sessions: local shard, or a message to the owning core ----
+
+    fn owner(&self, id: SessionId) -> Option<Option<&flume::Sender<SessionMsg>>> {
+        if id.node != self.shared.config.node_id {
+            return None;
+        }
+        if id.core == self.id {
+            return Some(None);
+        }
+        self.peers.get(id.core as usize).map(Some)
+    }
+
+    async fn session_touch(&self, id: SessionId) -> Result<Session, SessionError> {
+        match self.owner(id) {
+            None => Err(SessionError::NotFound),
+            Some(None) => self
+                .sessions
+                .borrow_mut()
+                .touch(id, Instant::now())
+                .map(|s| s.clone()),
+            Some(Some(tx)) => {
+                let (reply, rx) = flume::bounded(1);
+                if tx
+                    .send_async(SessionMsg::Touch {
+                        id,
+                        now: Instant::now(),
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Err(SessionError::NotFound);
+                }
+                rx.recv_async().await.unwrap_or(Err(SessionError::NotFound))
+            }
+        }
+    }
+
+    async fn session_bind(
+        &self,
+        id: SessionId,
+        upstream: usize,
+        binding: UpstreamBinding,
+    ) -> Result<(), Option<UpstreamBinding>> {
+        match self.owner(id) {
+            None => Err(None),
+            Some(None) => self.sessions.borrow_mut().bind(id, upstream, binding),
+            Some(Some(tx)) => {
+                let (reply, rx) = flume::bounded(1);
+                if tx
+                    .send_async(SessionMsg::Bind {
+                        id,
+                        upstream,
+                        binding,
+                        reply,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Err(None);
+                }
+                rx.recv_async().await.unwrap_or(Err(None))
+            }
+        }
+    }
+
+    async fn session_unbind(&self, id: SessionId, upstream: usize) {
+        match self.owner(id) {
+            None => {}
+            Some(None) => self.sessions.borrow_mut().unbind(id, upstream),
+            Some(Some(tx)) => {
+                let _ = tx.send_async(SessionMsg::Unbind { id, upstream }).await;
+            }
+        }
+    }
+
+    async fn session_close(&self, id: SessionId) -> Option<Session> {
+        match self.owner(id) {
+            None => None,
+            Some(None) => self.sessions.borrow_mut().close(id),
+            Some(Some(tx)) => {
+                let (reply, rx) = flume::bounded(1);
+                tx.send_async(SessionMsg::Close { id, reply }).await.ok()?;
+                rx.recv_async().await.ok().flatten()
+            }
+        }
+    }
+
+    /// Serve session operations other cores send to this one.
+    pub async fn serve_session_messages(self: Rc<Self>, rx: flume::Receiver<SessionMsg>) {
+        while let Ok(msg) = rx.recv_async().await {
+            match msg {
+                SessionMsg::Touch { id, now, reply } => {
+                    let r = self.sessions.borrow_mut().touch(id, now).map(|s| s.clone());
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Bind {
+                    id,
+                    upstream,
+                    binding,
+                    reply,
+                } => {
+                    let r = self.sessions.borrow_mut().bind(id, upstream, binding);
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Unbind { id, upstream } => {
+                    self.sessions.borrow_mut().unbind(id, upstream)
+                }
+                SessionMsg::Close { id, reply } => {
+                    let r = self.sessions.borrow_mut().close(id);
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// Drop expired sessions and end their upstream sessions (called by the core's timer).
+    pub async fn expire_sessions(&self) {
+        let dead = self.sessions.borrow_mut().expire(Instant::now());
+        for (_, s) in dead {
+            self.end_upstream_sessions(&s).await;
+        }
+    }
+
+    async fn end_upstream_sessions(&self, s: &Session) {
+        for (up, b) in &s.upstreams {
+            if let Some(sid) = &b.session_id {
+                self.delete_upstream_session(*up, sid).await;
+            }
+        }
+    }
+
+    fn new_session_id(&self) -> Result<SessionId, DenyReason> {
+        let mut random = [0u8; 16];
+        // A CSPRNG failure must not produce a guessable id: refuse the session instead.
+        getrandom::fill(&mut random).map_err(|_| DenyReason::Overloaded)?;
+        Ok(SessionId {
+            node: self.shared.config.node_id,
+            core: self.id,
+            random,
+        })
+    }
+
+    // ---- the HTTP entry point ----
+
+    /// Answer one request on `/mcp`. Returns whether the connection may be kept alive.
+    pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        head: &RequestHead,
+        body: Vec<u8>,
+    ) -> bool {
+        inc(&self.metrics.shared.counters.requests);
+        if let Some(origin) = head.header_str("origin") {
+            if !origin_allowed(origin, &self.shared.config.listen.allowed_origins) {
+                return self
+                    .refuse(conn, None, false, DenyReason::OriginNotAllowed.into(), &[])
+                    .await;
+            }
+        }
+        match head.method.as_str() {
+            "POST" => self.post(conn, head, body).await,
+            "GET" => {
+                if let Err(r) = frame::check_accept_get(head.header("accept")) {
+                    return self.refuse(conn, None, false, r.into(), &[]).await;
+                }
+                // The standalone SSE stream is optional (the spec allows 405); 2026-07-28 has none at all.
+                self.refuse(
+                    conn,
+                    None,
+                    false,
+                    DenyReason::MethodNotAllowed.into(),
+                    &[("allow", "POST, DELETE".into())],
+                )
+                .await
+            }
+            "DELETE" => self.delete(conn, head).await,
+            _ => {
+                self.refuse(
+                    conn,
+                    None,
+                    false,
+                    DenyReason::MethodNotAllowed.into(),
+                    &[("allow", "POST, DELETE".into())],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn delete<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        head: &RequestHead,
+    ) -> bool {
+        let Some(sid) = head.header_str("mcp-session-id") else {
+            return self
+                .refuse(conn, None, false, DenyReason::SessionRequired.into(), &[])
+                .await;
+        };
+        let Some(id) = SessionId::parse(sid) else {
+            return self
+                .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                .await;
+        };
+        match self.session_close(id).await {
+            None => {
+                self.refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                    .await
+            }
+            Some(s) => {
+                self.end_upstream_sessions(&s).await;
+                inc(&self.metrics.shared.counters.responses_ok);
+                conn.write(Response::new(200).full(b"", false))
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+
+    async fn post<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        head: &RequestHead,
+        mut body: Vec<u8>,
+    ) -> bool {
+        if let Err(r) = frame::check_content_type(head.header("content-type")) {
+            return self.refuse(conn, None, false, r.into(), &[]).await;
+        }
+        if let Err(r) = frame::check_accept_post(head.header("accept")) {
+            return self.refuse(conn, None, false, r.into(), &[]).await;
+        }
+        let msg = match jsonrpc::parse(&mut body, &self.parse_limits()) {
+            Ok(m) => m,
+            Err(r) => return self.refuse(conn, None, false, r.into(), &[]).await,
+        };
+        let id = match &msg {
+            Message::Request(r) => Some(r.id.clone()),
+            _ => None,
+        };
+        let headers = McpHeaders {
+            protocol_version: head.header_str("mcp-protocol-version"),
+            session_id: head.header_str("mcp-session-id"),
+            method: head.header_str("mcp-method"),
+            name: head.header_str("mcp-name"),
+        };
+        let era = match transport::classify_post(&headers, &msg) {
+            Ok(e) => e,
+            Err(refusal) => {
+                let modern = transport::meta(&msg)
+                    .is_some_and(|m| m.get(transport::META_PROTOCOL_VERSION).is_some());
+                return self.refuse(conn, id, modern, refusal, &[]).await;
+            }
+        };
+        let agent = match era {
+            Era::Initialize => {
+                let Message::Request(req) = msg else {
+                    return self
+                        .refuse(conn, None, false, DenyReason::InvalidRequest.into(), &[])
+                        .await;
+                };
+                return self.initialize(conn, req).await;
+            }
+            Era::Modern(_) => Agent::Modern {
+                meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
+            },
+            Era::Session(sid) => match self.session_touch(sid).await {
+                Ok(s) => Agent::Session {
+                    id: sid,
+                    session: Box::new(s),
+                },
+                Err(SessionError::Expired) => {
+                    return self
+                        .refuse(conn, id, false, DenyReason::SessionExpired.into(), &[])
+                        .await
+                }
+                Err(_) => {
+                    return self
+                        .refuse(conn, id, false, DenyReason::SessionNotFound.into(), &[])
+                        .await
+                }
+            },
+        };
+        match msg {
+            Message::Request(req) => self.request(conn, &agent, req).await,
+            Message::Notification(n) => {
+                if let Agent::Session { id, session } = &agent {
+                    if n.method.starts_with("notifications/")
+                        && n.method != "notifications/initialized"
+                    {
+                        self.broadcast_notification(*id, session, &Message::Notification(n))
+                            .await;
+                    }
+                }
+                inc(&self.metrics.shared.counters.responses_ok);
+                conn.write(Response::new(202).full(b"", false))
+                    .await
+                    .is_ok()
+            }
+            Message::Response(resp) => self.answer_upstream_request(conn, &agent, resp).await,
+        }
+    }
+
+    async fn initialize<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        req: Request,
+    ) -> bool {
+        let params = req.params.as_ref();
+        let requested = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(|v| v.as_str());
+        let revision = mcp::negotiate_initialize(requested);
+        let caps = params.and_then(|p| p.get("capabilities")).cloned();
+        let info = params.and_then(|p| p.get("clientInfo")).cloned();
+        let sid = match self.new_session_id() {
+            Ok(s) => s,
+            Err(r) => return self.refuse(conn, Some(req.id), false, r.into(), &[]).await,
+        };
+        let opened =
+            self.sessions
+                .borrow_mut()
+                .open_with(Instant::now(), sid, revision, caps, info);
+        if opened.is_err() {
+            return self
+                .refuse(
+                    conn,
+                    Some(req.id),
+                    false,
+                    DenyReason::Overloaded.into(),
+                    &[],
+                )
+                .await;
+        }
+        inc(&self.metrics.shared.counters.sessions_opened);
+        let result = mcp::initialize_result(revision, VERSION);
+        let msg = Message::Response(jsonrpc::Response {
+            id: Some(req.id),
+            outcome: Ok(result),
+        });
+        let resp = Response::new(200)
+            .header("content-type", "application/json")
+            .header("mcp-session-id", sid.to_string());
+        inc(&self.metrics.shared.counters.responses_ok);
+        conn.write(resp.full(&jsonrpc::encode(&msg), false))
+            .await
+            .is_ok()
+    }
+
+    async fn request<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        agent: &Agent,
+        req: Request,
+    ) -> bool {
+        let modern = agent.is_modern();
+        let route = match mcp::route(&req) {
+            Ok(r) => r,
+            Err(r) => return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await,
+        };
+        match route {
+            Route::Initialize => {
+                self.refuse(
+                    conn,
+                    Some(req.id),
+                    modern,
+                    DenyReason::InvalidRequest.into(),
+                    &[],
+                )
+                .await
+            }
+            Route::Ping if !modern => {
+                self.reply_result(conn, agent, req.id, Value::object())
+                    .await
+            }
+            Route::Discover if modern => {
+                let result = discover_result();
+                self.reply_result(conn, agent, req.id, result).await
+            }
+            Route::Ping | Route::Discover => {
+                self.refuse(
+                    conn,
+                    Some(req.id),
+                    modern,
+                    DenyReason::MethodNotFound.into(),
+                    &[],
+                )
+                .await
+            }
+            Route::Broadcast if !modern => {
+                if let Agent::Session { id, session } = agent {
+                    self.broadcast_request(*id, session, &req).await;
+                }
+                self.reply_result(conn, agent, req.id, Value::object())
+                    .await
+            }
+            Route::Broadcast => {
+                self.refuse(
+                    conn,
+                    Some(req.id),
+                    modern,
+                    DenyReason::MethodNotFound.into(),
+                    &[],
+                )
+                .await
+            }
+            Route::List(kind) => {
+                let result = self.merged_list(agent, &req, kind).await;
+                self.reply_result(conn, agent, req.id, result).await
+            }
+            Route::ByName { ref upstream, .. } | Route::ByUri { ref upstream, .. } => {
+                let Some(up) = self
+                    .shared
+                    .upstreams
+                    .iter()
+                    .position(|u| &u.name == upstream)
+                else {
+                    return self
+                        .refuse(
+                            conn,
+                            Some(req.id),
+                            modern,
+                            DenyReason::ToolNotFound.into(),
+                            &[],
+                        )
+                        .await;
+                };
+                let fwd = mcp::rewrite_for_upstream(&req, &route);
+                self.forward(conn, agent, up, fwd).await
+            }
+        }
+    }
+
+    // ---- answers ----
+
+    async fn reply_result<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        agent: &Agent,
+        id: Id,
+        mut result: Value,
+    ) -> bool {
+        if agent.is_modern() {
+            complete_result(&mut result);
+        }
+        let msg = Message::Response(jsonrpc::Response {
+            id: Some(id),
+            outcome: Ok(result),
+        });
+        inc(&self.metrics.shared.counters.responses_ok);
+        let resp = Response::new(200).header("content-type", "application/json");
+        conn.write(resp.full(&jsonrpc::encode(&msg), false))
+            .await
+            .is_ok()
+    }
+
+    /// Answer a refusal. Errors about one well-formed request travel on HTTP 200 as JSON-RPC errors; errors
+    /// the transport rules give a status (and 2026-07-28's 404 for unknown methods) use that status.
+    async fn refuse<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        id: Option<Id>,
+        modern: bool,
+        refusal: Refusal,
+        extra_headers: &[(&'static str, String)],
+    ) -> bool {
+        let reason = refusal.reason;
+        self.metrics.deny(reason);
+        let status = if modern && reason == DenyReason::MethodNotFound {
+            404
+        } else if reason.is_jsonrpc_level() && id.is_some() {
+            200
+        } else {
+            reason.http_status()
+        };
+        let mut extra: Vec<(&str, Value)> = Vec::new();
+        if let Some(req) = &refusal.requested_version {
+            extra.push(("requested", Value::from(req.as_str())));
+            extra.push((
+                "supported",
+                Value::Array(Box::new(
+                    Revision::ALL
+                        .iter()
+                        .rev()
+                        .map(|r| Value::from(r.as_str()))
+                        .collect(),
+                )),
+            ));
+        }
+        if let Some(h) = refusal.header {
+            extra.push(("header", Value::from(h)));
+        }
+        let mut msg = jsonrpc::deny_response(id, reason, &extra);
+        if let (Message::Response(r), Some(h)) = (&mut msg, refusal.header) {
+            if let Err(e) = &mut r.outcome {
+                e.message = format!("{}: {h}", e.message);
+            }
+        }
+        let mut resp = Response::new(status).header("content-type", "application/json");
+        for (n, v) in extra_headers {
+            resp = resp.header(n, v.clone());
+        }
+        // After a framing or size refusal the rest of the request may still be on the wire: close.
+        let close = !reason.is_jsonrpc_level() && status >= 400 && status != 404 && status != 405;
+        let ok = conn
+            .write(resp.full(&jsonrpc::encode(&msg), close))
+            .await
+            .is_ok();
+        ok && !close
+    }
+
+    // ---- upstreams ----
+
+    fn upstream_url(&self, up: usize) -> &UpstreamUrl {
+        &self.shared.upstreams[up].url
+    }
+
+    async fn send_upstream(
+        &self,
+        up: usize,
+        method: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<UpstreamResponse, DenyReason> {
+        inc(&self.metrics.shared.counters.upstream_requests);
+        let t0 = Instant::now();
+        let r = self
+            .pool
+            .send(up, self.upstream_url(up), method, headers, body)
+            .await;
+        self.metrics.record_upstream(t0.elapsed());
+        r.map_err(|e| {
+            inc(&self.metrics.shared.counters.upstream_errors);
+            crate::warn!("upstream={} error={e:?}", self.shared.upstreams[up].name);
+            e.reason()
+        })
+    }
+
+    /// The revision an upstream speaks: `server/discover` answered with 2026-07-28 among its versions means
+    /// modern; anything else means a 2025-11-25 server. Cached per core once the upstream has answered.
+    async fn revision_of(&self, up: usize) -> Result<Revision, DenyReason> {
+        if let Some(r) = self.upstream_revision.borrow()[up] {
+            return Ok(r);
+        }
+        let meta = modern_meta(&Value::object(), None);
+        let req = Request {
+            id: Id::String("portcullis-discover".into()),
+            method: "server/discover".into(),
+            params: Some(params_with_meta(None, meta)),
+        };
+        let body = jsonrpc::encode(&Message::Request(req));
+        let headers = modern_headers("server/discover", None);
+        let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
+        let rev = if resp.status == 200 {
+            match self.read_response_message(&mut resp).await {
+                Ok(jsonrpc::Response {
+                    outcome: Ok(result),
+                    ..
+                }) => {
+                    let modern = result
+                        .get("supportedVersions")
+                        .and_then(|v| v.as_array())
+                        .is_some_and(|a| {
+                            a.iter()
+                                .any(|v| v.as_str() == Some(Revision::V2026_07_28.as_str()))
+                        });
+                    if modern {
+                        Revision::V2026_07_28
+                    } else {
+                        Revision::V2025_11_25
+                    }
+                }
+                _ => Revision::V2025_11_25,
+            }
+        } else {
+            let _ = resp.read_all(&self.pool).await;
+            Revision::V2025_11_25
+        };
+        self.upstream_revision.borrow_mut()[up] = Some(rev);
+        crate::info!(
+            "upstream={} revision={}",
+            self.shared.upstreams[up].name,
+            rev.as_str()
+        );
+        Ok(rev)
+    }
+
+    /// Read the JSON-RPC response of an upstream exchange, from a JSON body or the first response on an SSE
+    /// stream (notifications before it are dropped: the caller is the gateway, not an agent).
+    async fn read_response_message(
+        &self,
+        resp: &mut UpstreamResponse,
+    ) -> Result<jsonrpc::Response, DenyReason> {
+        let limits = self.parse_limits();
+        if resp.is_event_stream() {
+            let mut parser = SseParser::new(self.shared.config.limits.upstream_body_bytes_max);
+            let mut events = Vec::new();
+            loop {
+                let Some(chunk) = resp.next_chunk(&self.pool).await.map_err(|e| e.reason())? else {
+                    return Err(DenyReason::UpstreamProtocolError);
+                };
+                parser
+                    .push(&chunk, &mut events)
+                    .map_err(|_| DenyReason::UpstreamProtocolError)?;
+                for ev in events.drain(..) {
+                    if ev.data.is_empty() {
+                        continue;
+                    }
+                    let mut b = ev.data.into_bytes();
+                    if let Ok(Message::Response(r)) = jsonrpc::parse(&mut b, &limits) {
+                        // Drain the rest so the connection can be reused.
+                        while let Ok(Some(_)) = resp.next_chunk(&self.pool).await {}
+                        return Ok(r);
+                    }
+                }
+            }
+        }
+        let mut body = resp.read_all(&self.pool).await.map_err(|e| e.reason())?;
+        match jsonrpc::parse(&mut body, &limits) {
+            Ok(Message::Response(r)) => Ok(r),
+            _ => Err(DenyReason::UpstreamProtocolError),
+        }
+    }
+
+    /// Open a 2025-11-25 session with an upstream on behalf of an agent.
+    async fn open_upstream_session(
+        &self,
+        up: usize,
+        capabilities: Option<&Value>,
+    ) -> Result<UpstreamBinding, DenyReason> {
+        let mut params = simd_json::owned::Object::new();
+        params.insert(
+            "protocolVersion".into(),
+            Value::from(Revision::V2025_11_25.as_str()),
+        );
+        params.insert(
+            "capabilities".into(),
+            capabilities.cloned().unwrap_or_else(Value::object),
+        );
+        params.insert("clientInfo".into(), gateway_info());
+        let req = Request {
+            id: Id::Number(0),
+            method: "initialize".into(),
+            params: Some(Value::from(params)),
+        };
+        let body = jsonrpc::encode(&Message::Request(req));
+        let headers = legacy_headers(None);
+        let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
+        if resp.status != 200 {
+            let _ = resp.read_all(&self.pool).await;
+            return Err(DenyReason::UpstreamUnavailable);
+        }
+        let session_id = resp.header("mcp-session-id").map(str::to_owned);
+        let r = self.read_response_message(&mut resp).await?;
+        if r.outcome.is_err() {
+            return Err(DenyReason::UpstreamProtocolError);
+        }
+        let note = jsonrpc::encode(&Message::Notification(jsonrpc::Notification {
+            method: "notifications/initialized".into(),
+            params: None,
+        }));
+        let mut r = self
+            .send_upstream(up, "POST", &legacy_headers(session_id.as_deref()), &note)
+            .await?;
+        let _ = r.read_all(&self.pool).await;
+        Ok(UpstreamBinding {
+            session_id,
+            revision: Revision::V2025_11_25,
+        })
+    }
+
+    async fn delete_upstream_session(&self, up: usize, sid: &str) {
+        if let Ok(mut r) = self
+            .send_upstream(up, "DELETE", &legacy_headers(Some(sid)), b"")
+            .await
+        {
+            let _ = r.read_all(&self.pool).await;
+        }
+    }
+
+    /// The binding an agent session holds with a legacy upstream, opening one if needed.
+    async fn binding_for(
+        &self,
+        agent: &Agent,
+        up: usize,
+        ephemeral: &mut Ephemeral,
+    ) -> Result<Option<String>, DenyReason> {
+        match agent {
+            Agent::Session { id, session } => {
+                if let Some(b) = session.upstreams.get(&up) {
+                    return Ok(b.session_id.clone());
+                }
+                let b = self
+                    .open_upstream_session(up, session.client_capabilities.as_ref())
+                    .await?;
+                match self.session_bind(*id, up, b.clone()).await {
+                    Ok(()) => Ok(b.session_id),
+                    Err(winner) => {
+                        if let Some(sid) = &b.session_id {
+                            self.delete_upstream_session(up, sid).await;
+                        }
+                        match winner {
+                            Some(w) => Ok(w.session_id),
+                            None => Err(DenyReason::SessionNotFound),
+                        }
+                    }
+                }
+            }
+            Agent::Modern { .. } => {
+                // A stateless agent gets a fresh upstream session per request: nothing is shared between agents.
+                let b = self.open_upstream_session(up, None).await?;
+                if let Some(sid) = &b.session_id {
+                    ephemeral.push((up, sid.clone()));
+                }
+                Ok(b.session_id)
+            }
+        }
+    }
+
+    /// Send one agent request to an upstream in the upstream's revision; returns the response to relay.
+    async fn upstream_exchange(
+        &self,
+        agent: &Agent,
+        up: usize,
+        req: &Request,
+        ephemeral: &mut Ephemeral,
+    ) -> Result<UpstreamResponse, DenyReason> {
+        let rev = self.revision_of(up).await?;
+        if rev.is_stateless() {
+            let meta = match agent {
+                Agent::Modern { meta } => meta.clone(),
+                Agent::Session { session, .. } => modern_meta(
+                    session
+                        .client_capabilities
+                        .as_ref()
+                        .unwrap_or(&Value::object()),
+                    session.client_info.as_ref(),
+                ),
+            };
+            let mut fwd = req.clone();
+            let mut m = meta;
+            // Keep the agent's progress token and trace context, but state the version we speak upstream.
+            if let Some(token) = req
+                .params
+                .as_ref()
+                .and_then(|p| p.get("_meta"))
+                .and_then(|m| m.get("progressToken"))
+            {
+                m.insert("progressToken", token.clone()).ok();
+            }
+            m.insert(
+                transport::META_PROTOCOL_VERSION,
+                Revision::V2026_07_28.as_str(),
+            )
+            .ok();
+            fwd.params = Some(params_with_meta(fwd.params.take(), m));
+            let name = name_of(&fwd);
+            let headers = modern_headers(&fwd.method, name.as_deref());
+            return self
+                .send_upstream(
+                    up,
+                    "POST",
+                    &headers,
+                    &jsonrpc::encode(&Message::Request(fwd)),
+                )
+                .await;
+        }
+        let mut fwd = req.clone();
+        strip_modern_meta(&mut fwd);
+        let body = jsonrpc::encode(&Message::Request(fwd));
+        let sid = self.binding_for(agent, up, ephemeral).await?;
+        let resp = self
+            .send_upstream(up, "POST", &legacy_headers(sid.as_deref()), &body)
+            .await?;
+        if resp.status == 404 && sid.is_some() {
+            // The upstream lost our session (restart, expiry): open a new one once and retry.
+            let mut resp = resp;
+            let _ = resp.read_all(&self.pool).await;
+            if let Agent::Session { id, .. } = agent {
+                self.session_unbind(*id, up).await;
+                let b = self.open_upstream_session(up, None).await?;
+                let _ = self.session_bind(*id, up, b.clone()).await;
+                return self
+                    .send_upstream(up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                    .await;
+            }
+            return Err(DenyReason::UpstreamUnavailable);
+        }
+        Ok(resp)
+    }
+
+    async fn close_ephemeral(&self, ephemeral: Ephemeral) {
+        for (up, sid) in ephemeral {
+            self.delete_upstream_session(up, &sid).await;
+        }
+    }
+
+    async fn merged_list(&self, agent: &Agent, req: &Request, kind: ListKind) -> Value {
+        let mut items = Vec::new();
+        let mut ttl_ms: Option<u64> = None;
+        for (up, def) in self.shared.upstreams.iter().enumerate() {
+            let mut ephemeral = Ephemeral::new();
+            let mut cursor: Option<Value> = None;
+            for _ in 0..LIST_PAGES_MAX {
+                let mut page = Request {
+                    id: req.id.clone(),
+                    method: kind.method().into(),
+                    params: req.params.clone(),
+                };
+                let mut params = page.params.take().unwrap_or_else(Value::object);
+                match &cursor {
+                    Some(c) => {
+                        params.insert("cursor", c.clone()).ok();
+                    }
+                    None => {
+                        if let Some(p) = params.as_object_mut() {
+                            p.remove("cursor");
+                        }
+                    }
+                }
+                page.params = Some(params);
+                let result = match self
+                    .upstream_exchange(agent, up, &page, &mut ephemeral)
+                    .await
+                {
+                    Ok(mut resp) => self.read_response_message(&mut resp).await,
+                    Err(r) => Err(r),
+                };
+                let result = match result {
+                    Ok(jsonrpc::Response { outcome: Ok(r), .. }) => r,
+                    // An upstream without this list (method not found) or one that is down contributes nothing;
+                    // the others still answer.
+                    Ok(_) => break,
+                    Err(r) => {
+                        crate::warn!(
+                            "list={} upstream={} reason={}",
+                            kind.method(),
+                            def.name,
+                            r.code()
+                        );
+                        break;
+                    }
+                };
+                mcp::collect_list(kind, &def.name, &result, &mut items);
+                let t = result.get("ttlMs").and_then(|v| v.as_u64()).unwrap_or(0);
+                ttl_ms = Some(ttl_ms.map_or(t, |m| m.min(t)));
+                cursor = result.get("nextCursor").filter(|c| c.is_str()).cloned();
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            self.close_ephemeral(ephemeral).await;
+        }
+        let mut result = mcp::list_result(kind, items);
+        if agent.is_modern() {
+            // The merged list is computed for this agent: never publicly cacheable.
+            result.insert("ttlMs", ttl_ms.unwrap_or(0)).ok();
+            result.insert("cacheScope", "private").ok();
+        }
+        result
+    }
+
+    /// Forward a request to its upstream and relay the answer, JSON or SSE, to the agent.
+    async fn forward<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        agent: &Agent,
+        up: usize,
+        req: Request,
+    ) -> bool {
+        let modern = agent.is_modern();
+        let mut ephemeral = Ephemeral::new();
+        let mut resp = match self
+            .upstream_exchange(agent, up, &req, &mut ephemeral)
+            .await
+        {
+            Ok(r) => r,
+            Err(r) => {
+                self.close_ephemeral(ephemeral).await;
+                return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
+            }
+        };
+        let upstream = self.shared.upstreams[up].name.clone();
+        let keep = if resp.is_event_stream() && resp.status == 200 {
+            self.relay_stream(conn, agent, &upstream, &req, &mut resp)
+                .await
+        } else {
+            match self.read_response_message(&mut resp).await {
+                Ok(r) => {
+                    let msg = self.rewrite_response(agent, &upstream, &req, r);
+                    inc(&self.metrics.shared.counters.responses_ok);
+                    let out = Response::new(200).header("content-type", "application/json");
+                    conn.write(out.full(&jsonrpc::encode(&msg), false))
+                        .await
+                        .is_ok()
+                }
+                Err(r) => {
+                    self.refuse(conn, Some(req.id.clone()), modern, r.into(), &[])
+                        .await
+                }
+            }
+        };
+        self.close_ephemeral(ephemeral).await;
+        keep
+    }
+
+    fn rewrite_response(
+        &self,
+        agent: &Agent,
+        upstream: &str,
+        req: &Request,
+        mut r: jsonrpc::Response,
+    ) -> Message {
+        // The agent's id, whatever the upstream echoed.
+        r.id = Some(req.id.clone());
+        if let Ok(result) = &mut r.outcome {
+            if req.method == "resources/read" {
+                mcp::rewrite_read_result(upstream, result);
+            }
+            if agent.is_modern() {
+                complete_result(result);
+                if req.method == "resources/read" && result.get("ttlMs").is_none() {
+                    result.insert("ttlMs", 0u64).ok();
+                    result.insert("cacheScope", "private").ok();
+                }
+            }
+        }
+        Message::Response(r)
+    }
+
+    async fn relay_stream<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        agent: &Agent,
+        upstream: &str,
+        req: &Request,
+        resp: &mut UpstreamResponse,
+    ) -> bool {
+        let head = Response::new(200)
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .header("x-accel-buffering", "no");
+        if conn.write(head.streaming_head(false)).await.is_err() {
+            return false;
+        }
+        let limits = self.parse_limits();
+        let mut parser = SseParser::new(self.shared.config.limits.upstream_body_bytes_max);
+        let mut events = Vec::new();
+        let mut answered = false;
+        while !answered {
+            let chunk = match resp.next_chunk(&self.pool).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    inc(&self.metrics.shared.counters.upstream_errors);
+                    crate::warn!("upstream={upstream} stream error={e:?}");
+                    break;
+                }
+            };
+            if parser.push(&chunk, &mut events).is_err() {
+                break;
+            }
+            let mut out = Vec::new();
+            for ev in events.drain(..) {
+                if ev.data.is_empty() {
+                    continue; // priming events carry an upstream event id the agent cannot resume against
+                }
+                let mut b = ev.data.into_bytes();
+                let Ok(msg) = jsonrpc::parse(&mut b, &limits) else {
+                    continue;
+                };
+                let msg = match msg {
+                    Message::Response(r) => {
+                        answered = true;
+                        self.rewrite_response(agent, upstream, req, r)
+                    }
+                    Message::Notification(mut n) => {
+                        if let Some(p) = n.params.as_mut() {
+                            mcp::rewrite_notification_params(&n.method, upstream, p);
+                        }
+                        Message::Notification(n)
+                    }
+                    Message::Request(mut r) => {
+                        // Upstream-to-agent requests (sampling, elicitation, roots) only exist for session agents.
+                        if agent.is_modern() {
+                            continue;
+                        }
+                        r.id = mcp::map_upstream_request_id(upstream, &r.id);
+                        Message::Request(r)
+                    }
+                };
+                let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
+                let mut framed = Vec::new();
+                sse::encode(
+                    &sse::Event {
+                        id: None,
+                        event: Some("message".into()),
+                        data,
+                        retry_ms: None,
+                    },
+                    &mut framed,
+                );
+                encode_chunk(&framed, &mut out);
+                if answered {
+                    break;
+                }
+            }
+            if !out.is_empty() && conn.write(out).await.is_err() {
+                // The agent went away: dropping the upstream connection cancels the request there.
+                return false;
+            }
+        }
+        if !answered {
+            let msg = jsonrpc::deny_response(
+                Some(req.id.clone()),
+                DenyReason::UpstreamProtocolError,
+                &[],
+            );
+            self.metrics.deny(DenyReason::UpstreamProtocolError);
+            let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
+            let mut framed = Vec::new();
+            sse::encode(
+                &sse::Event {
+                    id: None,
+                    event: Some("message".into()),
+                    data,
+                    retry_ms: None,
+                },
+                &mut framed,
+            );
+            let mut out = Vec::new();
+            encode_chunk(&framed, &mut out);
+            if conn.write(out).await.is_err() {
+                return false;
+            }
+        } else {
+            inc(&self.metrics.shared.counters.responses_ok);
+        }
+        conn.write(LAST_CHUNK.to_vec()).await.is_ok()
+    }
+
+    /// A session agent's answer to an upstream's request: restore the upstream's id and deliver it.
+    async fn answer_upstream_request<S: AsyncReadRent + AsyncWriteRent>(
+        &self,
+        conn: &mut Conn<S>,
+        agent: &Agent,
+        resp: jsonrpc::Response,
+    ) -> bool {
+        let Agent::Session { session, .. } = agent else {
+            return self
+                .refuse(conn, None, true, DenyReason::InvalidRequest.into(), &[])
+                .await;
+        };
+        let target = resp
+            .id
+            .as_ref()
+            .and_then(mcp::unmap_upstream_request_id)
+            .and_then(|(name, orig)| {
+                self.shared
+                    .upstreams
+                    .iter()
+                    .position(|u| u.name == name)
+                    .map(|up| (up, orig))
+            });
+        let Some((up, orig)) = target else {
+            return self
+                .refuse(conn, None, false, DenyReason::InvalidRequest.into(), &[])
+                .await;
+        };
+        let mut fwd = resp;
+        fwd.id = Some(orig);
+        let sid = session
+            .upstreams
+            .get(&up)
+            .and_then(|b| b.session_id.clone());
+        match self
+            .send_upstream(
+                up,
+                "POST",
+                &legacy_headers(sid.as_deref()),
+                &jsonrpc::encode(&Message::Response(fwd)),
+            )
+            .await
+        {
+            Ok(mut r) => {
+                let _ = r.read_all(&self.pool).await;
+                inc(&self.metrics.shared.counters.responses_ok);
+                conn.write(Response::new(202).full(b"", false))
+                    .await
+                    .is_ok()
+            }
+            Err(r) => self.refuse(conn, None, false, r.into(), &[]).await,
+        }
+    }
+
+    async fn broadcast_notification(&self, _id: SessionId, session: &Session, msg: &Message) {
+        let body = jsonrpc::encode(msg);
+        for (up, b) in &session.upstreams {
+            if let Ok(mut r) = self
+                .send_upstream(*up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                .await
+            {
+                let _ = r.read_all(&self.pool).await;
+            }
+        }
+    }
+
+    async fn broadcast_request(&self, _id: SessionId, session: &Session, req: &Request) {
+        let body = jsonrpc::encode(&Message::Request(req.clone()));
+        for (up, b) in &session.upstreams {
+            if b.revision.is_stateless() {
+                continue;
+            }
+            if let Ok(mut r) = self
+                .send_upstream(*up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                .await
+            {
+                let _ = self.read_response_message(&mut r).await;
+            }
+        }
+    }
+}
+
+/// `Origin` values that pass: loopback hosts on any port, or one of the configured origins.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+fn gateway_info() -> Value {
+    let mut o = simd_json::owned::Object::new();
+    o.insert("name".into(), Value::from("portcullis"));
+    o.insert("version".into(), Value::from(VERSION));
+    Value::from(o)
+}
+
+fn discover_result() -> Value {
+    let mut o = simd_json::owned::Object::new();
+    o.insert(
+        "supportedVersions".into(),
+        Value::Array(Box::new(
+            Revision::ALL
+                .iter()
+                .rev()
+                .map(|r| Value::from(r.as_str()))
+                .collect(),
+        )),
+    );
+    o.insert("capabilities".into(), mcp::gateway_capabilities());
+    o.insert("instructions".into(), Value::from("Tools, prompts and resources from several upstream MCP servers; names are prefixed with their upstream's name and '__'."));
+    o.insert("ttlMs".into(), Value::from(0u64));
+    o.insert("cacheScope".into(), Value::from("private"));
+    let mut meta = simd_json::owned::Object::new();
+    meta.insert(transport::META_SERVER_INFO.into(), gateway_info());
+    o.insert("_meta".into(), Value::from(meta));
+    Value::from(o)
+}
+
+/// Give a result the 2026-07-28 `resultType` if an upstream (or the gateway) left it out.
+fn complete_result(result: &mut Value) {
+    if result.get("resultType").is_none() {
+        result.insert("resultType", "complete").ok();
+    }
+}
+
+/// The `_meta` a 2026-07-28 upstream needs, built for an agent that spoke 2025-11-25 (or for the gateway).
+fn modern_meta(capabilities: &Value, client_info: Option<&Value>) -> Value {
+    let mut m = simd_json::owned::Object::new();
+    m.insert(
+        transport::META_PROTOCOL_VERSION.into(),
+        Value::from(Revision::V2026_07_28.as_str()),
+    );
+    m.insert(
+        transport::META_CLIENT_CAPABILITIES.into(),
+        capabilities.clone(),
+    );
+    m.insert(
+        transport::META_CLIENT_INFO.into(),
+        client_info.cloned().unwrap_or_else(gateway_info),
+    );
+    Value::from(m)
+}
+
+fn params_with_meta(params: Option<Value>, meta: Value) -> Value {
+    let mut p = params.unwrap_or_else(Value::object);
+    p.insert("_meta", meta).ok();
+    p
+}
+
+/// Remove the 2026-07-28 `_meta` keys before a request goes to a 2025-11-25 upstream.
+fn strip_modern_meta(req: &mut Request) {
+    let Some(meta) = req
+        .params
+        .as_mut()
+        .and_then(|p| p.get_mut("_meta"))
+        .and_then(|m| m.as_object_mut())
+    else {
+        return;
+    };
+    meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+    if meta.is_empty() {
+        if let Some(p) = req.params.as_mut().and_then(|p| p.as_object_mut()) {
+            p.remove("_meta");
+        }
+    }
+}
+
+fn name_of(req: &Request) -> Option<String> {
+    let field = match req.method.as_str() {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    req.params.as_ref()?.get(field)?.as_str().map(str::to_owned)
+}
+
+fn modern_headers(method: &str, name: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "application/json".to_owned()),
+        ("accept", "application/json, text/event-stream".to_owned()),
+        (
+            "mcp-protocol-version",
+            Revision::V2026_07_28.as_str().to_owned(),
+        ),
+        ("mcp-method", method.to_owned()),
+    ];
+    if let Some(n) = name {
+        h.push(("mcp-name", transport::encode_header_value(n)));
+    }
+    h
+}
+
+fn legacy_headers(session: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "application/json".to_owned()),
+        ("accept", "application/json, text/event-stream".to_owned()),
+        (
+            "mcp-protocol-version",
+            Revision::V2025_11_25.as_str().to_owned(),
+        ),
+    ];
+    if let Some(s) = session {
+        h.push(("mcp-session-id", s.to_owned()));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed("http://localhost:3000", &[]));
+        assert!(origin_allowed("https://127.0.0.1", &[]));
+        assert!(origin_allowed("http://[::1]:8080", &[]));
+        assert!(!origin_allowed("http://evil.example", &[]));
+        assert!(!origin_allowed("http://localhost.evil.example", &[]));
+        assert!(origin_allowed(
+            "https://console.corp",
+            &["https://console.corp".to_owned()]
+        ));
+        assert!(!origin_allowed("null", &[]));
+    }
+
+    #[test]
+    fn modern_meta_is_stripped_for_legacy_upstreams() {
+        let mut b = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":5,"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#.to_vec();
+        let Ok(Message::Request(mut r)) = jsonrpc::parse(&mut b, &ParseLimits::default()) else {
+            panic!()
+        };
+        strip_modern_meta(&mut r);
+        let s = String::from_utf8(jsonrpc::encode(&Message::Request(r))).unwrap();
+        assert!(s.contains(r#""_meta":{"progressToken":5}"#), "{s}");
+    }
+}

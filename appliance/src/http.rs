@@ -1,0 +1,335 @@
+//! HTTP/1.1 server side of one agent connection: bounded reads of request heads and bodies, and writes of
+//! whole or streamed (chunked) responses.
+//!
+//! Works over any monoio stream (plain TCP or rustls). Every read has a deadline: the first byte of a request
+//! waits at most `idle_timeout`, the rest of the head `header_read_timeout` (slowloris), the body
+//! `request_timeout`. Buffers are owned and lent to the kernel, as monoio's rent model requires.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use portcullis_pipeline::chunked::{self, ChunkedDecoder};
+use portcullis_pipeline::DenyReason;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// HTTP/1.0 without keep-alive, or `Connection: close`.
+    pub close: bool,
+    pub content_length: Option<usize>,
+    pub chunked: bool,
+}
+
+impl RequestHead {
+    /// First value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Why reading a request failed.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed (or idled out) between requests: not an error worth answering.
+    Closed,
+    /// A limit or deadline refused the request; answer with this reason, then close.
+    Refused(DenyReason),
+    /// Bytes that are not HTTP/1.1; answer 400 and close.
+    Malformed,
+    Io(io::Error),
+}
+
+/// Bounds for reading one request.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    pub header_bytes_max: usize,
+    pub headers_count_max: usize,
+    pub body_bytes_max: usize,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// A connection with its read-ahead buffer.
+pub struct Conn<S> {
+    pub stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S> std::fmt::Debug for Conn<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+/// Read more bytes into the spare capacity of `buf`, growing it by at least `reserve` if full.
+pub async fn read_more<S: AsyncReadRent>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    reserve: usize,
+    deadline: Instant,
+) -> (Result<usize, ReadError>, Vec<u8>) {
+    if buf.capacity() - buf.len() < reserve {
+        buf.reserve(reserve);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let left = deadline.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(left, stream.read(buf.slice_mut(len..cap))).await {
+        Ok((Ok(n), slice)) => (Ok(n), slice.into_inner()),
+        Ok((Err(e), slice)) => (Err(ReadError::Io(e)), slice.into_inner()),
+        // The cancelled read keeps its buffer until the kernel lets go; we start a fresh one.
+        Err(_) => (
+            Err(ReadError::Refused(DenyReason::RequestTimeout)),
+            Vec::new(),
+        ),
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    pub async fn read_head(&mut self, limits: &ReadLimits) -> Result<RequestHead, ReadError> {
+        let mut deadline = Instant::now() + limits.idle_timeout;
+        let mut started = !self.buf.is_empty();
+        if started {
+            deadline = Instant::now() + limits.header_read_timeout;
+        }
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = self.try_parse_head(limits)? {
+                    return Ok(head);
+                }
+                if self.buf.len() >= limits.header_bytes_max {
+                    return Err(ReadError::Refused(DenyReason::HeadersTooLarge));
+                }
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = read_more(&mut self.stream, buf, 4096, deadline).await;
+            self.buf = buf;
+            match res {
+                Ok(0) if !started => return Err(ReadError::Closed),
+                Ok(0) => return Err(ReadError::Malformed),
+                Ok(_) => {
+                    if !started {
+                        started = true;
+                        deadline = Instant::now() + limits.header_read_timeout;
+                    }
+                }
+                Err(ReadError::Refused(DenyReason::RequestTimeout)) if !started => {
+                    return Err(ReadError::Closed)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_parse_head(&mut self, limits: &ReadLimits) -> Result<Option<RequestHead>, ReadError> {
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.headers_count_max];
+        let mut req = httparse::Request::new(&mut headers);
+        let window = &self.buf[..self.buf.len().min(limits.header_bytes_max)];
+        let n = match req.parse(window) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(ReadError::Refused(DenyReason::HeadersTooLarge))
+            }
+            Err(_) => return Err(ReadError::Malformed),
+        };
+        let version = req.version.unwrap_or(1);
+        let mut head = RequestHead {
+            method: req.method.unwrap_or("").to_owned(),
+            path: req.path.unwrap_or("").to_owned(),
+            headers: Vec::with_capacity(req.headers.len()),
+            close: version == 0,
+            content_length: None,
+            chunked: false,
+        };
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok());
+                match (v, head.content_length) {
+                    (None, _) => return Err(ReadError::Malformed),
+                    // Differing duplicate lengths are a request-smuggling vector.
+                    (Some(a), Some(b)) if a != b => return Err(ReadError::Malformed),
+                    (Some(a), _) => head.content_length = Some(a),
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                if h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    head.chunked = true;
+                } else {
+                    return Err(ReadError::Malformed);
+                }
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                let v = h.value.to_ascii_lowercase();
+                if v.windows(5).any(|w| w == b"close") {
+                    head.close = true;
+                } else if v.windows(10).any(|w| w == b"keep-alive") {
+                    head.close = false;
+                }
+            }
+            head.headers.push((h.name.to_owned(), h.value.to_vec()));
+        }
+        if head.chunked && head.content_length.is_some() {
+            return Err(ReadError::Malformed);
+        }
+        self.buf.drain(..n);
+        Ok(Some(head))
+    }
+
+    /// Read the whole body (bounded by `body_bytes_max`).
+    pub async fn read_body(
+        &mut self,
+        head: &RequestHead,
+        limits: &ReadLimits,
+    ) -> Result<Vec<u8>, ReadError> {
+        let deadline = Instant::now() + limits.request_timeout;
+        if let Some(len) = head.content_length {
+            if len > limits.body_bytes_max {
+                return Err(ReadError::Refused(DenyReason::PayloadTooLarge));
+            }
+            while self.buf.len() < len {
+                let buf = std::mem::take(&mut self.buf);
+                let want = (len - buf.len()).min(1 << 20);
+                let (res, buf) = read_more(&mut self.stream, buf, want, deadline).await;
+                self.buf = buf;
+                if res? == 0 {
+                    return Err(ReadError::Malformed);
+                }
+            }
+            let rest = self.buf.split_off(len);
+            return Ok(std::mem::replace(&mut self.buf, rest));
+        }
+        if !head.chunked {
+            return Ok(Vec::new());
+        }
+        let mut dec = ChunkedDecoder::default();
+        let mut body = Vec::new();
+        loop {
+            let used = dec
+                .decode(&self.buf, &mut body)
+                .map_err(|_| ReadError::Malformed)?;
+            self.buf.drain(..used);
+            if body.len() > limits.body_bytes_max {
+                return Err(ReadError::Refused(DenyReason::PayloadTooLarge));
+            }
+            if dec.is_done() {
+                return Ok(body);
+            }
+            let buf = std::mem::take(&mut self.buf);
+            let (res, buf) = read_more(&mut self.stream, buf, 8192, deadline).await;
+            self.buf = buf;
+            if res? == 0 {
+                return Err(ReadError::Malformed);
+            }
+        }
+    }
+
+    pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        let (res, _) = self.stream.write_all(bytes).await;
+        res.map(|_| ())
+    }
+}
+
+/// A response header list being built.
+#[derive(Debug, Default)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+impl Response {
+    pub fn new(status: u16) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn head_bytes(&self, close: bool, framing: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                self.status,
+                reason_phrase(self.status)
+            )
+            .as_bytes(),
+        );
+        for (n, v) in &self.headers {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(framing.as_bytes());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The whole response with a body and `content-length`.
+    pub fn full(&self, body: &[u8], close: bool) -> Vec<u8> {
+        let mut out = self.head_bytes(close, &format!("content-length: {}\r\n", body.len()));
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// The head of a streamed (chunked) response; follow with `chunked::encode_chunk` and `LAST_CHUNK`.
+    pub fn streaming_head(&self, close: bool) -> Vec<u8> {
+        self.head_bytes(close, "transfer-encoding: chunked\r\n")
+    }
+}
+
+pub use chunked::{encode_chunk, LAST_CHUNK};

@@ -1,0 +1,22 @@
+//! The Portcullis appliance: runtime, listeners, upstream clients, admin surface and configuration.
+//!
+//! Protocol and policy decisions live in `portcullis-pipeline`; bytes on disk in `portcullis-storage`. This
+//! crate does the I/O those decisions ask for and wires the pieces together.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod runtime;
+pub mod tls;
+pub mod upstream;
+
+use portcullis_pipeline::{jsonrpc, DenyReason};
+
+/// JSON-RPC error body (no id) for a refusal made before any message was parsed.
+pub fn gateway_refusal_body(reason: DenyReason) -> Vec<u8> {
+    jsonrpc::encode(&jsonrpc::deny_response(None, reason, &[]))
+}

@@ -1,0 +1,241 @@
+//! `portcullis`: the appliance binary. `portcullis up` runs the gateway; see `--help`.
+#![forbid(unsafe_code)]
+// The start-up banner (endpoints, certificate fingerprint) is for the operator on stdout; logs go to stderr.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use portcullis::config::{parse_http_url, Config};
+use portcullis::gateway::{Shared, UpstreamDef};
+use portcullis::runtime::{self, CoreSetup};
+use portcullis::{admin, error, info, tls};
+use portcullis_storage::DataDir;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "\
+portcullis — MCP gateway appliance
+
+USAGE:
+    portcullis up [--config FILE] [--data-dir DIR] [--cores N]
+    portcullis check-config --config FILE
+    portcullis version
+
+`up` with no arguments starts on embedded defaults: data dir ./portcullis-data (created 0700), MCP over
+HTTPS at https://127.0.0.1:8443/mcp with a self-signed certificate generated on first start, admin and
+health on http://127.0.0.1:8444 (/healthz, /readyz, /metrics).
+";
+
+struct UpArgs {
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    cores: Option<usize>,
+}
+
+fn main() {
+    std::process::exit(match run() {
+        Ok(()) => 0,
+        Err(msg) => {
+            error!("{msg}");
+            1
+        }
+    });
+}
+
+fn run() -> Result<(), String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let cmd = match parser.next().map_err(|e| e.to_string())? {
+        Some(Value(v)) => v.string().map_err(|e| e.to_string())?,
+        Some(Long("help")) | Some(Short('h')) | None => {
+            eprint!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => return Err(other.unexpected().to_string()),
+    };
+    let mut args = UpArgs {
+        config: None,
+        data_dir: None,
+        cores: None,
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") => args.config = Some(parser.value().map_err(|e| e.to_string())?.into()),
+            Long("data-dir") => {
+                args.data_dir = Some(parser.value().map_err(|e| e.to_string())?.into())
+            }
+            Long("cores") => {
+                args.cores = Some(
+                    parser
+                        .value()
+                        .map_err(|e| e.to_string())?
+                        .parse()
+                        .map_err(|e: lexopt::Error| e.to_string())?,
+                )
+            }
+            Long("help") | Short('h') => {
+                eprint!("{USAGE}");
+                return Ok(());
+            }
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    match cmd.as_str() {
+        "up" => up(args),
+        "check-config" => {
+            Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+            eprintln!("config ok");
+            Ok(())
+        }
+        "version" => {
+            eprintln!("portcullis {}", portcullis::gateway::VERSION);
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+fn up(args: UpArgs) -> Result<(), String> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(c) = args.cores {
+        config.cores = c;
+    }
+    let available = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let n_cores = if config.cores == 0 {
+        available
+    } else {
+        config.cores
+    };
+    let data = DataDir::open(&config.data_dir).map_err(|e| e.to_string())?;
+
+    let tls = match config.listen.mcp_tls {
+        Some(addr) => {
+            let m = tls::load_or_generate(&data).map_err(|e| e.to_string())?;
+            let verb = if m.created { "generated" } else { "loaded" };
+            info!(
+                "tls certificate {verb} in {} sha256={}",
+                data.path().display(),
+                m.fingerprint_sha256
+            );
+            println!("MCP endpoint: https://{addr}/mcp");
+            println!(
+                "TLS certificate SHA-256 fingerprint: {}",
+                m.fingerprint_sha256
+            );
+            Some(m.config)
+        }
+        None => None,
+    };
+    if let Some(addr) = config.listen.mcp_plain {
+        println!("MCP endpoint (plain HTTP): http://{addr}/mcp");
+    }
+    let upstreams: Vec<UpstreamDef> = config
+        .upstreams
+        .iter()
+        .map(|u| UpstreamDef {
+            name: u.name.clone(),
+            url: parse_http_url(&u.url)
+                .unwrap_or_else(|_| unreachable!("validated by Config::load")),
+        })
+        .collect();
+    for u in &upstreams {
+        info!(
+            "upstream {} at http://{}:{}{}",
+            u.name, u.url.host, u.url.port, u.url.path
+        );
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, term.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+
+    let admin_addr = config.listen.admin;
+    let shared = Arc::new(Shared {
+        config,
+        upstreams,
+        draining: AtomicBool::new(false),
+        ready_cores: std::sync::atomic::AtomicUsize::new(0),
+        started: Instant::now(),
+    });
+
+    let core_list: admin::CoreList = Arc::new(OnceLock::new());
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    {
+        let shared = shared.clone();
+        let core_list = core_list.clone();
+        std::thread::Builder::new()
+            .name("portcullis-admin".into())
+            .spawn(move || admin::run(admin_addr, shared, core_list, n_cores, bound_tx))
+            .map_err(|e| e.to_string())?;
+    }
+    bound_rx
+        .recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("admin listener {admin_addr}: {e}"))?;
+    println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics)");
+
+    let (senders, receivers) = runtime::session_channels(n_cores);
+    let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::new();
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        let setup = CoreSetup {
+            index,
+            cpu: (n_cores <= available).then_some(index),
+            shared: shared.clone(),
+            tls: tls.clone(),
+            peers: senders.clone(),
+            inbox,
+            metrics_tx: metrics_tx.clone(),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("portcullis-core-{index}"))
+            .spawn(move || runtime::run_core(setup))
+            .map_err(|e| e.to_string())?;
+        threads.push(h);
+    }
+    drop(metrics_tx);
+    let mut list: Vec<_> = metrics_rx.iter().take(n_cores).collect();
+    list.sort_by_key(|c| c.core);
+    let drivers: Vec<&str> = list.iter().map(|c| c.driver).collect();
+    let _ = core_list.set(list);
+    info!("{n_cores} cores started drivers={drivers:?}");
+
+    // Wait for a signal, or for a core to fail (its thread ends early, e.g. a port already in use).
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if term.load(Ordering::SeqCst) {
+            info!("signal received: draining");
+            break;
+        }
+        if threads.iter().any(|t| t.is_finished()) {
+            shared.draining.store(true, Ordering::SeqCst);
+            for t in threads {
+                if let Ok(Err(e)) = t.join() {
+                    return Err(format!("core failed: {e}"));
+                }
+            }
+            return Err("a core stopped unexpectedly".into());
+        }
+    }
+    shared.draining.store(true, Ordering::SeqCst);
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("core ended with error: {e}"),
+            Err(_) => error!("core panicked"),
+        }
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Thread-per-core runtime: one pinned monoio runtime per core, each with its own `SO_REUSEPORT` listeners,
+//! upstream pool, session shard and metrics.
+//!
+//! The io_uring driver is used where the kernel offers it, epoll otherwise (logged once). Cores talk only
+//! through bounded channels (`SessionMsg`); the shared `Arc<Shared>` is read-only but for two atomics (the
+//! drain flag and the ready count). SIGTERM sets the drain flag: cores stop accepting, let in-flight requests
+//! finish up to `drain_timeout`, and return.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio_rustls::TlsAcceptor;
+
+use crate::gateway::{Core, SessionMsg, Shared};
+use crate::http::{Conn, ReadError, ReadLimits, Response};
+use crate::metrics::{inc, CoreShared};
+use crate::upstream::{ClientLimits, Pool};
+
+/// Session messages queued for one core; at the bound senders wait (back-pressure, never unbounded growth).
+const SESSION_QUEUE_LEN: usize = 1024;
+
+#[derive(Debug)]
+pub struct CoreSetup {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub shared: Arc<Shared>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub peers: Vec<flume::Sender<SessionMsg>>,
+    pub inbox: flume::Receiver<SessionMsg>,
+    pub metrics_tx: std::sync::mpsc::Sender<Arc<CoreShared>>,
+}
+
+pub fn session_channels(
+    n: usize,
+) -> (
+    Vec<flume::Sender<SessionMsg>>,
+    Vec<flume::Receiver<SessionMsg>>,
+) {
+    (0..n).map(|_| flume::bounded(SESSION_QUEUE_LEN)).unzip()
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let opts = ListenerOpts::new()
+        .reuse_port(true)
+        .reuse_addr(true)
+        .backlog(1024);
+    TcpListener::bind_with_config(addr, &opts)
+}
+
+/// Run one core until it has drained. Blocks the calling thread.
+pub fn run_core(setup: CoreSetup) -> std::io::Result<()> {
+    if let Some(cpu) = setup.cpu {
+        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+            crate::warn!("core={} cannot pin to cpu {cpu}: {e:?}", setup.index);
+        }
+    }
+    let uring = monoio::utils::detect_uring();
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(1024)
+        .build()?;
+    let driver = if uring { "io_uring" } else { "epoll" };
+    if !uring && setup.index == 0 {
+        crate::warn!("io_uring unavailable on this kernel; cores use the epoll driver");
+    }
+    rt.block_on(core_main(setup, driver))
+}
+
+async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()> {
+    let shared = setup.shared.clone();
+    let cfg = &shared.config;
+    let metrics = CoreShared::new(setup.index, driver);
+    let _ = setup.metrics_tx.send(metrics.clone());
+    let l = &cfg.limits;
+    let pool = Pool::new(
+        shared.upstreams.len(),
+        ClientLimits {
+            connect_timeout: l.upstream_connect_timeout.0,
+            response_timeout: l.upstream_response_timeout.0,
+            body_bytes_max: l.upstream_body_bytes_max,
+            idle_per_upstream_max: l.upstream_idle_per_core_max,
+        },
+    );
+    let core = Rc::new(Core::new(
+        setup.index as u16,
+        shared.clone(),
+        pool,
+        setup.peers,
+        metrics,
+    ));
+    monoio::spawn(core.clone().serve_session_messages(setup.inbox));
+
+    let mut accept_tasks = Vec::new();
+    if let Some(addr) = cfg.listen.mcp_tls {
+        let l = listener(addr)?;
+        let acceptor = TlsAcceptor::from(
+            setup
+                .tls
+                .clone()
+                .ok_or_else(|| std::io::Error::other("tls config missing"))?,
+        );
+        accept_tasks.push(monoio::spawn(accept_loop(core.clone(), l, Some(acceptor))));
+    }
+    if let Some(addr) = cfg.listen.mcp_plain {
+        let l = listener(addr)?;
+        accept_tasks.push(monoio::spawn(accept_loop(core.clone(), l, None)));
+    }
+    shared.ready_cores.fetch_add(1, Ordering::SeqCst);
+
+    // Housekeeping: publish histograms, expire sessions, watch the drain flag.
+    let mut last_expire = Instant::now();
+    loop {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        core.metrics.publish();
+        if last_expire.elapsed() >= Duration::from_secs(5) {
+            last_expire = Instant::now();
+            core.expire_sessions().await;
+        }
+        if shared.draining.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    // Drain: accept loops see the flag and stop; in-flight requests get until the deadline.
+    let deadline = Instant::now() + cfg.limits.drain_timeout.0;
+    while core.in_flight.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    core.metrics.publish();
+    if core.in_flight.get() > 0 {
+        crate::warn!(
+            "core={} drain deadline passed with {} requests in flight",
+            setup.index,
+            core.in_flight.get()
+        );
+    }
+    drop(accept_tasks);
+    Ok(())
+}
+
+async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let max = core.shared.config.limits.connections_per_core_max;
+    loop {
+        if core.shared.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        let accepted =
+            match monoio::time::timeout(Duration::from_millis(200), listener.accept()).await {
+                Err(_) => continue,
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    crate::warn!("core={} accept error={e}", core.id);
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+        let (stream, peer) = accepted;
+        let counters = &core.metrics.shared.counters;
+        if core.connections.get() >= max {
+            inc(&counters.connections_refused);
+            drop(stream);
+            continue;
+        }
+        inc(&counters.connections_accepted);
+        let _ = stream.set_nodelay(true);
+        let core = core.clone();
+        match &tls {
+            None => {
+                monoio::spawn(serve_conn(core, stream, peer));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                monoio::spawn(async move {
+                    let hs = core.shared.config.limits.header_read_timeout.0;
+                    // Failed or slow handshakes cost nothing further.
+                    if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(stream)).await {
+                        serve_conn(core, s, peer).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn read_limits(core: &Core) -> ReadLimits {
+    let l = &core.shared.config.limits;
+    ReadLimits {
+        header_bytes_max: l.header_bytes_max,
+        headers_count_max: l.headers_count_max,
+        body_bytes_max: l.body_bytes_max,
+        idle_timeout: l.idle_timeout.0,
+        header_read_timeout: l.header_read_timeout.0,
+        request_timeout: l.request_timeout.0,
+    }
+}
+
+async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
+    core: Rc<Core>,
+    stream: S,
+    _peer: SocketAddr,
+) {
+    core.connections.set(core.connections.get() + 1);
+    core.metrics
+        .shared
+        .counters
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    let limits = read_limits(&core);
+    let mut conn = Conn::new(stream);
+    loop {
+        let head = match conn.read_head(&limits).await {
+            Ok(h) => h,
+            Err(ReadError::Closed) | Err(ReadError::Io(_)) => break,
+            Err(ReadError::Refused(reason)) => {
+                core.metrics.deny(reason);
+                let body = crate::gateway_refusal_body(reason);
+                let _ = conn
+                    .write(
+                        Response::new(reason.http_status())
+                            .header("content-type", "application/json")
+                            .full(&body, true),
+                    )
+                    .await;
+                break;
+            }
+            Err(ReadError::Malformed) => {
+                let _ = conn
+                    .write(Response::new(400).full(b"malformed HTTP request", true))
+                    .await;
+                break;
+            }
+        };
+        let t0 = Instant::now();
+        core.in_flight.set(core.in_flight.get() + 1);
+        let keep = serve_request(&core, &mut conn, &head, &limits).await;
+        core.in_flight.set(core.in_flight.get() - 1);
+        core.metrics.record_request(t0.elapsed());
+        if !keep || head.close || core.shared.draining.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    core.connections.set(core.connections.get() - 1);
+    core.metrics
+        .shared
+        .counters
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn serve_request<S: AsyncReadRent + AsyncWriteRent>(
+    core: &Core,
+    conn: &mut Conn<S>,
+    head: &crate::http::RequestHead,
+    limits: &ReadLimits,
+) -> bool {
+    let path = head.path.split('?').next().unwrap_or("");
+    let body = match conn.read_body(head, limits).await {
+        Ok(b) => b,
+        Err(ReadError::Refused(reason)) => {
+            core.metrics.deny(reason);
+            let body = crate::gateway_refusal_body(reason);
+            let _ = conn
+                .write(
+                    Response::new(reason.http_status())
+                        .header("content-type", "application/json")
+                        .full(&body, true),
+                )
+                .await;
+            return false;
+        }
+        Err(_) => return false,
+    };
+    if path != "/mcp" {
+        let reason = portcullis_pipeline::DenyReason::NotFound;
+        core.metrics.deny(reason);
+        let body = crate::gateway_refusal_body(reason);
+        return conn
+            .write(
+                Response::new(404)
+                    .header("content-type", "application/json")
+                    .full(&body, false),
+            )
+            .await
+            .is_ok();
+    }
+    core.handle(conn, head, body).await
+}

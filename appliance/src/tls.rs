@@ -1,0 +1,99 @@
+//! TLS for the MCP listener: a self-signed certificate generated into the data dir on first start, and the
+//! rustls server configuration (ALPN `http/1.1`).
+//!
+//! The key never leaves the data dir (0600). The certificate's SHA-256 fingerprint is printed at start so an
+//! operator can pin it in agents before a real certificate is installed.
+
+use std::sync::Arc;
+
+use portcullis_storage::DataDir;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub const CERT_FILE: &str = "tls-cert.pem";
+pub const KEY_FILE: &str = "tls-key.pem";
+
+#[derive(Debug)]
+pub enum TlsError {
+    Storage(portcullis_storage::StorageError),
+    Generate(rcgen::Error),
+    Pem(&'static str),
+    Rustls(rustls::Error),
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::Storage(e) => write!(f, "tls material: {e}"),
+            TlsError::Generate(e) => write!(f, "generating self-signed certificate: {e}"),
+            TlsError::Pem(what) => write!(f, "tls material: cannot read {what} PEM"),
+            TlsError::Rustls(e) => write!(f, "tls config: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+pub struct TlsMaterial {
+    pub config: Arc<rustls::ServerConfig>,
+    pub fingerprint_sha256: String,
+    pub created: bool,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("fingerprint_sha256", &self.fingerprint_sha256)
+            .finish()
+    }
+}
+
+/// Load the certificate and key from the data dir, generating a self-signed pair on first start.
+pub fn load_or_generate(dir: &DataDir) -> Result<TlsMaterial, TlsError> {
+    let mut gen_err = None;
+    let ([cert_pem, key_pem], created) = dir
+        .read_or_create([CERT_FILE, KEY_FILE], || {
+            let names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            match rcgen::generate_simple_self_signed(names) {
+                Ok(ck) => [
+                    ck.cert.pem().into_bytes(),
+                    ck.signing_key.serialize_pem().into_bytes(),
+                ],
+                Err(e) => {
+                    gen_err = Some(e);
+                    [Vec::new(), Vec::new()]
+                }
+            }
+        })
+        .map_err(TlsError::Storage)?;
+    if let Some(e) = gen_err {
+        return Err(TlsError::Generate(e));
+    }
+    let cert =
+        CertificateDer::from_pem_slice(&cert_pem).map_err(|_| TlsError::Pem("certificate"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem("private key"))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let fingerprint_sha256 = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(TlsError::Rustls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsMaterial {
+        config: Arc::new(config),
+        fingerprint_sha256,
+        created,
+    })
+}

@@ -1,0 +1,384 @@
+//! HTTP/1.1 client for upstream MCP servers, with a per-core pool of keep-alive connections.
+//!
+//! Each core owns its pool (`Rc`, no lock). A request on a pooled connection that dies before any response
+//! byte is retried once on a fresh connection: the upstream closed an idle keep-alive connection, which is
+//! routine, and the request never reached it. Response bodies are read by length, by chunks, or to close,
+//! always under `upstream_response_timeout` per read and `upstream_body_bytes_max` in all.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use portcullis_pipeline::chunked::ChunkedDecoder;
+use portcullis_pipeline::DenyReason;
+
+use crate::config::UpstreamUrl;
+use crate::http::{read_more, ReadError};
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    Connect(io::Error),
+    ConnectTimeout,
+    Io(io::Error),
+    Timeout,
+    /// Not HTTP/1.1, bad framing, or a body past the bound.
+    Protocol(&'static str),
+}
+
+impl UpstreamError {
+    pub fn reason(&self) -> DenyReason {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout | UpstreamError::Io(_) => {
+                DenyReason::UpstreamUnavailable
+            }
+            UpstreamError::Timeout => DenyReason::UpstreamTimeout,
+            UpstreamError::Protocol(_) => DenyReason::UpstreamProtocolError,
+        }
+    }
+}
+
+impl From<ReadError> for UpstreamError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Refused(DenyReason::RequestTimeout) => UpstreamError::Timeout,
+            ReadError::Io(e) => UpstreamError::Io(e),
+            _ => UpstreamError::Protocol("malformed response"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub body_bytes_max: usize,
+    pub idle_per_upstream_max: usize,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One upstream's pooled connections on this core.
+#[derive(Debug)]
+pub struct Pool {
+    idle: RefCell<Vec<Vec<UpstreamConn>>>,
+    limits: ClientLimits,
+}
+
+#[derive(Debug)]
+enum Framing {
+    Length(usize),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Empty,
+}
+
+fn framing_done(f: &Framing) -> bool {
+    match f {
+        Framing::Length(n) => *n == 0,
+        Framing::Chunked(d) => d.is_done(),
+        Framing::UntilClose => false,
+        Framing::Empty => true,
+    }
+}
+
+/// A response whose body is still on the wire.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    conn: Option<UpstreamConn>,
+    framing: Framing,
+    keep_alive: bool,
+    upstream: usize,
+    read_total: usize,
+}
+
+impl UpstreamResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn is_event_stream(&self) -> bool {
+        self.header("content-type").is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.header("content-type").is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+    }
+
+    fn done(&self) -> bool {
+        framing_done(&self.framing)
+    }
+
+    /// Next piece of the body; `None` at its end. Each read waits at most `response_timeout`.
+    pub async fn next_chunk(&mut self, pool: &Pool) -> Result<Option<Vec<u8>>, UpstreamError> {
+        // SSE streams are bounded per event by the parser, not in total: they may run for a long time.
+        let streaming = self.is_event_stream();
+        loop {
+            if self.done() {
+                self.release(pool);
+                return Ok(None);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Ok(None);
+            };
+            if !conn.buf.is_empty() {
+                let out = match &mut self.framing {
+                    Framing::Length(n) => {
+                        let take = (*n).min(conn.buf.len());
+                        *n -= take;
+                        let rest = conn.buf.split_off(take);
+                        std::mem::replace(&mut conn.buf, rest)
+                    }
+                    Framing::Chunked(d) => {
+                        let mut out = Vec::new();
+                        let used = d
+                            .decode(&conn.buf, &mut out)
+                            .map_err(|_| UpstreamError::Protocol("bad chunking"))?;
+                        conn.buf.drain(..used);
+                        out
+                    }
+                    Framing::UntilClose => std::mem::take(&mut conn.buf),
+                    Framing::Empty => Vec::new(),
+                };
+                self.read_total += out.len();
+                if self.read_total > pool.limits.body_bytes_max && !streaming {
+                    return Err(UpstreamError::Protocol(
+                        "response body exceeds upstream_body_bytes_max",
+                    ));
+                }
+                if !out.is_empty() {
+                    return Ok(Some(out));
+                }
+                if framing_done(&self.framing) {
+                    continue;
+                }
+            }
+            let deadline = Instant::now() + pool.limits.response_timeout;
+            let buf = std::mem::take(&mut conn.buf);
+            let (res, buf) = read_more(&mut conn.stream, buf, 16 << 10, deadline).await;
+            conn.buf = buf;
+            match res {
+                Ok(0) => {
+                    self.conn = None;
+                    return match self.framing {
+                        Framing::UntilClose => Ok(None),
+                        _ => Err(UpstreamError::Protocol("upstream closed mid-body")),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// The whole body, bounded.
+    pub async fn read_all(&mut self, pool: &Pool) -> Result<Vec<u8>, UpstreamError> {
+        let mut body = Vec::new();
+        while let Some(c) = self.next_chunk(pool).await? {
+            body.extend_from_slice(&c);
+            if body.len() > pool.limits.body_bytes_max {
+                return Err(UpstreamError::Protocol(
+                    "response body exceeds upstream_body_bytes_max",
+                ));
+            }
+        }
+        Ok(body)
+    }
+
+    fn release(&mut self, pool: &Pool) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                pool.put(self.upstream, conn);
+            }
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(n_upstreams: usize, limits: ClientLimits) -> Self {
+        Pool {
+            idle: RefCell::new((0..n_upstreams).map(|_| Vec::new()).collect()),
+            limits,
+        }
+    }
+
+    fn put(&self, upstream: usize, conn: UpstreamConn) {
+        let mut idle = self.idle.borrow_mut();
+        if let Some(list) = idle.get_mut(upstream) {
+            if list.len() < self.limits.idle_per_upstream_max {
+                list.push(conn);
+            }
+        }
+    }
+
+    fn take(&self, upstream: usize) -> Option<UpstreamConn> {
+        self.idle.borrow_mut().get_mut(upstream).and_then(Vec::pop)
+    }
+
+    async fn connect(&self, url: &UpstreamUrl) -> Result<UpstreamConn, UpstreamError> {
+        let addr = (url.host.as_str(), url.port);
+        let stream = match monoio::time::timeout(
+            self.limits.connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout),
+        };
+        // Small request/response exchanges: do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(UpstreamConn {
+            stream,
+            buf: Vec::with_capacity(16 << 10),
+        })
+    }
+
+    /// Send one request and read the response head.
+    pub async fn send(
+        &self,
+        upstream: usize,
+        url: &UpstreamUrl,
+        method: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut req = Vec::with_capacity(256 + body.len());
+        req.extend_from_slice(
+            format!(
+                "{method} {} HTTP/1.1\r\nhost: {}:{}\r\n",
+                url.path, url.host, url.port
+            )
+            .as_bytes(),
+        );
+        for (n, v) in headers {
+            req.extend_from_slice(n.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        if method != "GET" || !body.is_empty() {
+            req.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body);
+
+        if let Some(conn) = self.take(upstream) {
+            match self.exchange(upstream, conn, req.clone()).await {
+                Ok(r) => return Ok(r),
+                // Nothing came back on a reused connection: it was closed while idle. Retry on a fresh one.
+                Err((UpstreamError::Io(_), false)) | Err((UpstreamError::Protocol(_), false)) => {}
+                Err((e, _)) => return Err(e),
+            }
+        }
+        let conn = self.connect(url).await?;
+        self.exchange(upstream, conn, req).await.map_err(|(e, _)| e)
+    }
+
+    /// Returns the error and whether any response byte had arrived.
+    async fn exchange(
+        &self,
+        upstream: usize,
+        mut conn: UpstreamConn,
+        req: Vec<u8>,
+    ) -> Result<UpstreamResponse, (UpstreamError, bool)> {
+        let (res, _) = conn.stream.write_all(req).await;
+        res.map_err(|e| (UpstreamError::Io(e), false))?;
+        let deadline = Instant::now() + self.limits.response_timeout;
+        loop {
+            if !conn.buf.is_empty() {
+                let mut hs = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut hs);
+                match resp.parse(&conn.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let status = resp.code.unwrap_or(0);
+                        let mut headers = Vec::with_capacity(resp.headers.len());
+                        let mut framing = Framing::UntilClose;
+                        let mut keep_alive = resp.version == Some(1);
+                        for h in resp.headers.iter() {
+                            if h.name.eq_ignore_ascii_case("content-length") {
+                                let n = std::str::from_utf8(h.value)
+                                    .ok()
+                                    .and_then(|s| s.trim().parse().ok());
+                                framing = Framing::Length(n.ok_or((
+                                    UpstreamError::Protocol("bad content-length"),
+                                    true,
+                                ))?);
+                            } else if h.name.eq_ignore_ascii_case("transfer-encoding")
+                                && h.value.to_ascii_lowercase().ends_with(b"chunked")
+                            {
+                                framing = Framing::Chunked(ChunkedDecoder::default());
+                            } else if h.name.eq_ignore_ascii_case("connection")
+                                && h.value
+                                    .to_ascii_lowercase()
+                                    .windows(5)
+                                    .any(|w| w == b"close")
+                            {
+                                keep_alive = false;
+                            }
+                            headers.push((h.name.to_owned(), h.value.to_vec()));
+                        }
+                        if status == 204 || status == 304 || (100..200).contains(&status) {
+                            framing = Framing::Empty;
+                        }
+                        if matches!(framing, Framing::UntilClose) {
+                            keep_alive = false;
+                        }
+                        conn.buf.drain(..n);
+                        let mut r = UpstreamResponse {
+                            status,
+                            headers,
+                            conn: Some(conn),
+                            framing,
+                            keep_alive,
+                            upstream,
+                            read_total: 0,
+                        };
+                        if r.done() {
+                            r.release(self);
+                        }
+                        return Ok(r);
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() < 64 << 10 => {}
+                    _ => return Err((UpstreamError::Protocol("malformed response head"), true)),
+                }
+            }
+            let had = !conn.buf.is_empty();
+            let buf = std::mem::take(&mut conn.buf);
+            let (res, buf) = read_more(&mut conn.stream, buf, 16 << 10, deadline).await;
+            conn.buf = buf;
+            match res {
+                Ok(0) => {
+                    return Err((
+                        UpstreamError::Protocol("upstream closed before responding"),
+                        had,
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err((e.into(), had)),
+            }
+        }
+    }
+}

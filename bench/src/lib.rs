@@ -1,0 +1,1 @@
+//! Load generator and bench helpers (filled in by the bench issue work).

@@ -1,0 +1,400 @@
+//! JSON-RPC 2.0 messages as MCP uses them: parsing (simd-json) and encoding.
+//!
+//! Parsing is bounded before it starts: the body length is checked by the caller and the nesting depth is
+//! measured by a linear pre-scan, so a depth bomb never reaches the recursive parser. MCP has no batches
+//! since 2025-06-18; a top-level array is refused with its own reason. Ids are strings or integers (MCP
+//! forbids `null` ids on requests).
+
+use crate::reason::DenyReason;
+use simd_json::prelude::*;
+use simd_json::OwnedValue as Value;
+
+/// A request id: MCP allows strings and integers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Id {
+    Number(i64),
+    String(String),
+}
+
+impl Id {
+    pub fn to_value(&self) -> Value {
+        match self {
+            Id::Number(n) => Value::from(*n),
+            Id::String(s) => Value::from(s.as_str()),
+        }
+    }
+
+    fn from_value(v: &Value) -> Option<Id> {
+        if let Some(s) = v.as_str() {
+            return Some(Id::String(s.to_owned()));
+        }
+        if let Some(n) = v.as_i64() {
+            return Some(Id::Number(n));
+        }
+        None
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Id,
+    pub method: String,
+    pub params: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    pub method: String,
+    pub params: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ErrorObject {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub id: Option<Id>,
+    pub outcome: Result<Value, ErrorObject>,
+}
+
+/// One JSON-RPC message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Request(Request),
+    Notification(Notification),
+    Response(Response),
+}
+
+impl Message {
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Message::Request(r) => Some(&r.method),
+            Message::Notification(n) => Some(&n.method),
+            Message::Response(_) => None,
+        }
+    }
+}
+
+/// Parse bounds; the appliance fills these from `[limits]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseLimits {
+    /// Deepest allowed nesting of arrays and objects; deeper bodies are refused with `json_too_deep`.
+    pub json_depth_max: u32,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        // 64 levels: MCP payloads nest a tool's JSON Schema inside a result inside an envelope; real schemas stay
+        // well under 20, and 64 keeps the recursive parser's stack use small.
+        ParseLimits { json_depth_max: 64 }
+    }
+}
+
+/// Nesting depth of a JSON text, counted without parsing (strings and escapes are skipped). Returns early
+/// with `max + 1` once the bound is passed, so the cost is linear and bounded.
+pub fn nesting_depth(bytes: &[u8], max: u32) -> u32 {
+    let mut depth: u32 = 0;
+    let mut deepest: u32 = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > deepest {
+                    deepest = depth;
+                    if deepest > max {
+                        return deepest;
+                    }
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Parse one JSON-RPC message. `body` is scratch space: simd-json parses in place.
+pub fn parse(body: &mut [u8], limits: &ParseLimits) -> Result<Message, DenyReason> {
+    let value = parse_value(body, limits)?;
+    message_from_value(value)
+}
+
+/// Parse a JSON document under the same bounds as a message, without interpreting it.
+pub fn parse_value(body: &mut [u8], limits: &ParseLimits) -> Result<Value, DenyReason> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(DenyReason::InvalidUtf8);
+    }
+    if nesting_depth(body, limits.json_depth_max) > limits.json_depth_max {
+        return Err(DenyReason::JsonTooDeep);
+    }
+    simd_json::to_owned_value(body).map_err(|_| DenyReason::ParseError)
+}
+
+/// Interpret a parsed JSON value as a JSON-RPC message.
+pub fn message_from_value(value: Value) -> Result<Message, DenyReason> {
+    let mut obj = match value {
+        Value::Object(o) => o,
+        Value::Array(_) => return Err(DenyReason::BatchUnsupported),
+        _ => return Err(DenyReason::InvalidRequest),
+    };
+    match obj.get("jsonrpc").and_then(|v| v.as_str()) {
+        Some("2.0") => {}
+        _ => return Err(DenyReason::InvalidRequest),
+    }
+    let params = obj.remove("params");
+    if let Some(p) = &params {
+        if !(p.is_object() || p.is_array()) {
+            return Err(DenyReason::InvalidRequest);
+        }
+    }
+    let id = match obj.get("id") {
+        None => None,
+        Some(v) => Some(Id::from_value(v).ok_or(DenyReason::InvalidRequest)?),
+    };
+    if let Some(method) = obj.get("method") {
+        let method = method
+            .as_str()
+            .ok_or(DenyReason::InvalidRequest)?
+            .to_owned();
+        return Ok(match id {
+            Some(id) => Message::Request(Request { id, method, params }),
+            None => Message::Notification(Notification { method, params }),
+        });
+    }
+    // A response: exactly one of result / error.
+    let result = obj.remove("result");
+    let error = obj.remove("error");
+    let outcome = match (result, error) {
+        (Some(r), None) => Ok(r),
+        (None, Some(e)) => Err(error_from_value(e).ok_or(DenyReason::InvalidRequest)?),
+        _ => return Err(DenyReason::InvalidRequest),
+    };
+    if id.is_none() && outcome.is_ok() {
+        return Err(DenyReason::InvalidRequest);
+    }
+    Ok(Message::Response(Response { id, outcome }))
+}
+
+fn error_from_value(v: Value) -> Option<ErrorObject> {
+    let mut o = match v {
+        Value::Object(o) => o,
+        _ => return None,
+    };
+    let code = o.get("code")?.as_i64()?;
+    let message = o.get("message")?.as_str()?.to_owned();
+    let data = o.remove("data");
+    Some(ErrorObject {
+        code,
+        message,
+        data,
+    })
+}
+
+/// Encode a message as compact JSON.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    to_vec(&to_value(msg))
+}
+
+pub fn to_value(msg: &Message) -> Value {
+    let mut o = simd_json::owned::Object::with_capacity(4);
+    o.insert("jsonrpc".into(), Value::from("2.0"));
+    match msg {
+        Message::Request(r) => {
+            o.insert("id".into(), r.id.to_value());
+            o.insert("method".into(), Value::from(r.method.as_str()));
+            if let Some(p) = &r.params {
+                o.insert("params".into(), p.clone());
+            }
+        }
+        Message::Notification(n) => {
+            o.insert("method".into(), Value::from(n.method.as_str()));
+            if let Some(p) = &n.params {
+                o.insert("params".into(), p.clone());
+            }
+        }
+        Message::Response(r) => {
+            o.insert(
+                "id".into(),
+                r.id.as_ref().map_or(Value::null(), Id::to_value),
+            );
+            match &r.outcome {
+                Ok(v) => {
+                    o.insert("result".into(), v.clone());
+                }
+                Err(e) => {
+                    let mut eo = simd_json::owned::Object::with_capacity(3);
+                    eo.insert("code".into(), Value::from(e.code));
+                    eo.insert("message".into(), Value::from(e.message.as_str()));
+                    if let Some(d) = &e.data {
+                        eo.insert("data".into(), d.clone());
+                    }
+                    o.insert("error".into(), Value::from(eo));
+                }
+            }
+        }
+    }
+    Value::from(o)
+}
+
+/// Serialise a JSON value compactly.
+pub fn to_vec(v: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    // Writing into a Vec cannot fail: `Write for Vec` is infallible.
+    let _ = v.write(&mut out);
+    out
+}
+
+/// A JSON-RPC error response for a refusal, with `data.reason` and any extra data fields.
+pub fn deny_response(id: Option<Id>, reason: DenyReason, extra: &[(&str, Value)]) -> Message {
+    let mut data = simd_json::owned::Object::with_capacity(1 + extra.len());
+    data.insert("reason".into(), Value::from(reason.code()));
+    for (k, v) in extra {
+        data.insert((*k).into(), v.clone());
+    }
+    Message::Response(Response {
+        id,
+        outcome: Err(ErrorObject {
+            code: reason.jsonrpc_code(),
+            message: reason.message().to_owned(),
+            data: Some(Value::from(data)),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: &str) -> Result<Message, DenyReason> {
+        let mut b = body.as_bytes().to_vec();
+        parse(&mut b, &ParseLimits::default())
+    }
+
+    #[test]
+    fn request_notification_response() {
+        let m = check(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{}}"#).unwrap();
+        assert!(matches!(
+            m,
+            Message::Request(Request {
+                id: Id::Number(7),
+                ..
+            })
+        ));
+        let m = check(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert!(matches!(m, Message::Notification(_)));
+        let m = check(r#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap();
+        assert!(matches!(
+            m,
+            Message::Response(Response { outcome: Ok(_), .. })
+        ));
+        let m = check(r#"{"jsonrpc":"2.0","id":"a","error":{"code":-1,"message":"x"}}"#).unwrap();
+        assert!(matches!(
+            m,
+            Message::Response(Response {
+                outcome: Err(_),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(check("{"), Err(DenyReason::ParseError));
+        assert_eq!(check("[]"), Err(DenyReason::BatchUnsupported));
+        assert_eq!(check("3"), Err(DenyReason::InvalidRequest));
+        assert_eq!(
+            check(r#"{"id":1,"method":"x"}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"2.0","id":1,"method":3}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        assert_eq!(
+            check(r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#),
+            Err(DenyReason::InvalidRequest)
+        );
+        let mut bad = b"{\"jsonrpc\":\"2.0\",\"method\":\"\xff\"}".to_vec();
+        assert_eq!(
+            parse(&mut bad, &ParseLimits::default()),
+            Err(DenyReason::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn depth_bound_both_sides() {
+        let limits = ParseLimits { json_depth_max: 8 };
+        // The envelope object is depth 1, params depth 2; nest arrays inside params.
+        let body = |extra: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"m","params":{{"a":{}{}}}}}"#,
+                "[".repeat(extra),
+                "]".repeat(extra)
+            )
+        };
+        let mut at = body(6).into_bytes();
+        assert!(parse(&mut at, &limits).is_ok());
+        let mut over = body(7).into_bytes();
+        assert_eq!(parse(&mut over, &limits), Err(DenyReason::JsonTooDeep));
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{{"}"#, 64), 1);
+    }
+
+    #[test]
+    fn encode_round_trip() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":{"a":[1,2,{"b":null}]}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#,
+            r#"{"jsonrpc":"2.0","id":"q","error":{"code":-32601,"message":"no","data":{"reason":"method_not_found"}}}"#,
+        ] {
+            let m = check(body).unwrap();
+            let mut again = encode(&m);
+            let back = parse(&mut again, &ParseLimits::default()).unwrap();
+            assert_eq!(m, back);
+        }
+    }
+
+    #[test]
+    fn deny_response_carries_reason() {
+        let m = deny_response(Some(Id::Number(1)), DenyReason::ToolNotFound, &[]);
+        let s = String::from_utf8(encode(&m)).unwrap();
+        assert!(s.contains(r#""reason":"tool_not_found""#), "{s}");
+        assert!(s.contains(r#""code":-32602"#), "{s}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for the end-to-end tests: spawning the gateway and SDK peers.

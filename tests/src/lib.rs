@@ -1,1 +1,506 @@
-//! Shared helpers for the end-to-end tests: spawning the gateway and SDK peers.
+//! Shared helpers for the end-to-end tests: the real `portcullis` binary, official MCP SDK peers (Python
+//! `mcp`, npm `@modelcontextprotocol/*`) and a raw HTTP client for bad-input cases.
+//!
+//! Every process started here is killed when its guard drops; every test gets its own temp dir and
+//! ephemeral ports; readiness is awaited (a `READY <port>` line, `/readyz`), never slept for. The peers'
+//! toolchains are installed by `tests/setup.sh`, which `tests/run` calls before the test binaries start.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+/// Longest wait for a process to become ready. Generous: the CI machine has 2 cores and builds in parallel.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn peers_dir() -> PathBuf {
+    workspace_root().join("tests/peers")
+}
+
+/// The gateway binary: `$PORTCULLIS_BIN`, else the `portcullis` next to this test's profile directory.
+pub fn gateway_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTCULLIS_BIN") {
+        return PathBuf::from(p);
+    }
+    // current_exe = <target>/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("portcullis");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (tests/run does: cargo build --profile ci -p portcullis)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTCULLIS_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("PORTCULLIS_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/portcullis")
+        });
+    let py = cache.join("venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} missing: run tests/setup.sh (tests/run does)",
+        py.display()
+    );
+    py
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "portcullis-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send SIGTERM and wait for the exit status (at most `READY_TIMEOUT`).
+    pub fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < READY_TIMEOUT,
+                "{} did not exit after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a peer that prints `READY <port>` on stdout and return it with that port.
+fn start_ready(mut cmd: Command, name: &str) -> (Proc, u16) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(port) = line.strip_prefix("READY ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(port.trim().parse::<u16>().ok());
+                }
+            }
+        }
+    });
+    let label = name.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{label}] {line}");
+        }
+    });
+    let proc = Proc {
+        child,
+        name: name.to_owned(),
+    };
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Some(port)) => (proc, port),
+        _ => panic!("{name} did not print READY within {READY_TIMEOUT:?}"),
+    }
+}
+
+/// An upstream MCP server written with the official Python SDK (`tests/peers/py_server.py`).
+pub fn py_server(name: &str, extra: &[&str]) -> (Proc, u16) {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("py_server.py"))
+        .args(["--port", "0", "--name", name])
+        .args(extra);
+    start_ready(cmd, &format!("py_server:{name}"))
+}
+
+/// An upstream MCP server written with an official TypeScript SDK: `v1` (`@modelcontextprotocol/sdk` 1.x)
+/// or `v2` (`@modelcontextprotocol/server` 2.x).
+pub fn ts_server(sdk: &str, name: &str) -> (Proc, u16) {
+    let mut cmd = Command::new("node");
+    cmd.arg(peers_dir().join(format!("node/ts_server_{sdk}.mjs")))
+        .args(["--port", "0", "--name", name]);
+    start_ready(cmd, &format!("ts_server_{sdk}:{name}"))
+}
+
+/// Run a client peer and return its one JSON line. Panics with its output if it fails.
+pub fn run_client(mut cmd: Command, what: &str) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    assert!(
+        out.status.success() && v["ok"] == json!(true),
+        "{what} failed: status {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    v
+}
+
+pub fn py_client(url: &str, revision: &str, scenario: &str, extra: &[&str]) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("py_client.py"))
+        .arg(url)
+        .args(["--revision", revision, "--scenario", scenario])
+        .args(extra);
+    run_client(cmd, &format!("py_client {revision} {scenario}"))
+}
+
+pub fn ts_client(sdk: &str, url: &str, revision: &str, scenario: &str, extra: &[&str]) -> Value {
+    let mut cmd = Command::new("node");
+    cmd.arg(peers_dir().join(format!("node/ts_client_{sdk}.mjs")))
+        .arg(url)
+        .args(["--revision", revision, "--scenario", scenario])
+        .args(extra);
+    run_client(cmd, &format!("ts_client_{sdk} {revision} {scenario}"))
+}
+
+/// A running gateway with its own data dir and ports.
+#[derive(Debug)]
+pub struct Gateway {
+    pub proc: Proc,
+    pub plain_port: u16,
+    pub tls_port: u16,
+    pub admin_port: u16,
+    pub dir: TempDir,
+}
+
+/// Upstreams for a gateway config: (name, port); the URL is `http://127.0.0.1:PORT/mcp`.
+pub fn upstreams_yaml(upstreams: &[(&str, u16)]) -> String {
+    let mut y = String::from("upstreams:\n");
+    if upstreams.is_empty() {
+        y = String::from("upstreams: []\n");
+    }
+    for (name, port) in upstreams {
+        y.push_str(&format!(
+            "  - name: {name}\n    url: http://127.0.0.1:{port}/mcp\n"
+        ));
+    }
+    y
+}
+
+impl Gateway {
+    /// Start with these upstreams plus `extra` YAML (e.g. a `limits:` block), on two cores.
+    pub fn start(upstreams: &[(&str, u16)], extra: &str) -> Gateway {
+        Self::start_with(upstreams, extra, &["--cores", "2"])
+    }
+
+    pub fn start_with(upstreams: &[(&str, u16)], extra: &str, args: &[&str]) -> Gateway {
+        let dir = TempDir::new("gw");
+        let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{}{extra}",
+            upstreams_yaml(upstreams)
+        );
+        let cfg = dir.path().join("portcullis.yaml");
+        std::fs::write(&cfg, config).unwrap();
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("up")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[gateway] {line}");
+            }
+        });
+        let mut gw = Gateway {
+            proc: Proc {
+                child,
+                name: "gateway".into(),
+            },
+            plain_port,
+            tls_port,
+            admin_port,
+            dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.proc.child.try_wait().unwrap() {
+                panic!("gateway exited during start: {s}");
+            }
+            if let Ok(r) = request(self.admin_port, "GET", "/readyz", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                t0.elapsed() < READY_TIMEOUT,
+                "gateway not ready within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.plain_port)
+    }
+
+    pub fn metrics(&self) -> String {
+        request(self.admin_port, "GET", "/metrics", &[], b"")
+            .unwrap()
+            .text()
+    }
+}
+
+/// A response read by the raw client.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// `error.data.reason` of a JSON-RPC error body.
+    pub fn reason(&self) -> String {
+        self.json()["error"]["data"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// Send raw bytes and read one response (to close or by framing), 30 s at most.
+pub fn raw(port: u16, bytes: &[u8]) -> std::io::Result<RawResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<RawResponse> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before a response head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    let mut body = buf[head_end..].to_vec();
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while body.len() < len {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(len);
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        while !body.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body = dechunk(&body);
+    } else {
+        s.read_to_end(&mut body)?;
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..i]).unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[i + 2 + size + 2..];
+    }
+    out
+}
+
+/// One HTTP/1.1 request with `connection: close`.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<RawResponse> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(port, &bytes)
+}
+
+pub const JSON_HEADERS: [(&str, &str); 2] = [
+    ("content-type", "application/json"),
+    ("accept", "application/json, text/event-stream"),
+];
+
+/// POST a JSON-RPC body to `/mcp` with the standard content headers plus `extra`.
+pub fn post(port: u16, extra: &[(&str, &str)], body: &str) -> RawResponse {
+    let mut h: Vec<(&str, &str)> = JSON_HEADERS.to_vec();
+    h.extend_from_slice(extra);
+    request(port, "POST", "/mcp", &h, body.as_bytes()).unwrap()
+}
+
+/// Open a 2025-11-25 session by raw `initialize`; returns its `Mcp-Session-Id`.
+pub fn initialize(port: u16) -> String {
+    let r = post(
+        port,
+        &[],
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("mcp-session-id")
+        .expect("initialize answered without Mcp-Session-Id")
+        .to_owned()
+}
+
+/// `_meta` and headers of a 2026-07-28 request.
+pub fn modern_body(id: u64, method: &str, params: Value) -> String {
+    let mut p = params;
+    p["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}
+    });
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": p}).to_string()
+}

@@ -95,25 +95,36 @@ impl Default for ParseLimits {
 }
 
 /// Nesting depth of a JSON text, counted without parsing (strings and escapes are skipped). Returns early
-/// with `max + 1` once the bound is passed, so the cost is linear and bounded.
+/// with `max + 1` once the bound is passed, so the cost is linear and bounded. String contents, most of a
+/// typical body, are skipped eight bytes at a time.
 pub fn nesting_depth(bytes: &[u8], max: u32) -> u32 {
     let mut depth: u32 = 0;
     let mut deepest: u32 = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    // An escape as the last byte leaves `i` past the end: an unterminated string.
+                    let Some(rest) = bytes.get(i..) else {
+                        return deepest;
+                    };
+                    match find_quote_or_backslash(rest) {
+                        None => return deepest, // unterminated string: the parser reports it
+                        Some(k) => {
+                            i += k;
+                            if bytes[i] == b'\\' {
+                                i += 2;
+                            } else {
+                                i += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > deepest {
@@ -126,8 +137,36 @@ pub fn nesting_depth(bytes: &[u8], max: u32) -> u32 {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
+}
+
+/// Position of the first `"` or `\\` in `b`, comparing a word at a time (SWAR zero-byte test: for the lowest
+/// matching byte the test is exact; false positives only appear above a true match, so the lowest set bit
+/// is always a real one).
+fn find_quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTE: u64 = LO * b'"' as u64;
+    const BACKSLASH: u64 = LO * b'\\' as u64;
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let x = w ^ QUOTE;
+        let y = w ^ BACKSLASH;
+        let hits = (x.wrapping_sub(LO) & !x & HI) | (y.wrapping_sub(LO) & !y & HI);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| i + k)
 }
 
 /// Parse one JSON-RPC message. `body` is scratch space: simd-json parses in place.
@@ -138,13 +177,17 @@ pub fn parse(body: &mut [u8], limits: &ParseLimits) -> Result<Message, DenyReaso
 
 /// Parse a JSON document under the same bounds as a message, without interpreting it.
 pub fn parse_value(body: &mut [u8], limits: &ParseLimits) -> Result<Value, DenyReason> {
-    if std::str::from_utf8(body).is_err() {
-        return Err(DenyReason::InvalidUtf8);
-    }
     if nesting_depth(body, limits.json_depth_max) > limits.json_depth_max {
         return Err(DenyReason::JsonTooDeep);
     }
-    simd_json::to_owned_value(body).map_err(|_| DenyReason::ParseError)
+    // simd-json validates UTF-8 itself; tell the two failures apart only when parsing failed.
+    simd_json::to_owned_value(body).map_err(|_| {
+        if std::str::from_utf8(body).is_err() {
+            DenyReason::InvalidUtf8
+        } else {
+            DenyReason::ParseError
+        }
+    })
 }
 
 /// Interpret a parsed JSON value as a JSON-RPC message.
@@ -369,6 +412,63 @@ mod tests {
         assert!(parse(&mut at, &limits).is_ok());
         let mut over = body(7).into_bytes();
         assert_eq!(parse(&mut over, &limits), Err(DenyReason::JsonTooDeep));
+    }
+
+    /// The byte-at-a-time scan the fast one must agree with.
+    fn depth_reference(bytes: &[u8]) -> u32 {
+        let (mut depth, mut deepest, mut in_string, mut escaped) = (0u32, 0u32, false, false);
+        for &b in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    #[test]
+    fn depth_scan_agrees_with_the_reference_on_random_input() {
+        // xorshift: deterministic, no dependency.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let alphabet = b"[]{}\"\\ax:,";
+        for len in 0..400 {
+            for _ in 0..20 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        alphabet[(state % alphabet.len() as u64) as usize]
+                    })
+                    .collect();
+                let (fast, slow) = (nesting_depth(&bytes, u32::MAX), depth_reference(&bytes));
+                // An unterminated string ends the fast scan early; it can only report less, never more.
+                assert!(fast <= slow, "{:?}", String::from_utf8_lossy(&bytes));
+                let terminated = {
+                    let mut b = bytes.clone();
+                    b.extend_from_slice(b"\"");
+                    depth_reference(&b) == slow
+                };
+                if terminated && bytes.iter().filter(|&&c| c == b'"').count() % 2 == 0 {
+                    assert_eq!(fast, slow, "{:?}", String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
     }
 
     #[test]

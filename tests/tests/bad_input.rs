@@ -1,6 +1,8 @@
 //! Bad input gets a clear error with a stable `data.reason`, and nothing hangs: one test per case, each
 //! against the real binary on loopback.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;

@@ -1,0 +1,79 @@
+#!/usr/bin/env node
+// MCP test client on the official TypeScript SDK v1 (@modelcontextprotocol/sdk 1.32.2),
+// StreamableHTTPClientTransport. Protocol: 2025-11-25 only (the v1 client offers
+// LATEST_PROTOCOL_VERSION = 2025-11-25 in `initialize`; 1.x has no 2026-07-28 support).
+//
+//   node ts_client_v1.mjs URL --revision 2025-11-25 --scenario list|call|progress|session-delete
+//        [--tool NAME --args JSON] [--n N] [--tools-only] [--timeout SECONDS]
+//
+// Prints one JSON line (same shape as py_client.py); exit 0 on success, 1 on failure.
+// session-delete: initialize, tools/call echo, then transport.terminateSession() (HTTP DELETE
+// with Mcp-Session-Id), then a raw POST with the old session id must get 404.
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+
+import { callResult, Fail, parseClientArgs, probeDeletedSession, recordingFetch, runClient } from './common.mjs';
+
+const a = parseClientArgs(['2025-11-25']);
+const out = { ok: false, peer: 'ts_client_v1', sdk: '@modelcontextprotocol/sdk@1.32.2', revision: a.revision, scenario: a.scenario };
+
+await runClient(out, a.timeoutMs, async out => {
+    const records = [];
+    const sessionIds = [];
+    const logs = [];
+    const transport = new StreamableHTTPClientTransport(new URL(a.url), { fetch: recordingFetch(records, sessionIds) });
+    const client = new Client({ name: 'portcullis-ts-client-v1', version: '1.0.0' }, { capabilities: {} });
+    client.setNotificationHandler(LoggingMessageNotificationSchema, n => {
+        logs.push(n.params.data);
+    });
+    try {
+        await client.connect(transport);
+        out.negotiated = transport.protocolVersion ?? null;
+        out.server_info = client.getServerVersion() ?? null;
+        if (out.negotiated !== a.revision) {
+            throw new Fail(`negotiated protocol version ${JSON.stringify(out.negotiated)}, wanted ${a.revision}`);
+        }
+
+        if (a.scenario === 'list') {
+            out.tools = (await client.listTools()).tools.map(t => t.name).sort();
+            if (!a.toolsOnly) {
+                out.prompts = (await client.listPrompts()).prompts.map(p => p.name).sort();
+                out.resources = (await client.listResources()).resources.map(r => r.uri).sort();
+            }
+        } else if (a.scenario === 'call') {
+            if (!a.tool) throw new Fail('--tool is required for the call scenario');
+            const res = await client.callTool({ name: a.tool, arguments: a.args });
+            Object.assign(out, callResult(res));
+            if (out.is_error) throw new Fail(`tool ${a.tool} returned isError: ${out.text}`);
+        } else if (a.scenario === 'progress') {
+            const progress = [];
+            const res = await client.callTool({ name: a.prefix + 'slow_count', arguments: { n: a.n } }, undefined, {
+                onprogress: p => progress.push(p)
+            });
+            Object.assign(out, callResult(res));
+            out.progress = progress;
+            out.logs = logs;
+            if (out.is_error || out.text !== `counted ${a.n}`) throw new Fail(`unexpected slow_count result: ${out.text}`);
+            const got = progress.map(p => p.progress).join(',');
+            const want = Array.from({ length: a.n }, (_, i) => i + 1).join(',');
+            if (got !== want) throw new Fail(`expected progress ${want}, got ${got}`);
+        } else if (a.scenario === 'session-delete') {
+            Object.assign(out, callResult(await client.callTool({ name: a.prefix + 'echo', arguments: { text: 'before-delete' } })));
+            const sid = transport.sessionId;
+            if (!sid) throw new Fail('server did not assign an Mcp-Session-Id');
+            out.session_id = sid;
+            await transport.terminateSession(); // throws on a non-2xx (other than 405)
+            const del = records.filter(r => r.method === 'DELETE').at(-1);
+            out.delete_status = del?.status ?? null;
+            if (out.delete_status !== 200 && out.delete_status !== 204) throw new Fail(`DELETE answered ${out.delete_status}`);
+            out.post_after_delete_status = await probeDeletedSession(a.url, sid);
+            if (out.post_after_delete_status !== 404) {
+                throw new Fail(`POST with the deleted session id answered ${out.post_after_delete_status}, expected 404`);
+            }
+        }
+    } finally {
+        await client.close().catch(() => {});
+        out.http = records;
+    }
+});

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Upstream MCP test server built on the official Python SDK (`mcp` 2.3.0).
+
+Serves MCP Streamable HTTP at http://127.0.0.1:PORT/mcp. One endpoint speaks
+both protocol eras at once (that is how the SDK's StreamableHTTPSessionManager
+works; there is no switch to turn either off):
+
+* 2025-11-25 (and older handshake revisions): `initialize` handshake,
+  `Mcp-Session-Id` sessions (or no sessions with --stateless), GET/DELETE.
+* 2026-07-28: stateless per-request `_meta` envelope, `server/discover`.
+  The SDK routes a request to this path when its `MCP-Protocol-Version`
+  header names a version that is not a handshake version.
+
+Prints `READY <port>` on stdout (one line, flushed) once the socket is
+listening and the app's lifespan has started. Everything else goes to stderr.
+
+Usage:
+    python py_server.py --port 0 --name alpha [--stateless] [--json-response]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+
+def build_server(name: str) -> MCPServer:
+    mcp = MCPServer(name, version="1.0.0", instructions=f"Portcullis test peer {name}", log_level="WARNING")
+
+    @mcp.tool(description="Echo the given text back unchanged.")
+    def echo(text: str) -> str:
+        return text
+
+    @mcp.tool(description="Add two integers; the result is also returned as structured content.")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @mcp.tool(description="Count to n, sending one progress notification and one log message per step.")
+    async def slow_count(n: int, ctx: Context) -> str:
+        for i in range(1, n + 1):
+            await anyio.sleep(0.05)
+            await ctx.report_progress(i, n, message=f"step {i}/{n}")
+            await ctx.info(f"{name}: counted {i} of {n}")
+        return f"counted {n}"
+
+    @mcp.tool(description="Return the name this server was started with.")
+    def whoami() -> str:
+        return name
+
+    @mcp.prompt(description="A greeting prompt.")
+    def greet(who: str = "world") -> str:
+        return f"Hello, {who}! Greetings from {name}."
+
+    @mcp.resource("portcullis://info", name="info", description="Static text about this peer.", mime_type="text/plain")
+    def info() -> str:
+        return f"peer {name} (python mcp 2.3.0)"
+
+    return mcp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = pick a free one)")
+    parser.add_argument("--name", default="py-server", help="server name; returned by the whoami tool")
+    parser.add_argument("--stateless", action="store_true", help="2025 path: no Mcp-Session-Id (stateless_http=True)")
+    parser.add_argument(
+        "--json-response", action="store_true", help="answer POSTs with application/json instead of SSE streams"
+    )
+    parser.add_argument(
+        "--no-host-check",
+        action="store_true",
+        help="disable the SDK's default DNS-rebinding protection (Host/Origin must be 127.0.0.1/localhost/[::1])",
+    )
+    parser.add_argument("--path", default="/mcp", help="endpoint path (default /mcp)")
+    parser.add_argument("--verbose", action="store_true", help="uvicorn/SDK logs at INFO on stderr")
+    args = parser.parse_args()
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING)
+
+    mcp = build_server(args.name)
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if args.no_host_check else None
+    app = mcp.streamable_http_app(
+        streamable_http_path=args.path,
+        json_response=args.json_response,
+        stateless_http=args.stateless,
+        transport_security=security,
+        host="127.0.0.1",
+    )
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    port = sock.getsockname()[1]
+
+    config = uvicorn.Config(
+        app,
+        log_level="info" if args.verbose else "warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        async def announce() -> None:
+            while not server.started:
+                if server.should_exit:
+                    return
+                await anyio.sleep(0.01)
+            print(f"READY {port}", flush=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(announce)
+            await server.serve(sockets=[sock])
+            tg.cancel_scope.cancel()
+
+    anyio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

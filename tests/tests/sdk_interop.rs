@@ -1,0 +1,130 @@
+//! Official MCP SDK clients through the gateway to official SDK servers, in every revision each speaks.
+//!
+//! Upstreams: `alpha` (Python `mcp` 2.3, both revisions), `beta` (TypeScript SDK 1.x, 2025-11-25 only),
+//! `gamma` (TypeScript `@modelcontextprotocol/server` 2.x, both revisions). The gateway speaks to each in
+//! the revision it supports, whatever the client speaks.
+
+#![allow(clippy::unwrap_used)]
+
+use portcullis_tests::*;
+
+struct Fleet {
+    gw: Gateway,
+    _upstreams: Vec<Proc>,
+}
+
+fn fleet() -> Fleet {
+    let (a, pa) = py_server("alpha", &[]);
+    let (b, pb) = ts_server("v1", "beta");
+    let (c, pc) = ts_server("v2", "gamma");
+    let gw = Gateway::start(&[("alpha", pa), ("beta", pb), ("gamma", pc)], "");
+    Fleet {
+        gw,
+        _upstreams: vec![a, b, c],
+    }
+}
+
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn check_list(v: &Value) {
+    let tools = names(v, "tools");
+    for up in ["alpha", "beta", "gamma"] {
+        for t in ["echo", "add", "slow_count", "whoami"] {
+            assert!(
+                tools.contains(&format!("{up}__{t}")),
+                "missing {up}__{t} in {tools:?}"
+            );
+        }
+    }
+    assert_eq!(tools.len(), 12, "{tools:?}");
+}
+
+fn check_calls(run: &dyn Fn(&str, &[&str]) -> Value) {
+    let v = run(
+        "call",
+        &["--tool", "beta__add", "--args", r#"{"a":2,"b":40}"#],
+    );
+    assert_eq!(v["text"], json!("42"), "{v}");
+    for up in ["alpha", "beta", "gamma"] {
+        let v = run(
+            "call",
+            &["--tool", &format!("{up}__whoami"), "--args", "{}"],
+        );
+        assert_eq!(v["text"], json!(up), "{v}");
+    }
+    let v = run(
+        "call",
+        &["--tool", "gamma__echo", "--args", r#"{"text":"héllo ✓"}"#],
+    );
+    assert_eq!(v["text"], json!("héllo ✓"), "{v}");
+    // Streaming: progress notifications pass through from both kinds of upstream.
+    for up in ["alpha", "beta", "gamma"] {
+        let v = run("progress", &["--prefix", &format!("{up}__"), "--n", "3"]);
+        assert_eq!(v["progress"].as_array().map(Vec::len), Some(3), "{up}: {v}");
+    }
+}
+
+#[test]
+fn python_client_in_both_revisions() {
+    let f = fleet();
+    let url = f.gw.url();
+    for rev in ["2025-11-25", "2026-07-28"] {
+        let v = py_client(&url, rev, "list", &[]);
+        assert_eq!(v["negotiated"], json!(rev));
+        check_list(&v);
+        check_calls(&|scenario, extra| py_client(&url, rev, scenario, extra));
+    }
+    let v = py_client(
+        &url,
+        "2025-11-25",
+        "session-delete",
+        &["--prefix", "beta__"],
+    );
+    assert!(
+        v["session_id"].as_str().is_some_and(|s| s.len() == 40),
+        "{v}"
+    );
+}
+
+#[test]
+fn typescript_v1_client_in_2025_11_25() {
+    let f = fleet();
+    let url = f.gw.url();
+    let v = ts_client("v1", &url, "2025-11-25", "list", &[]);
+    assert_eq!(v["negotiated"], json!("2025-11-25"));
+    check_list(&v);
+    check_calls(&|scenario, extra| ts_client("v1", &url, "2025-11-25", scenario, extra));
+    ts_client(
+        "v1",
+        &url,
+        "2025-11-25",
+        "session-delete",
+        &["--prefix", "alpha__"],
+    );
+}
+
+#[test]
+fn typescript_v2_client_in_both_revisions() {
+    let f = fleet();
+    let url = f.gw.url();
+    for rev in ["2025-11-25", "2026-07-28"] {
+        let v = ts_client("v2", &url, rev, "list", &[]);
+        assert_eq!(v["negotiated"], json!(rev));
+        check_list(&v);
+        check_calls(&|scenario, extra| ts_client("v2", &url, rev, scenario, extra));
+    }
+    ts_client(
+        "v2",
+        &url,
+        "2025-11-25",
+        "session-delete",
+        &["--prefix", "gamma__"],
+    );
+}

@@ -158,6 +158,9 @@ pub struct Limits {
     pub upstream_body_bytes_max: usize,
     /// Open agent connections per core; at the bound new connections are closed at once.
     pub connections_per_core_max: usize,
+    /// Concurrent HTTP/2 streams per agent connection (SETTINGS_MAX_CONCURRENT_STREAMS); 100 is the
+    /// RFC 9113 recommended minimum, enough for an agent's parallel calls.
+    pub h2_streams_per_connection_max: u32,
     /// Idle pooled connections per upstream per core.
     pub upstream_idle_per_core_max: usize,
     /// Live sessions per core; at the bound `initialize` gets 503 `overloaded`.
@@ -184,6 +187,7 @@ impl Default for Limits {
             upstream_response_timeout: Dur(Duration::from_secs(60)),
             upstream_body_bytes_max: 16 << 20,
             connections_per_core_max: 10_000,
+            h2_streams_per_connection_max: 100,
             upstream_idle_per_core_max: 64,
             sessions_per_core_max: 10_000,
             session_idle: Dur(Duration::from_secs(30 * 60)),
@@ -277,7 +281,7 @@ impl Config {
             parse_http_url(&u.url).map_err(|e| invalid(&format!("upstreams[{i}].url"), e))?;
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 7] = [
+        let positive: [(&str, usize); 8] = [
             ("limits.body_bytes_max", l.body_bytes_max),
             ("limits.header_bytes_max", l.header_bytes_max),
             ("limits.headers_count_max", l.headers_count_max),
@@ -288,6 +292,10 @@ impl Config {
             ),
             ("limits.sessions_per_core_max", l.sessions_per_core_max),
             ("limits.json_depth_max", l.json_depth_max as usize),
+            (
+                "limits.h2_streams_per_connection_max",
+                l.h2_streams_per_connection_max as usize,
+            ),
         ];
         for (k, v) in positive {
             if v == 0 {

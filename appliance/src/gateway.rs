@@ -11,7 +11,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use portcullis_pipeline::mcp::{self, ListKind, Route};
 use portcullis_pipeline::session::{
@@ -24,7 +23,7 @@ use simd_json::prelude::*;
 use simd_json::OwnedValue as Value;
 
 use crate::config::{Config, UpstreamUrl};
-use crate::http::{encode_chunk, Conn, RequestHead, Response, LAST_CHUNK};
+use crate::http::{Reply, RequestHead, Response};
 use crate::metrics::{inc, CoreMetrics, CoreShared};
 use crate::upstream::{Pool, UpstreamResponse};
 
@@ -287,12 +286,7 @@ impl Core {
     // ---- the HTTP entry point ----
 
     /// Answer one request on `/mcp`. Returns whether the connection may be kept alive.
-    pub async fn handle<S: AsyncReadRent + AsyncWriteRent>(
-        &self,
-        conn: &mut Conn<S>,
-        head: &RequestHead,
-        body: Vec<u8>,
-    ) -> bool {
+    pub async fn handle<R: Reply>(&self, conn: &mut R, head: &RequestHead, body: Vec<u8>) -> bool {
         inc(&self.metrics.shared.counters.requests);
         if let Some(origin) = head.header_str("origin") {
             if !origin_allowed(origin, &self.shared.config.listen.allowed_origins) {
@@ -331,11 +325,7 @@ impl Core {
         }
     }
 
-    async fn delete<S: AsyncReadRent + AsyncWriteRent>(
-        &self,
-        conn: &mut Conn<S>,
-        head: &RequestHead,
-    ) -> bool {
+    async fn delete<R: Reply>(&self, conn: &mut R, head: &RequestHead) -> bool {
         let Some(sid) = head.header_str("mcp-session-id") else {
             return self
                 .refuse(conn, None, false, DenyReason::SessionRequired.into(), &[])
@@ -354,19 +344,12 @@ impl Core {
             Some(s) => {
                 self.end_upstream_sessions(&s).await;
                 inc(&self.metrics.shared.counters.responses_ok);
-                conn.write(Response::new(200).full(b"", false))
-                    .await
-                    .is_ok()
+                conn.full(Response::new(200), b"", false).await
             }
         }
     }
 
-    async fn post<S: AsyncReadRent + AsyncWriteRent>(
-        &self,
-        conn: &mut Conn<S>,
-        head: &RequestHead,
-        mut body: Vec<u8>,
-    ) -> bool {
+    async fn post<R: Reply>(&self, conn: &mut R, head: &RequestHead, mut body: Vec<u8>) -> bool {
         if let Err(r) = frame::check_content_type(head.header("content-type")) {
             return self.refuse(conn, None, false, r.into(), &[]).await;
         }
@@ -436,19 +419,13 @@ impl Core {
                     }
                 }
                 inc(&self.metrics.shared.counters.responses_ok);
-                conn.write(Response::new(202).full(b"", false))
-                    .await
-                    .is_ok()
+                conn.full(Response::new(202), b"", false).await
             }
             Message::Response(resp) => self.answer_upstream_request(conn, &agent, resp).await,
         }
     }
 
-    async fn initialize<S: AsyncReadRent + AsyncWriteRent>(
-        &self,
-        conn: &mut Conn<S>,
-        req: Request,
-    ) -> bool {
+    async fn initialize<R: Reply>(&self, conn: &mut R, req: Request) -> bool {
         let params = req.params.as_ref();
         let requested = params
             .and_then(|p| p.get("protocolVersion"))
@@ -485,17 +462,10 @@ impl Core {
             .header("content-type", "application/json")
             .header("mcp-session-id", sid.to_string());
         inc(&self.metrics.shared.counters.responses_ok);
-        conn.write(resp.full(&jsonrpc::encode(&msg), false))
-            .await
-            .is_ok()
+        conn.full(resp, &jsonrpc::encode(&msg), false).await
     }
 
-    async fn request<S: AsyncReadRent + AsyncWriteRent>(
-        &self,
-        conn: &mut Conn<S>,
-        agent: &Agent,
-        req: Request,
-    ) -> bool {
+    async fn request<R: Reply>(&self, conn: &mut R, agent: &Agent, req: Request) -> bool {
         let modern = agent.is_modern();
         let route = match mcp::route(&req) {
             Ok(r) => r,
@@ -576,9 +546,9 @@ impl Core {
 
     // ---- answers ----
 
-    async fn reply_result<S: AsyncReadRent + AsyncWriteRent>(
+    async fn reply_result<R: Reply>(
         &self,
-        conn: &mut Conn<S>,
+        conn: &mut R,
         agent: &Agent,
         id: Id,
         mut result: Value,
@@ -592,16 +562,14 @@ impl Core {
         });
         inc(&self.metrics.shared.counters.responses_ok);
         let resp = Response::new(200).header("content-type", "application/json");
-        conn.write(resp.full(&jsonrpc::encode(&msg), false))
-            .await
-            .is_ok()
+        conn.full(resp, &jsonrpc::encode(&msg), false).await
     }
 
     /// Answer a refusal. Errors about one well-formed request travel on HTTP 200 as JSON-RPC errors; errors
     /// the transport rules give a status (and 2026-07-28's 404 for unknown methods) use that status.
-    async fn refuse<S: AsyncReadRent + AsyncWriteRent>(
+    async fn refuse<R: Reply>(
         &self,
-        conn: &mut Conn<S>,
+        conn: &mut R,
         id: Option<Id>,
         modern: bool,
         refusal: Refusal,
@@ -645,10 +613,7 @@ impl Core {
         }
         // After a framing or size refusal the rest of the request may still be on the wire: close.
         let close = !reason.is_jsonrpc_level() && status >= 400 && status != 404 && status != 405;
-        let ok = conn
-            .write(resp.full(&jsonrpc::encode(&msg), close))
-            .await
-            .is_ok();
+        let ok = conn.full(resp, &jsonrpc::encode(&msg), close).await;
         ok && !close
     }
 
@@ -1004,9 +969,9 @@ impl Core {
     }
 
     /// Forward a request to its upstream and relay the answer, JSON or SSE, to the agent.
-    async fn forward<S: AsyncReadRent + AsyncWriteRent>(
+    async fn forward<R: Reply>(
         &self,
-        conn: &mut Conn<S>,
+        conn: &mut R,
         agent: &Agent,
         up: usize,
         req: Request,
@@ -1033,9 +998,7 @@ impl Core {
                     let msg = self.rewrite_response(agent, &upstream, &req, r);
                     inc(&self.metrics.shared.counters.responses_ok);
                     let out = Response::new(200).header("content-type", "application/json");
-                    conn.write(out.full(&jsonrpc::encode(&msg), false))
-                        .await
-                        .is_ok()
+                    conn.full(out, &jsonrpc::encode(&msg), false).await
                 }
                 Err(r) => {
                     self.refuse(conn, Some(req.id.clone()), modern, r.into(), &[])
@@ -1071,9 +1034,9 @@ impl Core {
         Message::Response(r)
     }
 
-    async fn relay_stream<S: AsyncReadRent + AsyncWriteRent>(
+    async fn relay_stream<R: Reply>(
         &self,
-        conn: &mut Conn<S>,
+        conn: &mut R,
         agent: &Agent,
         upstream: &str,
         req: &Request,
@@ -1083,7 +1046,7 @@ impl Core {
             .header("content-type", "text/event-stream")
             .header("cache-control", "no-cache")
             .header("x-accel-buffering", "no");
-        if conn.write(head.streaming_head(false)).await.is_err() {
+        if !conn.stream_start(head).await {
             return false;
         }
         let limits = self.parse_limits();
@@ -1143,12 +1106,12 @@ impl Core {
                     },
                     &mut framed,
                 );
-                encode_chunk(&framed, &mut out);
+                out.extend_from_slice(&framed);
                 if answered {
                     break;
                 }
             }
-            if !out.is_empty() && conn.write(out).await.is_err() {
+            if !out.is_empty() && !conn.stream_data(out).await {
                 // The agent went away: dropping the upstream connection cancels the request there.
                 return false;
             }
@@ -1171,21 +1134,19 @@ impl Core {
                 },
                 &mut framed,
             );
-            let mut out = Vec::new();
-            encode_chunk(&framed, &mut out);
-            if conn.write(out).await.is_err() {
+            if !conn.stream_data(framed).await {
                 return false;
             }
         } else {
             inc(&self.metrics.shared.counters.responses_ok);
         }
-        conn.write(LAST_CHUNK.to_vec()).await.is_ok()
+        conn.stream_end().await
     }
 
     /// A session agent's answer to an upstream's request: restore the upstream's id and deliver it.
-    async fn answer_upstream_request<S: AsyncReadRent + AsyncWriteRent>(
+    async fn answer_upstream_request<R: Reply>(
         &self,
-        conn: &mut Conn<S>,
+        conn: &mut R,
         agent: &Agent,
         resp: jsonrpc::Response,
     ) -> bool {
@@ -1228,9 +1189,7 @@ impl Core {
             Ok(mut r) => {
                 let _ = r.read_all(&self.pool).await;
                 inc(&self.metrics.shared.counters.responses_ok);
-                conn.write(Response::new(202).full(b"", false))
-                    .await
-                    .is_ok()
+                conn.full(Response::new(202), b"", false).await
             }
             Err(r) => self.refuse(conn, None, false, r.into(), &[]).await,
         }

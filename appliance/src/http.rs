@@ -333,3 +333,33 @@ impl Response {
 }
 
 pub use chunked::{encode_chunk, LAST_CHUNK};
+
+/// Where the gateway writes one response: HTTP/1.1 bytes on a connection, or an HTTP/2 stream. The gateway
+/// speaks in whole responses or streamed bodies and never sees the framing.
+#[allow(async_fn_in_trait)] // used only with static dispatch inside this crate
+pub trait Reply {
+    /// A whole response. Returns whether the connection can serve another request.
+    async fn full(&mut self, resp: Response, body: &[u8], close: bool) -> bool;
+    /// Start a streamed response (SSE).
+    async fn stream_start(&mut self, resp: Response) -> bool;
+    /// One piece of a streamed body; `false` when the agent is gone.
+    async fn stream_data(&mut self, data: Vec<u8>) -> bool;
+    async fn stream_end(&mut self) -> bool;
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> Reply for Conn<S> {
+    async fn full(&mut self, resp: Response, body: &[u8], close: bool) -> bool {
+        self.write(resp.full(body, close)).await.is_ok()
+    }
+    async fn stream_start(&mut self, resp: Response) -> bool {
+        self.write(resp.streaming_head(false)).await.is_ok()
+    }
+    async fn stream_data(&mut self, data: Vec<u8>) -> bool {
+        let mut out = Vec::with_capacity(data.len() + 16);
+        encode_chunk(&data, &mut out);
+        out.is_empty() || self.write(out).await.is_ok()
+    }
+    async fn stream_end(&mut self) -> bool {
+        self.write(LAST_CHUNK.to_vec()).await.is_ok()
+    }
+}

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod gateway;
+pub mod h2srv;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -178,7 +178,12 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
                     let hs = core.shared.config.limits.header_read_timeout.0;
                     // Failed or slow handshakes cost nothing further.
                     if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(stream)).await {
-                        serve_conn(core, s, peer).await;
+                        if s.alpn_protocol().as_deref() == Some(b"h2") {
+                            let _open = OpenConnection::new(&core);
+                            crate::h2srv::serve(core.clone(), s).await;
+                        } else {
+                            serve_conn(core, s, peer).await;
+                        }
                     }
                 });
             }
@@ -198,17 +203,39 @@ fn read_limits(core: &Core) -> ReadLimits {
     }
 }
 
+/// Counts an open agent connection for its lifetime (the per-core bound and the gauge).
+struct OpenConnection<'a>(&'a Core);
+
+impl<'a> OpenConnection<'a> {
+    fn new(core: &'a Core) -> Self {
+        core.connections.set(core.connections.get() + 1);
+        core.metrics
+            .shared
+            .counters
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        OpenConnection(core)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+        self.0
+            .metrics
+            .shared
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
     core: Rc<Core>,
     stream: S,
     _peer: SocketAddr,
 ) {
-    core.connections.set(core.connections.get() + 1);
-    core.metrics
-        .shared
-        .counters
-        .connections_open
-        .fetch_add(1, Ordering::Relaxed);
+    let _open = OpenConnection::new(&core);
     let limits = read_limits(&core);
     let mut conn = Conn::new(stream);
     loop {
@@ -243,12 +270,6 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
             break;
         }
     }
-    core.connections.set(core.connections.get() - 1);
-    core.metrics
-        .shared
-        .counters
-        .connections_open
-        .fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn serve_request<S: AsyncReadRent + AsyncWriteRent>(

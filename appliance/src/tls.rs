@@ -1,5 +1,5 @@
 //! TLS for the MCP listener: a self-signed certificate generated into the data dir on first start, and the
-//! rustls server configuration (ALPN `http/1.1`).
+//! rustls server configuration (ALPN `h2`, then `http/1.1`).
 //!
 //! The key never leaves the data dir (0600). The certificate's SHA-256 fingerprint is printed at start so an
 //! operator can pin it in agents before a real certificate is installed.
@@ -90,7 +90,7 @@ pub fn load_or_generate(dir: &DataDir) -> Result<TlsMaterial, TlsError> {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .map_err(TlsError::Rustls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsMaterial {
         config: Arc::new(config),
         fingerprint_sha256,

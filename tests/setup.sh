@@ -59,6 +59,16 @@ hash_of() { # hash_of <extra-string> <files...>
 }
 
 mkdir -p "$cache"
+
+# System tools the end-to-end tests call: curl (HTTP/2 and TLS client), node (TypeScript peers).
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  log "installing from Debian: ${missing[*]}"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
 # Serialise concurrent runs (parallel test jobs) on one lock per cache root.
 exec 9>"$cache/setup.lock"
 if command -v flock >/dev/null 2>&1; then

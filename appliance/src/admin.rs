@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use monoio::net::TcpListener;
 
 use crate::gateway::Shared;
-use crate::http::{Conn, ReadError, ReadLimits, Response};
+use crate::http::{Conn, Native, ReadError, ReadLimits, Response};
 use crate::metrics::{self, CoreShared};
 
 pub type CoreList = Arc<OnceLock<Vec<Arc<CoreShared>>>>;
@@ -50,7 +50,7 @@ pub fn run(
             let shared = shared.clone();
             let cores = cores.clone();
             monoio::spawn(async move {
-                let mut conn = Conn::new(stream);
+                let mut conn = Conn::new(Native(stream));
                 let l = &shared.config.limits;
                 let limits = ReadLimits {
                     header_bytes_max: l.header_bytes_max,

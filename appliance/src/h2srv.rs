@@ -1,8 +1,9 @@
 //! HTTP/2 for agent connections that negotiate `h2` by ALPN: each stream becomes one request through the
 //! same gateway path as HTTP/1.1.
 //!
-//! The `h2` crate drives the protocol; `monoio-compat` adapts monoio's owned-buffer streams to the poll-based
-//! I/O traits it expects. The connection task accepts streams and keeps the connection's I/O moving; each
+//! The `h2` crate drives the protocol over the TLS stream (tokio-rustls over `monoio-compat`'s adapter of
+//! the monoio socket; that adapter is only ever asked to move raw TCP bytes, where reads and writes are
+//! independent). The connection task accepts streams and keeps the connection's I/O moving; each
 //! stream is handled by a task of its own on the same core. Bounds: concurrent streams per connection, header
 //! list size, body size, the idle timeout when no stream is open, and send flow control (a slow reader is
 //! never buffered for without bound: data waits for window capacity).
@@ -15,7 +16,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use portcullis_pipeline::DenyReason;
 
 use crate::gateway::Core;
@@ -24,10 +24,9 @@ use crate::http::{Reply, RequestHead, Response};
 /// Serve one HTTP/2 connection until it closes, idles out, or the core drains.
 pub async fn serve<S>(core: Rc<Core>, io: S)
 where
-    S: AsyncReadRent + AsyncWriteRent + Unpin + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let l = &core.shared.config.limits;
-    let io = monoio_compat::StreamWrapper::new(io);
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(l.h2_streams_per_connection_max)

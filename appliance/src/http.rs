@@ -1,9 +1,10 @@
 //! HTTP/1.1 server side of one agent connection: bounded reads of request heads and bodies, and writes of
 //! whole or streamed (chunked) responses.
 //!
-//! Works over any monoio stream (plain TCP or rustls). Every read has a deadline: the first byte of a request
-//! waits at most `idle_timeout`, the rest of the head `header_read_timeout` (slowloris), the body
-//! `request_timeout`. Buffers are owned and lent to the kernel, as monoio's rent model requires.
+//! Works over any `ByteStream`: a monoio socket used directly (plain TCP, owned buffers lent to io_uring), or a
+//! poll-based stream such as TLS (tokio-rustls over `monoio-compat`). Every read has a deadline: the first
+//! byte of a request waits at most `idle_timeout`, the rest of the head `header_read_timeout` (slowloris), the
+//! body `request_timeout`.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use portcullis_pipeline::chunked::{self, ChunkedDecoder};
 use portcullis_pipeline::DenyReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -76,23 +78,71 @@ impl<S> std::fmt::Debug for Conn<S> {
     }
 }
 
-/// Read more bytes into the spare capacity of `buf`, growing it by at least `reserve` if full.
-pub async fn read_more<S: AsyncReadRent>(
+/// A byte stream the HTTP/1.1 code reads and writes: appends to an owned buffer, writes a whole buffer.
+#[allow(async_fn_in_trait)] // static dispatch only
+pub trait ByteStream {
+    /// Append what is available to `buf` (at most `reserve` more bytes). `Ok(0)` is end of stream.
+    async fn read_append(&mut self, buf: Vec<u8>, reserve: usize) -> (io::Result<usize>, Vec<u8>);
+    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()>;
+}
+
+/// A monoio socket used directly: buffers are lent to the kernel (io_uring) and handed back.
+#[derive(Debug)]
+pub struct Native<S>(pub S);
+
+impl<S: AsyncReadRent + AsyncWriteRent> ByteStream for Native<S> {
+    async fn read_append(
+        &mut self,
+        mut buf: Vec<u8>,
+        reserve: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        if buf.capacity() - buf.len() < reserve {
+            buf.reserve(reserve);
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = self.0.read(buf.slice_mut(len..cap)).await;
+        (res, slice.into_inner())
+    }
+    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        self.0.write_all(buf).await.0.map(|_| ())
+    }
+}
+
+/// A poll-based stream (TLS from tokio-rustls over monoio-compat).
+#[derive(Debug)]
+pub struct Polled<T>(pub T);
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> ByteStream for Polled<T> {
+    async fn read_append(
+        &mut self,
+        mut buf: Vec<u8>,
+        reserve: usize,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        buf.resize(len + reserve, 0);
+        let res = self.0.read(&mut buf[len..]).await;
+        buf.truncate(len + *res.as_ref().unwrap_or(&0));
+        (res, buf)
+    }
+    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        self.0.write_all(&buf).await?;
+        self.0.flush().await
+    }
+}
+
+/// Read more bytes into `buf` within `deadline`.
+pub async fn read_more<S: ByteStream>(
     stream: &mut S,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     reserve: usize,
     deadline: Instant,
 ) -> (Result<usize, ReadError>, Vec<u8>) {
-    if buf.capacity() - buf.len() < reserve {
-        buf.reserve(reserve);
-    }
-    let len = buf.len();
-    let cap = buf.capacity();
     let left = deadline.saturating_duration_since(Instant::now());
-    match monoio::time::timeout(left, stream.read(buf.slice_mut(len..cap))).await {
-        Ok((Ok(n), slice)) => (Ok(n), slice.into_inner()),
-        Ok((Err(e), slice)) => (Err(ReadError::Io(e)), slice.into_inner()),
-        // The cancelled read keeps its buffer until the kernel lets go; we start a fresh one.
+    match monoio::time::timeout(left, stream.read_append(buf, reserve)).await {
+        Ok((Ok(n), buf)) => (Ok(n), buf),
+        Ok((Err(e), buf)) => (Err(ReadError::Io(e)), buf),
+        // A cancelled read keeps its buffer until the kernel lets go; we start a fresh one.
         Err(_) => (
             Err(ReadError::Refused(DenyReason::RequestTimeout)),
             Vec::new(),
@@ -100,7 +150,7 @@ pub async fn read_more<S: AsyncReadRent>(
     }
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Conn<S> {
+impl<S: ByteStream> Conn<S> {
     pub fn new(stream: S) -> Self {
         Conn {
             stream,
@@ -247,8 +297,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> Conn<S> {
     }
 
     pub async fn write(&mut self, bytes: Vec<u8>) -> io::Result<()> {
-        let (res, _) = self.stream.write_all(bytes).await;
-        res.map(|_| ())
+        self.stream.write_vec(bytes).await
     }
 }
 
@@ -347,7 +396,7 @@ pub trait Reply {
     async fn stream_end(&mut self) -> bool;
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> Reply for Conn<S> {
+impl<S: ByteStream> Reply for Conn<S> {
     async fn full(&mut self, resp: Response, body: &[u8], close: bool) -> bool {
         self.write(resp.full(body, close)).await.is_ok()
     }

@@ -12,12 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::{ListenerOpts, TcpListener};
-use monoio_rustls::TlsAcceptor;
+use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::{Core, SessionMsg, Shared};
-use crate::http::{Conn, ReadError, ReadLimits, Response};
+use crate::http::{ByteStream, Conn, Native, Polled, ReadError, ReadLimits, Response};
 use crate::metrics::{inc, CoreShared};
 use crate::upstream::{ClientLimits, Pool};
 
@@ -170,19 +169,20 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
         let core = core.clone();
         match &tls {
             None => {
-                monoio::spawn(serve_conn(core, stream, peer));
+                monoio::spawn(serve_conn(core, Native(stream), peer));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 monoio::spawn(async move {
                     let hs = core.shared.config.limits.header_read_timeout.0;
                     // Failed or slow handshakes cost nothing further.
-                    if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(stream)).await {
-                        if s.alpn_protocol().as_deref() == Some(b"h2") {
+                    let io = monoio_compat::StreamWrapper::new(stream);
+                    if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(io)).await {
+                        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                             let _open = OpenConnection::new(&core);
                             crate::h2srv::serve(core.clone(), s).await;
                         } else {
-                            serve_conn(core, s, peer).await;
+                            serve_conn(core, Polled(s), peer).await;
                         }
                     }
                 });
@@ -230,11 +230,7 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
-    core: Rc<Core>,
-    stream: S,
-    _peer: SocketAddr,
-) {
+async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, _peer: SocketAddr) {
     let _open = OpenConnection::new(&core);
     let limits = read_limits(&core);
     let mut conn = Conn::new(stream);
@@ -272,7 +268,7 @@ async fn serve_conn<S: AsyncReadRent + AsyncWriteRent>(
     }
 }
 
-async fn serve_request<S: AsyncReadRent + AsyncWriteRent>(
+async fn serve_request<S: ByteStream>(
     core: &Core,
     conn: &mut Conn<S>,
     head: &crate::http::RequestHead,

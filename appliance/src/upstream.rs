@@ -9,13 +9,12 @@ use std::cell::RefCell;
 use std::io;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use portcullis_pipeline::chunked::ChunkedDecoder;
 use portcullis_pipeline::DenyReason;
 
 use crate::config::UpstreamUrl;
-use crate::http::{read_more, ReadError};
+use crate::http::{read_more, ByteStream, Native, ReadError};
 
 #[derive(Debug)]
 pub enum UpstreamError {
@@ -59,7 +58,7 @@ pub struct ClientLimits {
 
 #[derive(Debug)]
 pub struct UpstreamConn {
-    stream: TcpStream,
+    stream: Native<TcpStream>,
     buf: Vec<u8>,
 }
 
@@ -251,7 +250,7 @@ impl Pool {
         // Small request/response exchanges: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         Ok(UpstreamConn {
-            stream,
+            stream: Native(stream),
             buf: Vec::with_capacity(16 << 10),
         })
     }
@@ -304,8 +303,10 @@ impl Pool {
         mut conn: UpstreamConn,
         req: Vec<u8>,
     ) -> Result<UpstreamResponse, (UpstreamError, bool)> {
-        let (res, _) = conn.stream.write_all(req).await;
-        res.map_err(|e| (UpstreamError::Io(e), false))?;
+        conn.stream
+            .write_vec(req)
+            .await
+            .map_err(|e| (UpstreamError::Io(e), false))?;
         let deadline = Instant::now() + self.limits.response_timeout;
         loop {
             if !conn.buf.is_empty() {

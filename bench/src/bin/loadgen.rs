@@ -3,6 +3,10 @@
 //! hdrhistogram. Prints one JSON object.
 //!
 //! Usage: loadgen --url http://127.0.0.1:PORT/mcp --tool NAME [--concurrency 32] [--seconds 10] [--warmup 2]
+//!        loadgen --proto h2 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
+//!
+//! h1: one OS thread per connection, blocking keep-alive. h2: `--concurrency` streams in flight, spread over
+//! `--connections` TLS connections, driven by one monoio runtime per connection group (`--threads`, default 2).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::io::Write;
@@ -15,6 +19,10 @@ use hdrhistogram::Histogram;
 use portcullis_bench::{call_body, Reader};
 
 struct Args {
+    proto: String,
+    cacert: Option<String>,
+    connections: usize,
+    threads: usize,
     host: String,
     port: u16,
     path: String,
@@ -26,6 +34,10 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
+        proto: "h1".into(),
+        cacert: None,
+        connections: 4,
+        threads: 2,
         host: String::new(),
         port: 0,
         path: String::new(),
@@ -40,7 +52,10 @@ fn args() -> Args {
         let val = v[i + 1].clone();
         match v[i].as_str() {
             "--url" => {
-                let rest = val.strip_prefix("http://").expect("http:// URL");
+                let rest = val
+                    .strip_prefix("http://")
+                    .or_else(|| val.strip_prefix("https://"))
+                    .expect("http(s):// URL");
                 let (auth, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
                 let (h, p) = auth.rsplit_once(':').expect("host:port");
                 a.host = h.into();
@@ -52,6 +67,10 @@ fn args() -> Args {
                 };
             }
             "--tool" => a.tool = val,
+            "--proto" => a.proto = val,
+            "--cacert" => a.cacert = Some(val),
+            "--connections" => a.connections = val.parse().unwrap(),
+            "--threads" => a.threads = val.parse().unwrap(),
             "--concurrency" => a.concurrency = val.parse().unwrap(),
             "--seconds" => a.seconds = val.parse().unwrap(),
             "--warmup" => a.warmup = val.parse().unwrap(),
@@ -65,6 +84,10 @@ fn args() -> Args {
 
 fn main() {
     let a = Arc::new(args());
+    if a.proto == "h2" {
+        return h2load::run(a);
+    }
+    assert_eq!(a.proto, "h1", "--proto is h1 or h2");
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -131,7 +154,12 @@ fn main() {
         all.add(&h).unwrap();
         errors += e;
     }
+    report(&a, &all, errors, elapsed);
+}
+
+fn report(a: &Args, all: &Histogram<u64>, errors: u64, elapsed: Duration) {
     let out = serde_json::json!({
+        "proto": a.proto,
         "requests": all.len(),
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
@@ -143,4 +171,164 @@ fn main() {
         "concurrency": a.concurrency,
     });
     println!("{out}");
+}
+
+mod h2load {
+    //! The HTTP/2 side: streams multiplexed over a few TLS connections.
+    use super::*;
+    use bytes::Bytes;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn tls_config(cacert: &str) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(cacert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    }
+
+    type Tally = Rc<RefCell<(Histogram<u64>, u64)>>;
+
+    async fn worker(
+        a: Arc<Args>,
+        mut send: h2::client::SendRequest<Bytes>,
+        id0: u64,
+        rec: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        tally: Tally,
+    ) {
+        let mut id = id0;
+        let uri = format!("https://{}:{}{}", a.host, a.port, a.path);
+        while !stop.load(Ordering::Relaxed) {
+            id += 1;
+            let body = Bytes::from(call_body(id, &a.tool));
+            let req = http::Request::post(uri.as_str())
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", a.tool.as_str())
+                .body(())
+                .unwrap();
+            let t0 = Instant::now();
+            send = match send.ready().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let Ok((resp, mut stream)) = send.send_request(req, false) else {
+                return;
+            };
+            if stream.send_data(body, true).is_err() {
+                return;
+            }
+            let ok = match resp.await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let mut b = r.into_body();
+                    let mut got = Vec::new();
+                    while let Some(Ok(d)) = b.data().await {
+                        let _ = b.flow_control().release_capacity(d.len());
+                        got.extend_from_slice(&d);
+                    }
+                    status == 200 && got.windows(8).any(|w| w == b"received")
+                }
+                Err(_) => false,
+            };
+            let us = t0.elapsed().as_micros() as u64;
+            if rec.load(Ordering::Relaxed) {
+                let mut t = tally.borrow_mut();
+                if ok {
+                    t.0.record(us.max(1)).unwrap();
+                } else {
+                    t.1 += 1;
+                }
+            }
+        }
+    }
+
+    pub fn run(a: Arc<Args>) {
+        let cfg = tls_config(a.cacert.as_deref().expect("--cacert is required for h2"));
+        let recording = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = a.threads.max(1).min(a.connections.max(1));
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (a, cfg, recording, stop) =
+                (a.clone(), cfg.clone(), recording.clone(), stop.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tally: Tally = Rc::new(RefCell::new((
+                        Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+                        0,
+                    )));
+                    let conns: Vec<usize> =
+                        (0..a.connections).filter(|c| c % threads == t).collect();
+                    let mut tasks = Vec::new();
+                    for c in conns {
+                        let tcp = monoio::net::TcpStream::connect((a.host.as_str(), a.port))
+                            .await
+                            .unwrap();
+                        tcp.set_nodelay(true).unwrap();
+                        let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+                        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                        let io = connector
+                            .connect(name, monoio_compat::StreamWrapper::new(tcp))
+                            .await
+                            .unwrap();
+                        let (send, conn) = h2::client::handshake(io).await.unwrap();
+                        monoio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        // This connection's share of the streams.
+                        let streams = (a.concurrency / a.connections)
+                            + usize::from(c < a.concurrency % a.connections);
+                        for s in 0..streams {
+                            let id0 = ((c * 1000 + s) as u64) << 32;
+                            tasks.push(monoio::spawn(worker(
+                                a.clone(),
+                                send.clone(),
+                                id0,
+                                recording.clone(),
+                                stop.clone(),
+                                tally.clone(),
+                            )));
+                        }
+                    }
+                    for task in tasks {
+                        task.await;
+                    }
+                    let t = tally.borrow();
+                    (t.0.clone(), t.1)
+                })
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(a.warmup));
+        recording.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(a.seconds));
+        recording.store(false, Ordering::SeqCst);
+        let elapsed = t0.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut errors = 0;
+        for h in handles {
+            let (hist, e) = h.join().unwrap();
+            all.add(&hist).unwrap();
+            errors += e;
+        }
+        report(&a, &all, errors, elapsed);
+    }
 }

@@ -76,7 +76,7 @@ pub enum SessionMsg {
 pub struct Core {
     pub id: u16,
     pub shared: Arc<Shared>,
-    pub pool: Pool,
+    pub pool: Rc<Pool>,
     pub sessions: RefCell<SessionShard>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub metrics: CoreMetrics,
@@ -124,7 +124,7 @@ impl Core {
         Core {
             id,
             shared,
-            pool,
+            pool: Rc::new(pool),
             sessions: RefCell::new(SessionShard::new(limits)),
             peers,
             metrics: CoreMetrics::new(metrics),
@@ -301,15 +301,7 @@ impl Core {
                 if let Err(r) = frame::check_accept_get(head.header("accept")) {
                     return self.refuse(conn, None, false, r.into(), &[]).await;
                 }
-                // The standalone SSE stream is optional (the spec allows 405); 2026-07-28 has none at all.
-                self.refuse(
-                    conn,
-                    None,
-                    false,
-                    DenyReason::MethodNotAllowed.into(),
-                    &[("allow", "POST, DELETE".into())],
-                )
-                .await
+                self.listen(conn, head).await
             }
             "DELETE" => self.delete(conn, head).await,
             _ => {
@@ -542,6 +534,204 @@ impl Core {
                 self.forward(conn, agent, up, fwd).await
             }
         }
+    }
+
+    // ---- the standalone stream of a 2025-11-25 session ----
+
+    /// `GET /mcp`: one SSE stream merging what every upstream sends outside a request (list_changed,
+    /// resource updates, log messages, upstream-to-agent requests). Legacy upstreams are followed on their
+    /// own GET stream with this session's upstream session; 2026-07-28 upstreams by `subscriptions/listen`.
+    /// The stream ends when the agent goes away, the session ends, or the gateway drains.
+    async fn listen<R: Reply>(&self, conn: &mut R, head: &RequestHead) -> bool {
+        if head
+            .header_str("mcp-protocol-version")
+            .and_then(Revision::parse)
+            .is_some_and(Revision::is_stateless)
+        {
+            // 2026-07-28 has no GET stream: subscriptions/listen replaces it.
+            return self
+                .refuse(
+                    conn,
+                    None,
+                    true,
+                    DenyReason::MethodNotAllowed.into(),
+                    &[("allow", "POST".into())],
+                )
+                .await;
+        }
+        let Some(sid) = head.header_str("mcp-session-id") else {
+            return self
+                .refuse(conn, None, false, DenyReason::SessionRequired.into(), &[])
+                .await;
+        };
+        let Some(id) = SessionId::parse(sid) else {
+            return self
+                .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                .await;
+        };
+        let session = match self.session_touch(id).await {
+            Ok(s) => s,
+            Err(SessionError::Expired) => {
+                return self
+                    .refuse(conn, None, false, DenyReason::SessionExpired.into(), &[])
+                    .await
+            }
+            Err(_) => {
+                return self
+                    .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                    .await
+            }
+        };
+        let agent = Agent::Session {
+            id,
+            session: Box::new(session),
+        };
+        let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
+        for up in 0..self.shared.upstreams.len() {
+            if let Err(r) = self.follow_upstream(&agent, up, tx.clone()).await {
+                crate::warn!(
+                    "listen upstream={} reason={}",
+                    self.shared.upstreams[up].name,
+                    r.code()
+                );
+            }
+        }
+        let head = Response::new(200)
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .header("x-accel-buffering", "no");
+        if !conn.stream_start(head).await {
+            return false;
+        }
+        inc(&self.metrics.shared.counters.responses_ok);
+        loop {
+            if self
+                .shared
+                .draining
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                break;
+            }
+            match monoio::time::timeout(LISTEN_KEEPALIVE, rx.recv_async()).await {
+                Ok(Ok(msg)) => {
+                    let mut framed = Vec::new();
+                    let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
+                    sse::encode(
+                        &sse::Event {
+                            id: None,
+                            event: Some("message".into()),
+                            data,
+                            retry_ms: None,
+                        },
+                        &mut framed,
+                    );
+                    if !conn.stream_data(framed).await {
+                        return false;
+                    }
+                }
+                Ok(Err(_)) => unreachable!("`tx` is held by this loop"),
+                Err(_) => {
+                    // Keep intermediaries from timing the stream out, and notice a session that ended.
+                    if !conn.stream_data(b": keep-alive\n\n".to_vec()).await {
+                        return false;
+                    }
+                    if self.session_touch(id).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        conn.stream_end().await
+    }
+
+    /// Open one upstream's out-of-request stream for this agent and relay it into `tx` from a task of its own.
+    async fn follow_upstream(
+        &self,
+        agent: &Agent,
+        up: usize,
+        tx: flume::Sender<Message>,
+    ) -> Result<(), DenyReason> {
+        let rev = self.revision_of(up).await?;
+        let name = self.shared.upstreams[up].name.clone();
+        let mut resp = if rev.is_stateless() {
+            let Agent::Session { session, .. } = agent else {
+                return Ok(());
+            };
+            let mut params = simd_json::owned::Object::new();
+            let mut filter = simd_json::owned::Object::new();
+            for k in [
+                "toolsListChanged",
+                "promptsListChanged",
+                "resourcesListChanged",
+            ] {
+                filter.insert(k.into(), Value::from(true));
+            }
+            params.insert("notifications".into(), Value::from(filter));
+            let meta = modern_meta(
+                session
+                    .client_capabilities
+                    .as_ref()
+                    .unwrap_or(&Value::object()),
+                session.client_info.as_ref(),
+            );
+            let req = Request {
+                id: Id::String("portcullis-listen".into()),
+                method: "subscriptions/listen".into(),
+                params: Some(params_with_meta(Some(Value::from(params)), meta)),
+            };
+            let headers = modern_headers("subscriptions/listen", None);
+            self.send_upstream(
+                up,
+                "POST",
+                &headers,
+                &jsonrpc::encode(&Message::Request(req)),
+            )
+            .await?
+        } else {
+            let mut unused = Ephemeral::new();
+            let sid = self.binding_for(agent, up, &mut unused).await?;
+            let mut headers = legacy_headers(sid.as_deref());
+            headers.retain(|(n, _)| *n != "content-type");
+            headers.iter_mut().for_each(|h| {
+                if h.0 == "accept" {
+                    h.1 = "text/event-stream".to_owned();
+                }
+            });
+            self.send_upstream(up, "GET", &headers, b"").await?
+        };
+        if resp.status != 200 || !resp.is_event_stream() {
+            // 405: this upstream offers no stream; nothing to follow.
+            let _ = resp.read_all(&self.pool).await;
+            return Ok(());
+        }
+        // The agent holds this stream open as long as it likes; the upstream may be silent for as long.
+        resp.set_read_timeout(self.shared.config.limits.session_idle.0);
+        let pool = self.pool.clone();
+        let limits = self.parse_limits();
+        let event_max = self.shared.config.limits.upstream_body_bytes_max;
+        monoio::spawn(async move {
+            let mut parser = SseParser::new(event_max);
+            let mut events = Vec::new();
+            while let Ok(Some(chunk)) = resp.next_chunk(&pool).await {
+                if parser.push(&chunk, &mut events).is_err() {
+                    return;
+                }
+                for ev in events.drain(..) {
+                    let mut b = ev.data.into_bytes();
+                    let Ok(msg) = jsonrpc::parse(&mut b, &limits) else {
+                        continue;
+                    };
+                    let Some(msg) = rewrite_stream_message(&name, msg) else {
+                        continue;
+                    };
+                    if tx.send_async(msg).await.is_err() {
+                        return; // the agent's stream is gone; dropping `resp` closes the upstream's
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     // ---- answers ----
@@ -1220,6 +1410,35 @@ impl Core {
                 let _ = self.read_response_message(&mut r).await;
             }
         }
+    }
+}
+
+/// Messages queued from upstream streams to one agent's GET stream; at the bound upstream reads wait.
+const LISTEN_QUEUE_LEN: usize = 64;
+/// Interval of SSE comments on an idle GET stream.
+const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What of an upstream's out-of-request stream reaches the agent, renamed into the gateway's namespace.
+fn rewrite_stream_message(upstream: &str, msg: Message) -> Option<Message> {
+    match msg {
+        Message::Notification(mut n) => {
+            if n.method == "notifications/subscriptions/acknowledged" {
+                return None;
+            }
+            if let Some(p) = n.params.as_mut() {
+                mcp::rewrite_notification_params(&n.method, upstream, p);
+                if let Some(meta) = p.get_mut("_meta").and_then(|m| m.as_object_mut()) {
+                    meta.remove("io.modelcontextprotocol/subscriptionId");
+                }
+            }
+            Some(Message::Notification(n))
+        }
+        Message::Request(mut r) => {
+            r.id = mcp::map_upstream_request_id(upstream, &r.id);
+            Some(Message::Request(r))
+        }
+        // Responses on a standalone stream belong to resumed requests, which the gateway does not resume.
+        Message::Response(_) => None,
     }
 }
 

@@ -96,6 +96,8 @@ pub struct UpstreamResponse {
     keep_alive: bool,
     upstream: usize,
     read_total: usize,
+    /// Overrides `response_timeout` between reads (long-lived streams the agent holds open).
+    read_timeout: Option<Duration>,
 }
 
 impl UpstreamResponse {
@@ -112,6 +114,11 @@ impl UpstreamResponse {
                 .to_ascii_lowercase()
                 .starts_with("text/event-stream")
         })
+    }
+
+    /// Wait up to `d` between reads of this response instead of `upstream_response_timeout`.
+    pub fn set_read_timeout(&mut self, d: Duration) {
+        self.read_timeout = Some(d);
     }
 
     pub fn is_json(&self) -> bool {
@@ -170,7 +177,8 @@ impl UpstreamResponse {
                     continue;
                 }
             }
-            let deadline = Instant::now() + pool.limits.response_timeout;
+            let deadline =
+                Instant::now() + self.read_timeout.unwrap_or(pool.limits.response_timeout);
             let buf = std::mem::take(&mut conn.buf);
             let (res, buf) = read_more(&mut conn.stream, buf, 16 << 10, deadline).await;
             conn.buf = buf;
@@ -356,6 +364,7 @@ impl Pool {
                             keep_alive,
                             upstream,
                             read_total: 0,
+                            read_timeout: None,
                         };
                         if r.done() {
                             r.release(self);

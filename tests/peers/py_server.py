@@ -54,6 +54,16 @@ def build_server(name: str) -> MCPServer:
     def whoami() -> str:
         return name
 
+    @mcp.tool(description="Announce that the tool list changed (to subscriptions/listen streams and to the session's GET stream).")
+    async def announce(ctx: Context) -> str:
+        # 2026-07-28 subscribers hear it through the subscription bus; a 2025-11-25 session on its GET stream.
+        await ctx.notify_tools_changed()
+        try:
+            await ctx.session.send_tool_list_changed()
+        except Exception:  # no standalone stream in this era or session
+            pass
+        return "announced"
+
     @mcp.prompt(description="A greeting prompt.")
     def greet(who: str = "world") -> str:
         return f"Hello, {who}! Greetings from {name}."

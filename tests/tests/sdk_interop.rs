@@ -43,7 +43,7 @@ fn check_list(v: &Value) {
             );
         }
     }
-    assert_eq!(tools.len(), 12, "{tools:?}");
+    assert_eq!(tools.len(), 13, "{tools:?}"); // 4 each, plus alpha__announce
 }
 
 fn check_calls(run: &dyn Fn(&str, &[&str]) -> Value) {
@@ -126,5 +126,54 @@ fn typescript_v2_client_in_both_revisions() {
         "2025-11-25",
         "session-delete",
         &["--prefix", "gamma__"],
+    );
+}
+
+/// Read SSE `data:` lines from a chunked GET stream until one contains `needle` (or 30 s pass).
+fn wait_for_event(s: &mut std::net::TcpStream, needle: &str) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(n > 0, "stream ended before `{needle}`: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}
+
+#[test]
+fn list_changed_reaches_the_sessions_get_stream() {
+    use std::io::Write;
+    // alpha speaks 2026-07-28 upstream (followed by subscriptions/listen), beta only 2025-11-25 (followed on
+    // its own GET stream with the agent's upstream session).
+    let (_a, pa) = py_server("alpha", &[]);
+    let (_b, pb) = ts_server("v1", "beta");
+    let g = Gateway::start(&[("alpha", pa), ("beta", pb)], "");
+    let sid = initialize(g.plain_port);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+    )
+    .unwrap();
+    let head = wait_for_event(&mut s, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha__announce","arguments":{}}}"#,
+    );
+    assert!(r.text().contains("announced"), "{}", r.text());
+    let seen = wait_for_event(&mut s, "notifications/tools/list_changed");
+    assert!(
+        !seen.contains("subscriptionId"),
+        "gateway-internal subscription leaked: {seen}"
     );
 }

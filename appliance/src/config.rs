@@ -83,6 +83,17 @@ pub struct Config {
     pub limits: Limits,
     /// Identifies this appliance in session ids of a fleet (0..=65535).
     pub node_id: u16,
+    /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
+    pub driver: Driver,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
 }
 
 impl Default for Config {
@@ -94,6 +105,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             limits: Limits::default(),
             node_id: 0,
+            driver: Driver::Auto,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use monoio::net::{ListenerOpts, TcpListener};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::Driver;
 use crate::gateway::{Core, SessionMsg, Shared};
 use crate::http::{ByteStream, Conn, Native, Polled, ReadError, ReadLimits, Response};
 use crate::metrics::{inc, CoreShared};
@@ -59,15 +60,27 @@ pub fn run_core(setup: CoreSetup) -> std::io::Result<()> {
         }
     }
     let uring = monoio::utils::detect_uring();
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(1024)
-        .build()?;
-    let driver = if uring { "io_uring" } else { "epoll" };
-    if !uring && setup.index == 0 {
-        crate::warn!("io_uring unavailable on this kernel; cores use the epoll driver");
+    match setup.shared.config.driver {
+        Driver::Epoll => {
+            let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()?;
+            rt.block_on(core_main(setup, "epoll"))
+        }
+        Driver::IoUring if !uring => Err(std::io::Error::other(
+            "driver: io_uring requested but unavailable on this kernel",
+        )),
+        Driver::IoUring | Driver::Auto => {
+            if !uring && setup.index == 0 {
+                crate::warn!("io_uring unavailable on this kernel; cores use the epoll driver");
+            }
+            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .with_entries(1024)
+                .build()?;
+            rt.block_on(core_main(setup, if uring { "io_uring" } else { "epoll" }))
+        }
     }
-    rt.block_on(core_main(setup, driver))
 }
 
 async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()> {

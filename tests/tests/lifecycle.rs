@@ -160,3 +160,23 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // After the drain, nothing listens.
     assert!(request(plain, "GET", "/mcp", &[], b"").is_err());
 }
+
+#[test]
+fn epoll_driver_serves_the_same_path() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[("alpha", port)], "driver: epoll\n");
+    let m = g.metrics();
+    assert!(
+        m.contains(r#"portcullis_core_info{core="0",driver="epoll"} 1"#),
+        "{m}"
+    );
+    let v = py_client(
+        &g.url(),
+        "2026-07-28",
+        "call",
+        &["--tool", "alpha__add", "--args", r#"{"a":20,"b":22}"#],
+    );
+    assert_eq!(v["text"], json!("42"));
+    let v = py_client(&g.url(), "2025-11-25", "progress", &["--prefix", "alpha__"]);
+    assert_eq!(v["progress"].as_array().map(Vec::len), Some(3), "{v}");
+}

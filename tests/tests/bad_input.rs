@@ -401,3 +401,111 @@ fn foreign_origin_is_403_and_other_paths_404() {
     let r = request(g.plain_port, "PUT", "/mcp", &[], b"").unwrap();
     assert_eq!(r.status, 405);
 }
+
+/// True when the gateway closes `s` (EOF or reset) within the read timeout, reading whatever it sent first.
+fn closed_by_gateway(s: &mut TcpStream) -> (bool, String) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_are_closed_after_idle_timeout() {
+    let g = Gateway::start_with(&[], "limits:\n  idle_timeout: 1s\n", &["--cores", "1"]);
+    let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    let (closed, sent) = closed_by_gateway(&mut s);
+    assert!(closed);
+    assert_eq!(sent, "", "an idle close needs no response");
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408() {
+    let g = Gateway::start_with(&[], "limits:\n  request_timeout: 1s\n", &["--cores", "1"]);
+    let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    s.write_all(b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: 100\r\n\r\n{\"jsonrpc\"").unwrap();
+    let (closed, sent) = closed_by_gateway(&mut s);
+    assert!(closed);
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(sent.contains("request_timeout"), "{sent}");
+}
+
+#[test]
+fn connections_past_the_per_core_bound_are_closed() {
+    let g = Gateway::start_with(
+        &[],
+        "limits:\n  connections_per_core_max: 2\n",
+        &["--cores", "1"],
+    );
+    // Two connections at the bound are served...
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+        s.write_all(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 404);
+        held.push(s);
+    }
+    // ...the third is closed at once.
+    let mut third = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    let _ = third.write_all(b"GET /nope HTTP/1.1\r\nhost: x\r\n\r\n");
+    let (closed, sent) = closed_by_gateway(&mut third);
+    assert!(closed);
+    assert_eq!(sent, "");
+    assert!(g
+        .metrics()
+        .contains(r#"portcullis_connections_refused_total{core="0"} 1"#));
+    // Room again once one closes.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let r = request(g.plain_port, "GET", "/nope", &[], b"").unwrap();
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn sessions_past_the_per_core_bound_are_refused() {
+    let g = Gateway::start_with(
+        &[],
+        "limits:\n  sessions_per_core_max: 1\n",
+        &["--cores", "1"],
+    );
+    let _first = initialize(g.plain_port);
+    let r = post(
+        g.plain_port,
+        &[],
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
+    );
+    assert_eq!((r.status, r.reason().as_str()), (503, "overloaded"));
+}
+
+#[test]
+fn upstream_that_never_accepts_is_a_connect_timeout() {
+    // A listener whose accept queue is full drops further SYNs: connecting to it hangs.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut filler = Vec::new();
+    for _ in 0..4096 {
+        match std::net::TcpStream::connect_timeout(
+            &l.local_addr().unwrap(),
+            Duration::from_millis(200),
+        ) {
+            Ok(s) => filler.push(s),
+            Err(_) => break, // the queue is full
+        }
+    }
+    let g = Gateway::start(
+        &[("deaf", port)],
+        "limits:\n  upstream_connect_timeout: 500ms\n",
+    );
+    let sid = initialize(g.plain_port);
+    let body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"deaf__x","arguments":{}}}"#;
+    let r = post(g.plain_port, &session_headers(&sid), body);
+    assert_eq!(r.reason(), "upstream_unavailable", "{}", r.text());
+    drop(l);
+}

@@ -530,7 +530,7 @@ impl Core {
                         )
                         .await;
                 };
-                let fwd = mcp::rewrite_for_upstream(&req, &route);
+                let fwd = mcp::rewrite_for_upstream(req, &route);
                 self.forward(conn, agent, up, fwd).await
             }
         }
@@ -1020,7 +1020,7 @@ impl Core {
         &self,
         agent: &Agent,
         up: usize,
-        req: &Request,
+        req: Request,
         ephemeral: &mut Ephemeral,
     ) -> Result<UpstreamResponse, DenyReason> {
         let rev = self.revision_of(up).await?;
@@ -1035,10 +1035,10 @@ impl Core {
                     session.client_info.as_ref(),
                 ),
             };
-            let mut fwd = req.clone();
+            let mut fwd = req;
             let mut m = meta;
             // Keep the agent's progress token and trace context, but state the version we speak upstream.
-            if let Some(token) = req
+            if let Some(token) = fwd
                 .params
                 .as_ref()
                 .and_then(|p| p.get("_meta"))
@@ -1063,7 +1063,7 @@ impl Core {
                 )
                 .await;
         }
-        let mut fwd = req.clone();
+        let mut fwd = req;
         strip_modern_meta(&mut fwd);
         let body = jsonrpc::encode(&Message::Request(fwd));
         let sid = self.binding_for(agent, up, ephemeral).await?;
@@ -1118,7 +1118,7 @@ impl Core {
                 }
                 page.params = Some(params);
                 let result = match self
-                    .upstream_exchange(agent, up, &page, &mut ephemeral)
+                    .upstream_exchange(agent, up, page, &mut ephemeral)
                     .await
                 {
                     Ok(mut resp) => self.read_response_message(&mut resp).await,
@@ -1168,30 +1168,35 @@ impl Core {
     ) -> bool {
         let modern = agent.is_modern();
         let mut ephemeral = Ephemeral::new();
-        let mut resp = match self
-            .upstream_exchange(agent, up, &req, &mut ephemeral)
-            .await
-        {
+        // What the answer is matched against; the request itself moves upstream.
+        let req_origin = Request {
+            id: req.id.clone(),
+            method: req.method.clone(),
+            params: None,
+        };
+        let mut resp = match self.upstream_exchange(agent, up, req, &mut ephemeral).await {
             Ok(r) => r,
             Err(r) => {
                 self.close_ephemeral(ephemeral).await;
-                return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
+                return self
+                    .refuse(conn, Some(req_origin.id), modern, r.into(), &[])
+                    .await;
             }
         };
         let upstream = self.shared.upstreams[up].name.clone();
         let keep = if resp.is_event_stream() && resp.status == 200 {
-            self.relay_stream(conn, agent, &upstream, &req, &mut resp)
+            self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp)
                 .await
         } else {
             match self.read_response_message(&mut resp).await {
                 Ok(r) => {
-                    let msg = self.rewrite_response(agent, &upstream, &req, r);
+                    let msg = self.rewrite_response(agent, &upstream, &req_origin, r);
                     inc(&self.metrics.shared.counters.responses_ok);
                     let out = Response::new(200).header("content-type", "application/json");
                     conn.full(out, &jsonrpc::encode(&msg), false).await
                 }
                 Err(r) => {
-                    self.refuse(conn, Some(req.id.clone()), modern, r.into(), &[])
+                    self.refuse(conn, Some(req_origin.id.clone()), modern, r.into(), &[])
                         .await
                 }
             }

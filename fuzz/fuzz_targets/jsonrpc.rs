@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = transport::classify_post(&headers, &msg);
     if let Message::Request(req) = &msg {
         if let Ok(route) = mcp::route(req) {
-            let _ = mcp::rewrite_for_upstream(req, &route);
+            let _ = mcp::rewrite_for_upstream(req.clone(), &route);
         }
     }
 });

@@ -155,12 +155,13 @@ pub fn route(req: &Request) -> Result<Route, DenyReason> {
 }
 
 /// The request as the owning upstream must see it: its own name or URI restored.
-pub fn rewrite_for_upstream(req: &Request, route: &Route) -> Request {
-    let mut out = req.clone();
+pub fn rewrite_for_upstream(mut out: Request, route: &Route) -> Request {
+    let method = std::mem::take(&mut out.method);
     let Some(params) = out.params.as_mut() else {
+        out.method = method;
         return out;
     };
-    match (req.method.as_str(), route) {
+    match (method.as_str(), route) {
         ("completion/complete", Route::ByName { name, .. }) => {
             if let Some(r) = params.get_mut("ref") {
                 r.insert("name", name.as_str()).ok();
@@ -179,6 +180,7 @@ pub fn rewrite_for_upstream(req: &Request, route: &Route) -> Request {
         }
         _ => {}
     }
+    out.method = method;
     out
 }
 
@@ -341,7 +343,7 @@ mod tests {
                 name: "read__x".into()
             }
         );
-        let fwd = rewrite_for_upstream(&r, &rt);
+        let fwd = rewrite_for_upstream(r.clone(), &rt);
         assert_eq!(
             fwd.params.as_ref().unwrap().get("name").unwrap().as_str(),
             Some("read__x")
@@ -367,7 +369,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a__p"},"argument":{"name":"x","value":"y"}}}"#,
         );
         let rt = route(&r).unwrap();
-        let fwd = rewrite_for_upstream(&r, &rt);
+        let fwd = rewrite_for_upstream(r.clone(), &rt);
         assert_eq!(
             fwd.params
                 .unwrap()

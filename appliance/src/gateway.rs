@@ -80,8 +80,8 @@ pub struct Core {
     pub sessions: RefCell<SessionShard>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub metrics: CoreMetrics,
-    /// Revision each upstream speaks, as detected by this core.
-    upstream_revision: RefCell<Vec<Option<Revision>>>,
+    /// Which revisions each upstream speaks, as learned by this core.
+    upstream_eras: RefCell<Vec<Eras>>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -101,6 +101,15 @@ impl Agent {
     fn is_modern(&self) -> bool {
         matches!(self, Agent::Modern { .. })
     }
+}
+
+/// What this core has learned about the revisions one upstream speaks (`None`: not asked yet).
+#[derive(Clone, Copy, Debug, Default)]
+struct Eras {
+    /// Answers `server/discover` with 2026-07-28 among its versions.
+    modern: Option<bool>,
+    /// Accepts a 2025-11-25 `initialize`.
+    legacy: Option<bool>,
 }
 
 /// Legacy upstream sessions opened for one stateless request, closed when it is done.
@@ -128,7 +137,7 @@ impl Core {
             sessions: RefCell::new(SessionShard::new(limits)),
             peers,
             metrics: CoreMetrics::new(metrics),
-            upstream_revision: RefCell::new(vec![None; n]),
+            upstream_eras: RefCell::new(vec![Eras::default(); n]),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -652,7 +661,8 @@ impl Core {
         up: usize,
         tx: flume::Sender<Message>,
     ) -> Result<(), DenyReason> {
-        let rev = self.revision_of(up).await?;
+        let mut unused = Ephemeral::new();
+        let (rev, sid) = self.exchange_revision(agent, up, &mut unused).await?;
         let name = self.shared.upstreams[up].name.clone();
         let mut resp = if rev.is_stateless() {
             let Agent::Session { session, .. } = agent else {
@@ -689,8 +699,6 @@ impl Core {
             )
             .await?
         } else {
-            let mut unused = Ephemeral::new();
-            let sid = self.binding_for(agent, up, &mut unused).await?;
             let mut headers = legacy_headers(sid.as_deref());
             headers.retain(|(n, _)| *n != "content-type");
             headers.iter_mut().for_each(|h| {
@@ -836,9 +844,9 @@ impl Core {
 
     /// The revision an upstream speaks: `server/discover` answered with 2026-07-28 among its versions means
     /// modern; anything else means a 2025-11-25 server. Cached per core once the upstream has answered.
-    async fn revision_of(&self, up: usize) -> Result<Revision, DenyReason> {
-        if let Some(r) = self.upstream_revision.borrow()[up] {
-            return Ok(r);
+    async fn speaks_modern(&self, up: usize) -> Result<bool, DenyReason> {
+        if let Some(m) = self.upstream_eras.borrow()[up].modern {
+            return Ok(m);
         }
         let meta = modern_meta(&Value::object(), None);
         let req = Request {
@@ -874,13 +882,55 @@ impl Core {
             let _ = resp.read_all(&self.pool).await;
             Revision::V2025_11_25
         };
-        self.upstream_revision.borrow_mut()[up] = Some(rev);
+        self.upstream_eras.borrow_mut()[up].modern = Some(rev.is_stateless());
         crate::info!(
-            "upstream={} revision={}",
+            "upstream={} speaks_2026_07_28={}",
             self.shared.upstreams[up].name,
-            rev.as_str()
+            rev.is_stateless()
         );
-        Ok(rev)
+        Ok(rev.is_stateless())
+    }
+
+    /// The revision to speak to an upstream for this agent. A 2025-11-25 session agent gets a 2025-11-25
+    /// upstream session wherever the upstream accepts one, so that upstream-to-agent requests (sampling,
+    /// elicitation) flow as the agent expects; a 2026-07-28 agent gets 2026-07-28 wherever the upstream
+    /// speaks it, so input_required results and their retries pass through untouched.
+    async fn revision_for(&self, agent: &Agent, up: usize) -> Result<Revision, DenyReason> {
+        let legacy = self.upstream_eras.borrow()[up].legacy;
+        match agent {
+            Agent::Session { .. } if legacy != Some(false) => Ok(Revision::V2025_11_25),
+            _ if self.speaks_modern(up).await? => Ok(Revision::V2026_07_28),
+            _ if legacy != Some(false) => Ok(Revision::V2025_11_25),
+            _ => Err(DenyReason::UpstreamProtocolError),
+        }
+    }
+
+    /// Decide the revision for this exchange and, for 2025-11-25, the upstream session to use. An upstream
+    /// that refuses the 2025-11-25 handshake is remembered as modern-only.
+    async fn exchange_revision(
+        &self,
+        agent: &Agent,
+        up: usize,
+        ephemeral: &mut Ephemeral,
+    ) -> Result<(Revision, Option<String>), DenyReason> {
+        loop {
+            let rev = self.revision_for(agent, up).await?;
+            if rev.is_stateless() {
+                return Ok((rev, None));
+            }
+            match self.binding_for(agent, up, ephemeral).await {
+                Ok(sid) => {
+                    self.upstream_eras.borrow_mut()[up].legacy = Some(true);
+                    return Ok((rev, sid));
+                }
+                Err(DenyReason::UpstreamProtocolError)
+                    if self.upstream_eras.borrow()[up].legacy.is_none() =>
+                {
+                    self.upstream_eras.borrow_mut()[up].legacy = Some(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Read the JSON-RPC response of an upstream exchange, from a JSON body or the first response on an SSE
@@ -946,7 +996,12 @@ impl Core {
         let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
         if resp.status != 200 {
             let _ = resp.read_all(&self.pool).await;
-            return Err(DenyReason::UpstreamUnavailable);
+            // A 4xx refuses the handshake itself (a modern-only upstream); 5xx is an upstream in trouble.
+            return Err(if (400..500).contains(&resp.status) {
+                DenyReason::UpstreamProtocolError
+            } else {
+                DenyReason::UpstreamUnavailable
+            });
         }
         let session_id = resp.header("mcp-session-id").map(str::to_owned);
         let r = self.read_response_message(&mut resp).await?;
@@ -1023,7 +1078,7 @@ impl Core {
         req: Request,
         ephemeral: &mut Ephemeral,
     ) -> Result<UpstreamResponse, DenyReason> {
-        let rev = self.revision_of(up).await?;
+        let (rev, sid) = self.exchange_revision(agent, up, ephemeral).await?;
         if rev.is_stateless() {
             let meta = match agent {
                 Agent::Modern { meta } => meta.clone(),
@@ -1066,7 +1121,6 @@ impl Core {
         let mut fwd = req;
         strip_modern_meta(&mut fwd);
         let body = jsonrpc::encode(&Message::Request(fwd));
-        let sid = self.binding_for(agent, up, ephemeral).await?;
         let resp = self
             .send_upstream(up, "POST", &legacy_headers(sid.as_deref()), &body)
             .await?;
@@ -1074,9 +1128,11 @@ impl Core {
             // The upstream lost our session (restart, expiry): open a new one once and retry.
             let mut resp = resp;
             let _ = resp.read_all(&self.pool).await;
-            if let Agent::Session { id, .. } = agent {
+            if let Agent::Session { id, session } = agent {
                 self.session_unbind(*id, up).await;
-                let b = self.open_upstream_session(up, None).await?;
+                let b = self
+                    .open_upstream_session(up, session.client_capabilities.as_ref())
+                    .await?;
                 let _ = self.session_bind(*id, up, b.clone()).await;
                 return self
                     .send_upstream(up, "POST", &legacy_headers(b.session_id.as_deref()), &body)

@@ -186,9 +186,15 @@ pub fn py_server(name: &str, extra: &[&str]) -> (Proc, u16) {
 /// An upstream MCP server written with an official TypeScript SDK: `v1` (`@modelcontextprotocol/sdk` 1.x)
 /// or `v2` (`@modelcontextprotocol/server` 2.x).
 pub fn ts_server(sdk: &str, name: &str) -> (Proc, u16) {
+    ts_server_with(sdk, name, &[])
+}
+
+/// `ts_server` with extra flags (`--modern-only`, `--stateless`, `--json-response`).
+pub fn ts_server_with(sdk: &str, name: &str, extra: &[&str]) -> (Proc, u16) {
     let mut cmd = Command::new("node");
     cmd.arg(peers_dir().join(format!("node/ts_server_{sdk}.mjs")))
-        .args(["--port", "0", "--name", name]);
+        .args(["--port", "0", "--name", name])
+        .args(extra);
     start_ready(cmd, &format!("ts_server_{sdk}:{name}"))
 }
 

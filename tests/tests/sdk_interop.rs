@@ -177,3 +177,31 @@ fn list_changed_reaches_the_sessions_get_stream() {
         "gateway-internal subscription leaked: {seen}"
     );
 }
+
+#[test]
+fn session_agents_reach_a_modern_only_upstream() {
+    // gamma refuses the 2025-11-25 handshake (-32022); a 2025-11-25 agent is served through 2026-07-28
+    // requests built from its session's capabilities, and the gateway remembers the upstream's era.
+    let (_c, pc) = ts_server_with("v2", "gamma", &["--modern-only"]);
+    let (_b, pb) = ts_server("v1", "beta");
+    let g = Gateway::start(&[("gamma", pc), ("beta", pb)], "");
+    for _ in 0..2 {
+        let v = py_client(
+            &g.url(),
+            "2025-11-25",
+            "call",
+            &["--tool", "gamma__whoami", "--args", "{}"],
+        );
+        assert_eq!(v["text"], json!("gamma"), "{v}");
+    }
+    let v = py_client(&g.url(), "2025-11-25", "progress", &["--prefix", "gamma__"]);
+    assert_eq!(v["progress"].as_array().map(Vec::len), Some(3), "{v}");
+    // And a 2026-07-28 agent reaches the legacy-only one.
+    let v = py_client(
+        &g.url(),
+        "2026-07-28",
+        "call",
+        &["--tool", "beta__whoami", "--args", "{}"],
+    );
+    assert_eq!(v["text"], json!("beta"), "{v}");
+}

@@ -264,9 +264,11 @@ async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, _peer: SocketAddr)
                 break;
             }
             Err(ReadError::Malformed) => {
-                let _ = conn
-                    .write(Response::new(400).full(b"malformed HTTP request", true))
-                    .await;
+                let reason = portcullis_pipeline::DenyReason::MalformedHttp;
+                core.metrics.deny(reason);
+                let body = crate::gateway_refusal_body(reason);
+                let resp = Response::new(400).header("content-type", "application/json");
+                let _ = conn.write(resp.full(&body, true)).await;
                 break;
             }
         };
@@ -300,6 +302,14 @@ async fn serve_request<S: ByteStream>(
                         .full(&body, true),
                 )
                 .await;
+            return false;
+        }
+        Err(ReadError::Malformed) => {
+            let reason = portcullis_pipeline::DenyReason::MalformedHttp;
+            core.metrics.deny(reason);
+            let body = crate::gateway_refusal_body(reason);
+            let resp = Response::new(400).header("content-type", "application/json");
+            let _ = conn.write(resp.full(&body, true)).await;
             return false;
         }
         Err(_) => return false,

@@ -56,6 +56,8 @@ pub enum DenyReason {
     MissingMeta,
     /// An `Origin` header that is neither loopback nor configured (DNS-rebinding defence).
     OriginNotAllowed,
+    /// Bytes that are not an HTTP/1.1 request (bad request line, conflicting lengths, bad chunking).
+    MalformedHttp,
     /// A 2026-07-28 routing header is missing.
     MissingHeader,
     /// A 2026-07-28 routing header disagrees with the body.
@@ -88,7 +90,7 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 28] = [
+    pub const ALL: [DenyReason; 29] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -117,6 +119,7 @@ impl DenyReason {
         Self::ShuttingDown,
         Self::MissingMeta,
         Self::OriginNotAllowed,
+        Self::MalformedHttp,
     ];
 
     /// The stable `data.reason` string.
@@ -150,6 +153,7 @@ impl DenyReason {
             Self::ShuttingDown => "shutting_down",
             Self::MissingMeta => "missing_meta",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::MalformedHttp => "malformed_http",
         }
     }
 
@@ -177,6 +181,7 @@ impl DenyReason {
             | Self::ToolNotFound
             | Self::MissingMeta
             | Self::OriginNotAllowed
+            | Self::MalformedHttp
             | Self::RequestTimeout => Blame::Agent,
             Self::UpstreamUnavailable | Self::UpstreamTimeout | Self::UpstreamProtocolError => {
                 Blame::Upstream
@@ -198,6 +203,7 @@ impl DenyReason {
             | Self::MethodNotAllowed
             | Self::NotFound
             | Self::OriginNotAllowed
+            | Self::MalformedHttp
             | Self::SessionRequired
             | Self::SessionNotFound
             | Self::SessionExpired
@@ -222,6 +228,7 @@ impl DenyReason {
         match self {
             Self::ParseError
             | Self::InvalidRequest
+            | Self::MalformedHttp
             | Self::InvalidUtf8
             | Self::BatchUnsupported
             | Self::JsonTooDeep
@@ -292,6 +299,7 @@ impl DenyReason {
             Self::RequestTimeout => "Request not received in time",
             Self::ShuttingDown => "Gateway is shutting down",
             Self::OriginNotAllowed => "Origin not allowed",
+            Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
             }
@@ -345,6 +353,7 @@ mod tests {
             ("shutting_down", -32603, 503, "gateway"),
             ("missing_meta", -32602, 400, "agent"),
             ("origin_not_allowed", -32600, 403, "agent"),
+            ("malformed_http", -32600, 400, "agent"),
         ];
         assert_eq!(table, expected);
     }

@@ -509,3 +509,34 @@ fn upstream_that_never_accepts_is_a_connect_timeout() {
     assert_eq!(r.reason(), "upstream_unavailable", "{}", r.text());
     drop(l);
 }
+
+#[test]
+fn malformed_http_and_smuggling_shapes_are_refused() {
+    let g = gw();
+    for raw_req in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /mcp HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+        b"POST /mcp HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let r = raw(g.plain_port, raw_req).unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(raw_req));
+        assert_eq!(r.reason(), "malformed_http", "{}", String::from_utf8_lossy(raw_req));
+    }
+}
+
+#[test]
+fn chunked_request_bodies_are_accepted() {
+    let g = gw();
+    let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"0"}}}"#;
+    let (a, b) = body.split_at(40);
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let r = raw(g.plain_port, req.as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("mcp-session-id").is_some());
+}

@@ -26,6 +26,9 @@ import socket
 import sys
 
 import anyio
+from typing import Any
+
+from mcp_types import InputRequiredResult
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -63,6 +66,28 @@ def build_server(name: str) -> MCPServer:
         except Exception:  # no standalone stream in this era or session
             pass
         return "announced"
+
+    @mcp.tool(description="Ask the user to confirm an action (2026-07-28 multi round-trip: input_required, then the retry).")
+    async def confirm(action: str, ctx: Context) -> Any:
+        answers = ctx.input_responses
+        if not answers:
+            return InputRequiredResult(
+                input_requests={
+                    "ok": {
+                        "method": "elicitation/create",
+                        "params": {
+                            "mode": "form",
+                            "message": f"Allow {action}?",
+                            "requestedSchema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+                        },
+                    }
+                },
+                request_state=f"{name}:{action}",
+            )
+        answer = answers["ok"]
+        content = getattr(answer, "content", None) or (answer.get("content") if isinstance(answer, dict) else None) or {}
+        verdict = "allowed" if content.get("ok") else "declined"
+        return f"{action} {verdict} by {name} (state {ctx.request_state})"
 
     @mcp.prompt(description="A greeting prompt.")
     def greet(who: str = "world") -> str:

@@ -205,3 +205,59 @@ fn session_agents_reach_a_modern_only_upstream() {
     );
     assert_eq!(v["text"], json!("beta"), "{v}");
 }
+
+#[test]
+fn input_required_round_trip_reaches_the_same_upstream() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let (_z, pz) = py_server("zeta", &[]);
+    let g = Gateway::start(&[("alpha", pa), ("zeta", pz)], "");
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "zeta__confirm"),
+    ];
+    let caps = json!({"elicitation": {"form": {}}});
+    let call = |id: u64, extra: Value| {
+        let mut params = json!({"name": "zeta__confirm", "arguments": {"action": "deploy"}});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let mut body: Value = serde_json::from_str(&modern_body(id, "tools/call", params)).unwrap();
+        body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = caps.clone();
+        post(g.plain_port, &headers, &body.to_string())
+    };
+    let first = call(1, json!({}));
+    let v = first.json();
+    assert_eq!(v["result"]["resultType"], json!("input_required"), "{v}");
+    assert_eq!(
+        v["result"]["inputRequests"]["ok"]["method"],
+        json!("elicitation/create"),
+        "{v}"
+    );
+    let state = v["result"]["requestState"]
+        .as_str()
+        .expect("requestState")
+        .to_owned();
+    // The retry carries a new id, the answers and the exact state; the namespaced name routes it back to zeta,
+    // whose sealed state would be refused by any other upstream.
+    let retry = call(
+        2,
+        json!({"inputResponses": {"ok": {"action": "accept", "content": {"ok": true}}}, "requestState": state}),
+    );
+    let v = retry.json();
+    assert_eq!(v["id"], json!(2));
+    assert_eq!(v["result"]["resultType"], json!("complete"), "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("deploy allowed by zeta"),
+        "{v}"
+    );
+    // Tampered state: the upstream's refusal reaches the agent unchanged.
+    let bad = call(
+        3,
+        json!({"inputResponses": {"ok": {"action": "accept", "content": {"ok": true}}}, "requestState": "v1.tampered"}),
+    );
+    assert_eq!(bad.json()["error"]["code"], json!(-32602), "{}", bad.text());
+}

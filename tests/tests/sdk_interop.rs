@@ -43,7 +43,13 @@ fn check_list(v: &Value) {
             );
         }
     }
-    assert_eq!(tools.len(), 13, "{tools:?}"); // 4 each, plus alpha__announce
+    // Four shared tools on each upstream, plus the Python peer's own two.
+    let extras = ["alpha__announce", "alpha__confirm"];
+    assert!(
+        extras.iter().all(|e| tools.iter().any(|t| t == e)),
+        "{tools:?}"
+    );
+    assert_eq!(tools.len(), 12 + extras.len(), "{tools:?}");
 }
 
 fn check_calls(run: &dyn Fn(&str, &[&str]) -> Value) {

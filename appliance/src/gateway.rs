@@ -623,17 +623,7 @@ impl Core {
             }
             match monoio::time::timeout(LISTEN_KEEPALIVE, rx.recv_async()).await {
                 Ok(Ok(msg)) => {
-                    let mut framed = Vec::new();
-                    let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
-                    sse::encode(
-                        &sse::Event {
-                            id: None,
-                            event: Some("message".into()),
-                            data,
-                            retry_ms: None,
-                        },
-                        &mut framed,
-                    );
+                    let framed = sse_message(&msg);
                     if !conn.stream_data(framed).await {
                         return false;
                     }
@@ -1346,17 +1336,7 @@ impl Core {
                         Message::Request(r)
                     }
                 };
-                let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
-                let mut framed = Vec::new();
-                sse::encode(
-                    &sse::Event {
-                        id: None,
-                        event: Some("message".into()),
-                        data,
-                        retry_ms: None,
-                    },
-                    &mut framed,
-                );
+                let framed = sse_message(&msg);
                 out.extend_from_slice(&framed);
                 if answered {
                     break;
@@ -1374,17 +1354,7 @@ impl Core {
                 &[],
             );
             self.metrics.deny(DenyReason::UpstreamProtocolError);
-            let data = String::from_utf8(jsonrpc::encode(&msg)).unwrap_or_default();
-            let mut framed = Vec::new();
-            sse::encode(
-                &sse::Event {
-                    id: None,
-                    event: Some("message".into()),
-                    data,
-                    retry_ms: None,
-                },
-                &mut framed,
-            );
+            let framed = sse_message(&msg);
             if !conn.stream_data(framed).await {
                 return false;
             }
@@ -1549,6 +1519,22 @@ fn discover_result() -> Value {
     meta.insert(transport::META_SERVER_INFO.into(), gateway_info());
     o.insert("_meta".into(), Value::from(meta));
     Value::from(o)
+}
+
+/// One JSON-RPC message as an SSE `message` event.
+fn sse_message(msg: &Message) -> Vec<u8> {
+    let data = String::from_utf8(jsonrpc::encode(msg)).unwrap_or_default();
+    let mut framed = Vec::with_capacity(data.len() + 32);
+    sse::encode(
+        &sse::Event {
+            id: None,
+            event: Some("message".into()),
+            data,
+            retry_ms: None,
+        },
+        &mut framed,
+    );
+    framed
 }
 
 /// Give a result the 2026-07-28 `resultType` if an upstream (or the gateway) left it out.

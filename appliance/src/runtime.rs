@@ -20,6 +20,7 @@ use crate::gateway::{Core, SessionMsg, Shared};
 use crate::http::{ByteStream, Conn, Native, Polled, ReadError, ReadLimits, Response};
 use crate::metrics::{inc, CoreShared};
 use crate::upstream::{ClientLimits, Pool};
+use portcullis_pipeline::DenyReason;
 
 /// Session messages queued for one core; at the bound senders wait (back-pressure, never unbounded growth).
 const SESSION_QUEUE_LEN: usize = 1024;
@@ -216,6 +217,19 @@ fn read_limits(core: &Core) -> ReadLimits {
     }
 }
 
+/// Answer a refusal made before the request reached the gateway (framing, limits, unknown path).
+async fn refuse_http<S: ByteStream>(
+    core: &Core,
+    conn: &mut Conn<S>,
+    reason: DenyReason,
+    close: bool,
+) -> bool {
+    core.metrics.deny(reason);
+    let body = crate::gateway_refusal_body(reason);
+    let resp = Response::new(reason.http_status()).header("content-type", "application/json");
+    conn.write(resp.full(&body, close)).await.is_ok() && !close
+}
+
 /// Counts an open agent connection for its lifetime (the per-core bound and the gauge).
 struct OpenConnection<'a>(&'a Core);
 
@@ -252,23 +266,11 @@ async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, _peer: SocketAddr)
             Ok(h) => h,
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => break,
             Err(ReadError::Refused(reason)) => {
-                core.metrics.deny(reason);
-                let body = crate::gateway_refusal_body(reason);
-                let _ = conn
-                    .write(
-                        Response::new(reason.http_status())
-                            .header("content-type", "application/json")
-                            .full(&body, true),
-                    )
-                    .await;
+                refuse_http(&core, &mut conn, reason, true).await;
                 break;
             }
             Err(ReadError::Malformed) => {
-                let reason = portcullis_pipeline::DenyReason::MalformedHttp;
-                core.metrics.deny(reason);
-                let body = crate::gateway_refusal_body(reason);
-                let resp = Response::new(400).header("content-type", "application/json");
-                let _ = conn.write(resp.full(&body, true)).await;
+                refuse_http(&core, &mut conn, DenyReason::MalformedHttp, true).await;
                 break;
             }
         };
@@ -292,40 +294,14 @@ async fn serve_request<S: ByteStream>(
     let path = head.path.split('?').next().unwrap_or("");
     let body = match conn.read_body(head, limits).await {
         Ok(b) => b,
-        Err(ReadError::Refused(reason)) => {
-            core.metrics.deny(reason);
-            let body = crate::gateway_refusal_body(reason);
-            let _ = conn
-                .write(
-                    Response::new(reason.http_status())
-                        .header("content-type", "application/json")
-                        .full(&body, true),
-                )
-                .await;
-            return false;
-        }
+        Err(ReadError::Refused(reason)) => return refuse_http(core, conn, reason, true).await,
         Err(ReadError::Malformed) => {
-            let reason = portcullis_pipeline::DenyReason::MalformedHttp;
-            core.metrics.deny(reason);
-            let body = crate::gateway_refusal_body(reason);
-            let resp = Response::new(400).header("content-type", "application/json");
-            let _ = conn.write(resp.full(&body, true)).await;
-            return false;
+            return refuse_http(core, conn, DenyReason::MalformedHttp, true).await
         }
         Err(_) => return false,
     };
     if path != "/mcp" {
-        let reason = portcullis_pipeline::DenyReason::NotFound;
-        core.metrics.deny(reason);
-        let body = crate::gateway_refusal_body(reason);
-        return conn
-            .write(
-                Response::new(404)
-                    .header("content-type", "application/json")
-                    .full(&body, false),
-            )
-            .await
-            .is_ok();
+        return refuse_http(core, conn, DenyReason::NotFound, false).await;
     }
     core.handle(conn, head, body).await
 }

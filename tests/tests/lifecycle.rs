@@ -180,3 +180,37 @@ fn epoll_driver_serves_the_same_path() {
     let v = py_client(&g.url(), "2025-11-25", "progress", &["--prefix", "alpha__"]);
     assert_eq!(v["progress"].as_array().map(Vec::len), Some(3), "{v}");
 }
+
+#[test]
+fn a_session_is_served_from_any_core() {
+    // SO_REUSEPORT spreads connections over the cores by their 4-tuple; a session lives on the core that
+    // opened it, and the other cores reach it by message. Many fresh connections land on both cores.
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[("alpha", port)], "");
+    let sid = initialize(g.plain_port);
+    for i in 0..24 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"alpha__echo","arguments":{{"text":"n{i}"}}}}}}"#
+        );
+        let r = post(
+            g.plain_port,
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            &body,
+        );
+        assert!(r.text().contains(&format!("n{i}")), "{}", r.text());
+    }
+    let m = g.metrics();
+    let per_core: Vec<u64> = m
+        .lines()
+        .filter(|l| l.starts_with("portcullis_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(per_core.len(), 2, "{m}");
+    assert!(
+        per_core.iter().all(|&n| n > 0),
+        "both cores should have served requests: {per_core:?}"
+    );
+}

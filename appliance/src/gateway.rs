@@ -913,8 +913,10 @@ impl Core {
                     self.upstream_eras.borrow_mut()[up].legacy = Some(true);
                     return Ok((rev, sid));
                 }
+                // Concurrent first exchanges may each be refused; whichever learns it first, every one of
+                // them retries in 2026-07-28 (revision_for never picks 2025-11-25 again, so this ends).
                 Err(DenyReason::UpstreamProtocolError)
-                    if self.upstream_eras.borrow()[up].legacy.is_none() =>
+                    if self.upstream_eras.borrow()[up].legacy != Some(true) =>
                 {
                     self.upstream_eras.borrow_mut()[up].legacy = Some(false);
                 }

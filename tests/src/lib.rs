@@ -355,6 +355,24 @@ impl RawResponse {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
+    /// The JSON-RPC response in the body: the body itself, or the last `data:` event of an SSE stream.
+    pub fn message(&self) -> Value {
+        if !self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
+            return self.json();
+        }
+        let text = self.text();
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .last()
+            .unwrap_or_else(|| panic!("SSE body without data: {text}"));
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
+    }
     /// `error.data.reason` of a JSON-RPC error body.
     pub fn reason(&self) -> String {
         self.json()["error"]["data"]["reason"]

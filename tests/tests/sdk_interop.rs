@@ -213,6 +213,38 @@ fn session_agents_reach_a_modern_only_upstream() {
 }
 
 #[test]
+fn concurrent_first_calls_all_learn_a_modern_only_upstream() {
+    // On one core, several first calls race to open a 2025-11-25 session with an upstream that refuses it;
+    // every one of them must fall back to 2026-07-28, not only the one that learned it first.
+    let (_c, pc) = ts_server_with("v2", "gamma", &["--modern-only"]);
+    let g = Gateway::start_with(&[("gamma", pc)], "", &["--cores", "1"]);
+    let sid = initialize(g.plain_port);
+    let port = g.plain_port;
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let sid = sid.clone();
+            std::thread::spawn(move || {
+                let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                    "params": {"name": "gamma__whoami", "arguments": {}}});
+                post(
+                    port,
+                    &[
+                        ("mcp-session-id", sid.as_str()),
+                        ("mcp-protocol-version", "2025-11-25"),
+                    ],
+                    &body.to_string(),
+                )
+            })
+        })
+        .collect();
+    for c in calls {
+        let r = c.join().unwrap();
+        let v = r.message();
+        assert_eq!(v["result"]["content"][0]["text"], json!("gamma"), "{v}");
+    }
+}
+
+#[test]
 fn input_required_round_trip_reaches_the_same_upstream() {
     let (_a, pa) = py_server("alpha", &[]);
     let (_z, pz) = py_server("zeta", &[]);

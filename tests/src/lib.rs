@@ -368,8 +368,7 @@ impl RawResponse {
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim)
-            .filter(|d| !d.is_empty())
-            .last()
+            .rfind(|d| !d.is_empty())
             .unwrap_or_else(|| panic!("SSE body without data: {text}"));
         serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {last}"))
     }

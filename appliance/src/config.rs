@@ -80,11 +80,22 @@ pub struct Config {
     pub cores: usize,
     pub listen: Listen,
     pub upstreams: Vec<UpstreamConfig>,
+    /// How upstream names appear to agents: `prefixed` (`UPSTREAM__tool`, `UPSTREAM+uri`) or
+    /// `passthrough` (unchanged; only with exactly one upstream, since two could share a name).
+    pub naming: NamingMode,
     pub limits: Limits,
     /// Identifies this appliance in session ids of a fleet (0..=65535).
     pub node_id: u16,
     /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
     pub driver: Driver,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NamingMode {
+    #[default]
+    Prefixed,
+    Passthrough,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -103,6 +114,7 @@ impl Default for Config {
             cores: 0,
             listen: Listen::default(),
             upstreams: Vec::new(),
+            naming: NamingMode::Prefixed,
             limits: Limits::default(),
             node_id: 0,
             driver: Driver::Auto,
@@ -292,6 +304,15 @@ impl Config {
             }
             parse_http_url(&u.url).map_err(|e| invalid(&format!("upstreams[{i}].url"), e))?;
         }
+        if self.naming == NamingMode::Passthrough && self.upstreams.len() != 1 {
+            return Err(invalid(
+                "naming",
+                format!(
+                    "`passthrough` needs exactly one upstream (there are {}); names of two could collide",
+                    self.upstreams.len()
+                ),
+            ));
+        }
         let l = &self.limits;
         let positive: [(&str, usize); 8] = [
             ("limits.body_bytes_max", l.body_bytes_max),
@@ -370,6 +391,8 @@ mod tests {
                 .contains("upstreams[0].name")
         );
         assert!(err("upstreams:\n  - name: a\n    url: ftp://x\n").contains("upstreams[0].url"));
+        assert!(err("naming: passthrough\n").contains("naming"));
+        assert!(err("naming: sideways\n").contains("naming"));
         assert!(err("limits:\n  body_bytes_max: 0\n").contains("limits.body_bytes_max"));
         let twice =
             "upstreams:\n  - {name: a, url: 'http://h:1/'}\n  - {name: a, url: 'http://h:2/'}\n";

@@ -36,6 +36,8 @@ const LIST_PAGES_MAX: usize = 32;
 pub struct Shared {
     pub config: Config,
     pub upstreams: Vec<UpstreamDef>,
+    /// How the upstreams' names appear to agents (from `config.naming`).
+    pub naming: mcp::Naming,
     pub draining: std::sync::atomic::AtomicBool,
     pub ready_cores: std::sync::atomic::AtomicUsize,
     pub started: Instant,
@@ -454,7 +456,7 @@ impl Core {
                 .await;
         }
         inc(&self.metrics.shared.counters.sessions_opened);
-        let result = mcp::initialize_result(revision, VERSION);
+        let result = mcp::initialize_result(&self.shared.naming, revision, VERSION);
         let msg = Message::Response(jsonrpc::Response {
             id: Some(req.id),
             outcome: Ok(result),
@@ -468,7 +470,7 @@ impl Core {
 
     async fn request<R: Reply>(&self, conn: &mut R, agent: &Agent, req: Request) -> bool {
         let modern = agent.is_modern();
-        let route = match mcp::route(&req) {
+        let route = match mcp::route(&req, &self.shared.naming) {
             Ok(r) => r,
             Err(r) => return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await,
         };
@@ -488,7 +490,7 @@ impl Core {
                     .await
             }
             Route::Discover if modern => {
-                let result = discover_result();
+                let result = discover_result(&self.shared.naming);
                 self.reply_result(conn, agent, req.id, result).await
             }
             Route::Ping | Route::Discover => {
@@ -708,6 +710,7 @@ impl Core {
         let pool = self.pool.clone();
         let limits = self.parse_limits();
         let event_max = self.shared.config.limits.upstream_body_bytes_max;
+        let shared = self.shared.clone();
         monoio::spawn(async move {
             let mut parser = SseParser::new(event_max);
             let mut events = Vec::new();
@@ -720,7 +723,7 @@ impl Core {
                     let Ok(msg) = jsonrpc::parse(&mut b, &limits) else {
                         continue;
                     };
-                    let Some(msg) = rewrite_stream_message(&name, msg) else {
+                    let Some(msg) = rewrite_stream_message(&shared.naming, &name, msg) else {
                         continue;
                     };
                     if tx.send_async(msg).await.is_err() {
@@ -1187,7 +1190,7 @@ impl Core {
                         break;
                     }
                 };
-                mcp::collect_list(kind, &def.name, &result, &mut items);
+                mcp::collect_list(&self.shared.naming, kind, &def.name, &result, &mut items);
                 let t = result.get("ttlMs").and_then(|v| v.as_u64()).unwrap_or(0);
                 ttl_ms = Some(ttl_ms.map_or(t, |m| m.min(t)));
                 cursor = result.get("nextCursor").filter(|c| c.is_str()).cloned();
@@ -1264,7 +1267,7 @@ impl Core {
         r.id = Some(req.id.clone());
         if let Ok(result) = &mut r.outcome {
             if req.method == "resources/read" {
-                mcp::rewrite_read_result(upstream, result);
+                mcp::rewrite_read_result(&self.shared.naming, upstream, result);
             }
             if agent.is_modern() {
                 complete_result(result);
@@ -1325,7 +1328,12 @@ impl Core {
                     }
                     Message::Notification(mut n) => {
                         if let Some(p) = n.params.as_mut() {
-                            mcp::rewrite_notification_params(&n.method, upstream, p);
+                            mcp::rewrite_notification_params(
+                                &self.shared.naming,
+                                &n.method,
+                                upstream,
+                                p,
+                            );
                         }
                         Message::Notification(n)
                     }
@@ -1452,14 +1460,14 @@ const LISTEN_QUEUE_LEN: usize = 64;
 const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What of an upstream's out-of-request stream reaches the agent, renamed into the gateway's namespace.
-fn rewrite_stream_message(upstream: &str, msg: Message) -> Option<Message> {
+fn rewrite_stream_message(naming: &mcp::Naming, upstream: &str, msg: Message) -> Option<Message> {
     match msg {
         Message::Notification(mut n) => {
             if n.method == "notifications/subscriptions/acknowledged" {
                 return None;
             }
             if let Some(p) = n.params.as_mut() {
-                mcp::rewrite_notification_params(&n.method, upstream, p);
+                mcp::rewrite_notification_params(naming, &n.method, upstream, p);
                 if let Some(meta) = p.get_mut("_meta").and_then(|m| m.as_object_mut()) {
                     meta.remove("io.modelcontextprotocol/subscriptionId");
                 }
@@ -1501,7 +1509,7 @@ fn gateway_info() -> Value {
     Value::from(o)
 }
 
-fn discover_result() -> Value {
+fn discover_result(naming: &mcp::Naming) -> Value {
     let mut o = simd_json::owned::Object::new();
     o.insert(
         "supportedVersions".into(),
@@ -1514,7 +1522,7 @@ fn discover_result() -> Value {
         )),
     );
     o.insert("capabilities".into(), mcp::gateway_capabilities());
-    o.insert("instructions".into(), Value::from("Tools, prompts and resources from several upstream MCP servers; names are prefixed with their upstream's name and '__'."));
+    o.insert("instructions".into(), Value::from(naming.instructions()));
     o.insert("ttlMs".into(), Value::from(0u64));
     o.insert("cacheScope".into(), Value::from("private"));
     let mut meta = simd_json::owned::Object::new();

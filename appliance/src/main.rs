@@ -161,9 +161,18 @@ fn up(args: UpArgs) -> Result<(), String> {
     }
 
     let admin_addr = config.listen.admin;
+    let naming = match config.naming {
+        portcullis::config::NamingMode::Prefixed => portcullis_pipeline::mcp::Naming::Prefixed,
+        portcullis::config::NamingMode::Passthrough => {
+            portcullis_pipeline::mcp::Naming::Passthrough {
+                upstream: upstreams[0].name.clone(),
+            }
+        }
+    };
     let shared = Arc::new(Shared {
         config,
         upstreams,
+        naming,
         draining: AtomicBool::new(false),
         ready_cores: std::sync::atomic::AtomicUsize::new(0),
         started: Instant::now(),

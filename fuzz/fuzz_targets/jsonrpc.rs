@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let headers = transport::McpHeaders { protocol_version: Some("2026-07-28"), method: msg.method(), ..Default::default() };
     let _ = transport::classify_post(&headers, &msg);
     if let Message::Request(req) = &msg {
-        if let Ok(route) = mcp::route(req) {
+        if let Ok(route) = mcp::route(req, &mcp::Naming::Prefixed) {
             let _ = mcp::rewrite_for_upstream(req.clone(), &route);
         }
     }

@@ -4,6 +4,7 @@
 //! it out to every upstream and merge (the list methods), or forward it to the one upstream that owns a
 //! namespaced name. The rewrite helpers restore an upstream's own names on the way in and namespace them
 //! on the way out; ids of upstream-to-agent requests are mapped so two upstreams can never collide.
+//! A gateway in front of exactly one upstream may instead pass names through unchanged (`Naming`).
 
 use simd_json::prelude::*;
 use simd_json::OwnedValue as Value;
@@ -59,6 +60,56 @@ impl ListKind {
     }
 }
 
+/// How upstream names appear to agents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// `UPSTREAM__name` and `UPSTREAM+uri` (see `names`): any number of upstreams, no collisions.
+    Prefixed,
+    /// The one upstream's names unchanged. Only sound with a single upstream, which config enforces:
+    /// with two, the same name could mean either.
+    Passthrough { upstream: String },
+}
+
+impl Naming {
+    fn split_name<'a>(&'a self, name: &'a str) -> Option<(&'a str, &'a str)> {
+        match self {
+            Naming::Prefixed => names::split_name(name),
+            Naming::Passthrough { upstream } => (!name.is_empty()).then_some((upstream, name)),
+        }
+    }
+
+    fn split_uri<'a>(&'a self, uri: &'a str) -> Option<(&'a str, &'a str)> {
+        match self {
+            Naming::Prefixed => names::split_uri(uri),
+            Naming::Passthrough { upstream } => (!uri.is_empty()).then_some((upstream, uri)),
+        }
+    }
+
+    /// The name an agent sees for `upstream`'s tool or prompt `name`.
+    pub fn name(&self, upstream: &str, name: &str) -> String {
+        match self {
+            Naming::Prefixed => names::namespace_name(upstream, name),
+            Naming::Passthrough { .. } => name.to_owned(),
+        }
+    }
+
+    /// The URI an agent sees for `upstream`'s resource `uri`.
+    pub fn uri(&self, upstream: &str, uri: &str) -> String {
+        match self {
+            Naming::Prefixed => names::namespace_uri(upstream, uri),
+            Naming::Passthrough { .. } => uri.to_owned(),
+        }
+    }
+
+    /// What the gateway tells agents about names, in `initialize` and `server/discover` results.
+    pub fn instructions(&self) -> &'static str {
+        match self {
+            Naming::Prefixed => "Tools, prompts and resources from several upstream MCP servers; names are prefixed with their upstream's name and '__' (URIs with the name and '+').",
+            Naming::Passthrough { .. } => "Tools, prompts and resources of one upstream MCP server, governed by the Portcullis gateway.",
+        }
+    }
+}
+
 /// What a request asks of the gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -92,7 +143,7 @@ fn param_str<'a>(req: &'a Request, key: &str) -> Result<&'a str, DenyReason> {
 }
 
 /// Decide where a request goes. Unknown methods are `MethodNotFound`.
-pub fn route(req: &Request) -> Result<Route, DenyReason> {
+pub fn route(req: &Request, naming: &Naming) -> Result<Route, DenyReason> {
     Ok(match req.method.as_str() {
         "initialize" => Route::Initialize,
         "ping" => Route::Ping,
@@ -102,16 +153,18 @@ pub fn route(req: &Request) -> Result<Route, DenyReason> {
         "resources/list" => Route::List(ListKind::Resources),
         "resources/templates/list" => Route::List(ListKind::ResourceTemplates),
         "tools/call" | "prompts/get" => {
-            let (u, n) =
-                names::split_name(param_str(req, "name")?).ok_or(DenyReason::ToolNotFound)?;
+            let (u, n) = naming
+                .split_name(param_str(req, "name")?)
+                .ok_or(DenyReason::ToolNotFound)?;
             Route::ByName {
                 upstream: u.to_owned(),
                 name: n.to_owned(),
             }
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            let (u, n) =
-                names::split_uri(param_str(req, "uri")?).ok_or(DenyReason::ToolNotFound)?;
+            let (u, n) = naming
+                .split_uri(param_str(req, "uri")?)
+                .ok_or(DenyReason::ToolNotFound)?;
             Route::ByUri {
                 upstream: u.to_owned(),
                 uri: n.to_owned(),
@@ -129,7 +182,7 @@ pub fn route(req: &Request) -> Result<Route, DenyReason> {
                         .get("name")
                         .and_then(|v| v.as_str())
                         .ok_or(DenyReason::InvalidParams)?;
-                    let (u, n) = names::split_name(n).ok_or(DenyReason::ToolNotFound)?;
+                    let (u, n) = naming.split_name(n).ok_or(DenyReason::ToolNotFound)?;
                     Route::ByName {
                         upstream: u.to_owned(),
                         name: n.to_owned(),
@@ -140,7 +193,7 @@ pub fn route(req: &Request) -> Result<Route, DenyReason> {
                         .get("uri")
                         .and_then(|v| v.as_str())
                         .ok_or(DenyReason::InvalidParams)?;
-                    let (u, n) = names::split_uri(n).ok_or(DenyReason::ToolNotFound)?;
+                    let (u, n) = naming.split_uri(n).ok_or(DenyReason::ToolNotFound)?;
                     Route::ByUri {
                         upstream: u.to_owned(),
                         uri: n.to_owned(),
@@ -185,7 +238,13 @@ pub fn rewrite_for_upstream(mut out: Request, route: &Route) -> Request {
 }
 
 /// Namespace the names in one upstream's list result and append them to `into`.
-pub fn collect_list(kind: ListKind, upstream: &str, result: &Value, into: &mut Vec<Value>) {
+pub fn collect_list(
+    naming: &Naming,
+    kind: ListKind,
+    upstream: &str,
+    result: &Value,
+    into: &mut Vec<Value>,
+) {
     let Some(items) = result.get(kind.field()).and_then(|v| v.as_array()) else {
         return;
     };
@@ -200,10 +259,8 @@ pub fn collect_list(kind: ListKind, upstream: &str, result: &Value, into: &mut V
             continue;
         };
         let renamed = match kind {
-            ListKind::Tools | ListKind::Prompts => names::namespace_name(upstream, original),
-            ListKind::Resources | ListKind::ResourceTemplates => {
-                names::namespace_uri(upstream, original)
-            }
+            ListKind::Tools | ListKind::Prompts => naming.name(upstream, original),
+            ListKind::Resources | ListKind::ResourceTemplates => naming.uri(upstream, original),
         };
         item.insert(key, renamed).ok();
         into.push(item);
@@ -218,11 +275,11 @@ pub fn list_result(kind: ListKind, items: Vec<Value>) -> Value {
 }
 
 /// Namespace resource URIs inside a `resources/read` result so they match what the agent listed.
-pub fn rewrite_read_result(upstream: &str, result: &mut Value) {
+pub fn rewrite_read_result(naming: &Naming, upstream: &str, result: &mut Value) {
     if let Some(contents) = result.get_mut("contents").and_then(|c| c.as_array_mut()) {
         for c in contents.iter_mut() {
             if let Some(uri) = c.get("uri").and_then(|u| u.as_str()).map(str::to_owned) {
-                c.insert("uri", names::namespace_uri(upstream, &uri)).ok();
+                c.insert("uri", naming.uri(upstream, &uri)).ok();
             }
         }
     }
@@ -230,16 +287,19 @@ pub fn rewrite_read_result(upstream: &str, result: &mut Value) {
 
 /// Namespace the name or URI in an upstream notification so the agent can act on it
 /// (`notifications/resources/updated` names a URI).
-pub fn rewrite_notification_params(method: &str, upstream: &str, params: &mut Value) {
+pub fn rewrite_notification_params(
+    naming: &Naming,
+    method: &str,
+    upstream: &str,
+    params: &mut Value,
+) {
     if method == "notifications/resources/updated" {
         if let Some(uri) = params
             .get("uri")
             .and_then(|u| u.as_str())
             .map(str::to_owned)
         {
-            params
-                .insert("uri", names::namespace_uri(upstream, &uri))
-                .ok();
+            params.insert("uri", naming.uri(upstream, &uri)).ok();
         }
     }
 }
@@ -305,15 +365,12 @@ pub fn negotiate_initialize(requested: Option<&str>) -> Revision {
 }
 
 /// The gateway's own `initialize` result.
-pub fn initialize_result(revision: Revision, version: &str) -> Value {
+pub fn initialize_result(naming: &Naming, revision: Revision, version: &str) -> Value {
     let mut o = simd_json::owned::Object::new();
     o.insert("protocolVersion".into(), Value::from(revision.as_str()));
     o.insert("capabilities".into(), gateway_capabilities());
     o.insert("serverInfo".into(), server_info(version));
-    o.insert(
-        "instructions".into(),
-        Value::from("Tools, prompts and resources from several upstream MCP servers; names are prefixed with their upstream's name and '__' (URIs with the name and '+')."),
-    );
+    o.insert("instructions".into(), Value::from(naming.instructions()));
     Value::from(o)
 }
 
@@ -335,7 +392,7 @@ mod tests {
         let r = req(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"docs__read__x","arguments":{}}}"#,
         );
-        let rt = route(&r).unwrap();
+        let rt = route(&r, &Naming::Prefixed).unwrap();
         assert_eq!(
             rt,
             Route::ByName {
@@ -353,22 +410,25 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"docs+file:///a"}}"#,
         );
         assert_eq!(
-            route(&r).unwrap(),
+            route(&r, &Naming::Prefixed).unwrap(),
             Route::ByUri {
                 upstream: "docs".into(),
                 uri: "file:///a".into()
             }
         );
         let r = req(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"plain"}}"#);
-        assert_eq!(route(&r), Err(DenyReason::ToolNotFound));
+        assert_eq!(route(&r, &Naming::Prefixed), Err(DenyReason::ToolNotFound));
         let r = req(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#);
-        assert_eq!(route(&r), Err(DenyReason::InvalidParams));
+        assert_eq!(route(&r, &Naming::Prefixed), Err(DenyReason::InvalidParams));
         let r = req(r#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#);
-        assert_eq!(route(&r), Err(DenyReason::MethodNotFound));
+        assert_eq!(
+            route(&r, &Naming::Prefixed),
+            Err(DenyReason::MethodNotFound)
+        );
         let r = req(
             r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a__p"},"argument":{"name":"x","value":"y"}}}"#,
         );
-        let rt = route(&r).unwrap();
+        let rt = route(&r, &Naming::Prefixed).unwrap();
         let fwd = rewrite_for_upstream(r.clone(), &rt);
         assert_eq!(
             fwd.params
@@ -393,13 +453,49 @@ mod tests {
         let a = jsonrpc::parse_value(&mut a, &ParseLimits::default()).unwrap();
         let b = jsonrpc::parse_value(&mut b, &ParseLimits::default()).unwrap();
         let mut items = Vec::new();
-        collect_list(ListKind::Tools, "one", &a, &mut items);
-        collect_list(ListKind::Tools, "two", &b, &mut items);
+        collect_list(&Naming::Prefixed, ListKind::Tools, "one", &a, &mut items);
+        collect_list(&Naming::Prefixed, ListKind::Tools, "two", &b, &mut items);
         let names: Vec<&str> = items
             .iter()
             .filter_map(|t| t.get("name").and_then(|n| n.as_str()))
             .collect();
         assert_eq!(names, ["one__echo", "two__echo"]);
+    }
+
+    #[test]
+    fn passthrough_keeps_names_and_routes_to_the_one_upstream() {
+        let naming = Naming::Passthrough {
+            upstream: "only".into(),
+        };
+        let r = req(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b","arguments":{}}}"#,
+        );
+        let rt = route(&r, &naming).unwrap();
+        assert_eq!(
+            rt,
+            Route::ByName {
+                upstream: "only".into(),
+                name: "a__b".into()
+            }
+        );
+        let r = req(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"x+file:///a"}}"#,
+        );
+        assert_eq!(
+            route(&r, &naming).unwrap(),
+            Route::ByUri {
+                upstream: "only".into(),
+                uri: "x+file:///a".into()
+            }
+        );
+        let r = req(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#);
+        assert_eq!(route(&r, &naming), Err(DenyReason::ToolNotFound));
+
+        let mut a = br#"{"resources":[{"uri":"file:///a","name":"a"}]}"#.to_vec();
+        let a = jsonrpc::parse_value(&mut a, &ParseLimits::default()).unwrap();
+        let mut items = Vec::new();
+        collect_list(&naming, ListKind::Resources, "only", &a, &mut items);
+        assert_eq!(items[0].get("uri").unwrap().as_str(), Some("file:///a"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ fn bad_config_fails_at_start_naming_the_key_path() {
             "upstreams[0].name",
         ),
         ("listen:\n  admin: not-an-address\n", "listen.admin"),
+        ("naming: passthrough\nupstreams: []\n", "naming"),
     ];
     for (yaml, path) in cases {
         let cfg = dir.path().join("c.yaml");
@@ -212,5 +213,54 @@ fn a_session_is_served_from_any_core() {
     assert!(
         per_core.iter().all(|&n| n > 0),
         "both cores should have served requests: {per_core:?}"
+    );
+}
+
+#[test]
+fn passthrough_naming_shows_the_one_upstreams_names_unchanged() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[("alpha", port)], "naming: passthrough\n");
+    let sid = initialize(g.plain_port);
+    let h = [
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let call = |body: &str| post(g.plain_port, &h, body).message();
+
+    let tools = call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    let names: Vec<&str> = tools["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"echo"), "{names:?}");
+    assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+
+    let r = call(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"as-is"}}}"#,
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "as-is", "{r}");
+
+    let res = call(r#"{"jsonrpc":"2.0","id":3,"method":"resources/list"}"#);
+    assert_eq!(
+        res["result"]["resources"][0]["uri"], "portcullis://info",
+        "{res}"
+    );
+    let read = call(
+        r#"{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"portcullis://info"}}"#,
+    );
+    assert_eq!(
+        read["result"]["contents"][0]["uri"], "portcullis://info",
+        "{read}"
+    );
+
+    // The prefixed form means nothing here: it reaches the upstream verbatim, which knows no such tool.
+    let r = call(
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"alpha__echo","arguments":{"text":"x"}}}"#,
+    );
+    assert!(
+        r.get("error").is_some() || r["result"]["isError"] == true,
+        "{r}"
     );
 }

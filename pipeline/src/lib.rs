@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chunked;
+pub mod control;
 pub mod frame;
 pub mod jsonrpc;
 pub mod mcp;

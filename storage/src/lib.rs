@@ -1,8 +1,13 @@
-//! Everything Portcullis keeps on disk. For now: the data directory itself and the TLS material the
-//! appliance generates on first start. LMDB (registry, snapshots) and audit segments come later and live
-//! here too, so that one crate owns every byte on disk and the rules for writing it safely.
-#![forbid(unsafe_code)]
+//! Everything Portcullis keeps on disk: the data directory and the TLS material generated into it, the
+//! LMDB registry with its signed snapshots, and (later) audit segments. One crate owns every byte on disk
+//! and the rules for writing it safely.
+// Denied, not forbidden: opening the LMDB memory map is the one unsafe call, allowed where it is made.
+#![deny(unsafe_code)]
 
 pub mod datadir;
+pub mod registry;
+pub mod signing;
 
 pub use datadir::{DataDir, StorageError};
+pub use registry::{Registry, RegistryError};
+pub use signing::SigningKey;

@@ -1,0 +1,872 @@
+//! The control plane's model: capabilities, agents and policies as registered, and the snapshot that
+//! approval compiles them into.
+//!
+//! Pure like the rest of the crate: the caller passes the time and the approver, `storage` persists these
+//! types and the appliance serves them. Approval validates every policy against a Cedar schema generated
+//! from the model, so a policy that names an attribute no entity has never reaches traffic.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapabilityKind {
+    Mcp,
+    Openapi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Active,
+    Disabled,
+}
+
+/// How the gateway authenticates to upstreams on an agent's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialMode {
+    /// One credential of the gateway's per upstream.
+    Service,
+    /// Act on behalf of the calling identity (token exchange).
+    Delegated,
+    /// A distinct credential per agent per upstream.
+    AgentScoped,
+}
+
+macro_rules! wire_names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)*
+                    _ => Err(format!("`{s}` is not one of: {}", [$($s),*].join(", "))),
+                }
+            }
+        }
+    };
+}
+wire_names!(CapabilityKind { Mcp => "mcp", Openapi => "openapi" });
+wire_names!(Risk { Low => "low", Medium => "medium", High => "high", Critical => "critical" });
+wire_names!(Status { Active => "active", Disabled => "disabled" });
+wire_names!(CredentialMode { Service => "service", Delegated => "delegated", AgentScoped => "agent-scoped" });
+
+/// An MCP server or API registered for agents to use. Its name is the namespace of its tools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capability {
+    pub name: String,
+    pub kind: CapabilityKind,
+    pub owner: String,
+    pub risk: Risk,
+    pub environment: String,
+    /// `http://` or `https://` URL of the MCP endpoint or the API's base.
+    pub endpoint: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub status: Status,
+}
+
+/// A registered, accountable agent: the principal of every decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub name: String,
+    pub owner: String,
+    /// The client it runs in: `claude-desktop`, `cursor`, `service`, ...
+    pub surface: String,
+    pub environment: String,
+    pub credential_mode: CredentialMode,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub status: Status,
+}
+
+/// One Cedar policy (a single `permit` or `forbid` statement).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    pub text: String,
+}
+
+/// Who changed a record and when; `version` counts its edits from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordMeta {
+    pub version: u64,
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub updated_by: String,
+    pub updated_at: u64,
+}
+
+impl RecordMeta {
+    pub fn first(by: &str, now_ms: u64) -> Self {
+        RecordMeta {
+            version: 1,
+            created_by: by.to_owned(),
+            created_at: now_ms,
+            updated_by: by.to_owned(),
+            updated_at: now_ms,
+        }
+    }
+
+    pub fn next(&self, by: &str, now_ms: u64) -> Self {
+        RecordMeta {
+            version: self.version + 1,
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+            updated_by: by.to_owned(),
+            updated_at: now_ms,
+        }
+    }
+}
+
+/// A registry entry: the record as last edited, with its history counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record<T> {
+    pub spec: T,
+    pub meta: RecordMeta,
+}
+
+/// A field that fails validation, named by its path for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn field_err(field: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+const TEXT_BYTES_MAX: usize = 128;
+const DESCRIPTION_BYTES_MAX: usize = 4096;
+const LIST_LEN_MAX: usize = 64;
+/// One policy's text; a policy is one statement, so this is generous.
+pub const POLICY_BYTES_MAX: usize = 64 << 10;
+
+/// A short free-text field: owner, environment, surface. Printable, one line.
+fn check_text(field: &str, v: &str) -> Result<(), FieldError> {
+    if v.trim().is_empty() {
+        return Err(field_err(field, "must not be empty"));
+    }
+    if v.len() > TEXT_BYTES_MAX {
+        return Err(field_err(
+            field,
+            format!("longer than {TEXT_BYTES_MAX} bytes"),
+        ));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(field_err(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// An identifier: ASCII letters, digits, `-`, `_`, `.`, starting with a letter or digit.
+fn check_ident(field: &str, v: &str, max: usize) -> Result<(), FieldError> {
+    let Some(first) = v.bytes().next() else {
+        return Err(field_err(field, "must not be empty"));
+    };
+    if v.len() > max {
+        return Err(field_err(field, format!("longer than {max} bytes")));
+    }
+    if !first.is_ascii_alphanumeric()
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(field_err(
+            field,
+            format!("`{v}`: use ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sort and deduplicate a tag-like list so that equal sets encode equally.
+fn normalize_list(field: &str, list: &mut Vec<String>) -> Result<(), FieldError> {
+    if list.len() > LIST_LEN_MAX {
+        return Err(field_err(
+            field,
+            format!("more than {LIST_LEN_MAX} entries"),
+        ));
+    }
+    for (i, v) in list.iter().enumerate() {
+        check_ident(&format!("{field}[{i}]"), v, 64)?;
+    }
+    list.sort();
+    list.dedup();
+    Ok(())
+}
+
+fn check_url(field: &str, v: &str) -> Result<(), FieldError> {
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or_else(|| field_err(field, "must be an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err(field_err(field, "has no host"));
+    }
+    if v.bytes().any(|b| b <= b' ' || b == 0x7f) || v.len() > 2048 {
+        return Err(field_err(
+            field,
+            "contains spaces or control characters, or is too long",
+        ));
+    }
+    Ok(())
+}
+
+impl Capability {
+    /// Check every field and normalise lists; an `Err` names the first bad field.
+    pub fn normalize(&mut self) -> Result<(), FieldError> {
+        names::validate_upstream_name(&self.name).map_err(|e| {
+            field_err(
+                "name",
+                format!(
+                    "`{}` ({e:?}): lowercase letters, digits and '-', starting with a letter, at most {} bytes (it prefixes the capability's tool names)",
+                    self.name,
+                    names::UPSTREAM_NAME_BYTES_MAX
+                ),
+            )
+        })?;
+        check_text("owner", &self.owner)?;
+        check_ident("environment", &self.environment, 64)?;
+        check_url("endpoint", &self.endpoint)?;
+        normalize_list("tags", &mut self.tags)?;
+        if self.description.len() > DESCRIPTION_BYTES_MAX {
+            return Err(field_err(
+                "description",
+                format!("longer than {DESCRIPTION_BYTES_MAX} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Agent {
+    pub fn normalize(&mut self) -> Result<(), FieldError> {
+        check_ident("name", &self.name, 64)?;
+        check_text("owner", &self.owner)?;
+        check_ident("surface", &self.surface, 64)?;
+        check_ident("environment", &self.environment, 64)?;
+        normalize_list("groups", &mut self.groups)
+    }
+}
+
+impl Policy {
+    pub fn normalize(&mut self) -> Result<(), FieldError> {
+        check_ident("id", &self.id, TEXT_BYTES_MAX)?;
+        if self.text.trim().is_empty() {
+            return Err(field_err("text", "must not be empty"));
+        }
+        if self.text.len() > POLICY_BYTES_MAX {
+            return Err(field_err(
+                "text",
+                format!("longer than {POLICY_BYTES_MAX} bytes"),
+            ));
+        }
+        if self.description.len() > DESCRIPTION_BYTES_MAX {
+            return Err(field_err(
+                "description",
+                format!("longer than {DESCRIPTION_BYTES_MAX} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A tool definition as approved: what discovery shows and what calls are checked against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedTool {
+    pub capability: String,
+    /// The upstream's own name (agents see it namespaced).
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub input_schema: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+}
+
+/// Everything an approval decides about: the registry and the pinned tools, plus the Cedar schema the
+/// policies were validated against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotContent {
+    pub capabilities: Vec<Record<Capability>>,
+    pub agents: Vec<Record<Agent>>,
+    pub policies: Vec<Record<Policy>>,
+    pub tools: Vec<PinnedTool>,
+    pub cedar_schema: String,
+}
+
+/// Who approved what, when, and which content: the part of a snapshot shown in lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotHeader {
+    /// Monotonic, from 1.
+    pub version: u64,
+    pub approved_by: String,
+    /// Unix milliseconds.
+    pub approved_at: u64,
+    pub note: String,
+    /// The version this one was approved on top of, if any.
+    pub parent: Option<u64>,
+    /// BLAKE3 of the canonical encoding of `content`, hex: equal content, equal hash.
+    pub content_hash: String,
+    pub policy_ids: Vec<String>,
+    /// `name@version` of each capability.
+    pub capability_versions: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub header: SnapshotHeader,
+    pub content: SnapshotContent,
+}
+
+impl Snapshot {
+    /// The canonical encoding that is hashed and signed: compact JSON of these types, whose fields
+    /// serialize in declaration order, whose lists `compile` sorts by key, and whose free-form JSON
+    /// (schemas) is `serde_json::Value`, an object type with sorted keys. Equal snapshots encode to equal
+    /// bytes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// BLAKE3 of `bytes`, lowercase hex.
+pub fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Why a draft cannot be approved. Nothing is written when approval fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum ApproveError {
+    /// One or more policies do not parse or do not validate against the generated schema.
+    PolicyInvalid { problems: Vec<PolicyProblem> },
+    /// The draft equals the latest snapshot's content: no new version.
+    NothingChanged { version: u64 },
+    /// Two records reference each other inconsistently (e.g. a tool of an unregistered capability).
+    Inconsistent { message: String },
+}
+
+impl fmt::Display for ApproveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApproveError::PolicyInvalid { problems } => {
+                write!(f, "{} policy problem(s)", problems.len())?;
+                for p in problems {
+                    write!(f, "; {p}")?;
+                }
+                Ok(())
+            }
+            ApproveError::NothingChanged { version } => write!(
+                f,
+                "nothing changed since snapshot {version}; no new version approved"
+            ),
+            ApproveError::Inconsistent { message } => f.write_str(message),
+        }
+    }
+}
+
+/// One thing wrong with one policy, located in its text (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyProblem {
+    pub policy_id: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "policy `{}` {}:{}: {}",
+            self.policy_id, self.line, self.column, self.message
+        )
+    }
+}
+
+/// The registry as it stands, to be approved.
+#[derive(Clone, Copy, Debug)]
+pub struct Draft<'a> {
+    pub capabilities: &'a [Record<Capability>],
+    pub agents: &'a [Record<Agent>],
+    pub policies: &'a [Record<Policy>],
+    pub tools: &'a [PinnedTool],
+}
+
+/// Approval metadata the caller supplies (the pipeline has no clock).
+#[derive(Clone, Debug)]
+pub struct Approval<'a> {
+    pub approved_by: &'a str,
+    pub approved_at: u64,
+    pub note: &'a str,
+    /// The latest approved snapshot, if any: its version and content hash.
+    pub latest: Option<(u64, &'a str)>,
+}
+
+/// Compile a draft into the next snapshot: validate every policy, sort everything into canonical order,
+/// hash the content. Refuses when the content equals the latest snapshot's.
+pub fn compile(draft: Draft<'_>, approval: &Approval<'_>) -> Result<Snapshot, ApproveError> {
+    let mut capabilities = draft.capabilities.to_vec();
+    capabilities.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let mut agents = draft.agents.to_vec();
+    agents.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    let mut policies = draft.policies.to_vec();
+    policies.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+    let mut tools = draft.tools.to_vec();
+    tools.sort_by(|a, b| (&a.capability, &a.name).cmp(&(&b.capability, &b.name)));
+
+    let known: BTreeSet<&str> = capabilities.iter().map(|c| c.spec.name.as_str()).collect();
+    if let Some(t) = tools
+        .iter()
+        .find(|t| !known.contains(t.capability.as_str()))
+    {
+        return Err(ApproveError::Inconsistent {
+            message: format!(
+                "tool `{}` belongs to capability `{}`, which is not registered",
+                t.name, t.capability
+            ),
+        });
+    }
+
+    let cedar_schema = cedar::schema_text();
+    let problems = cedar::validate(&policies);
+    if !problems.is_empty() {
+        return Err(ApproveError::PolicyInvalid { problems });
+    }
+
+    let content = SnapshotContent {
+        capabilities,
+        agents,
+        policies,
+        tools,
+        cedar_schema,
+    };
+    let content_hash = hash_hex(&serde_json::to_vec(&content).unwrap_or_default());
+    if let Some((version, hash)) = approval.latest {
+        if hash == content_hash {
+            return Err(ApproveError::NothingChanged { version });
+        }
+    }
+    let header = SnapshotHeader {
+        version: approval.latest.map_or(1, |(v, _)| v + 1),
+        approved_by: approval.approved_by.to_owned(),
+        approved_at: approval.approved_at,
+        note: approval.note.to_owned(),
+        parent: approval.latest.map(|(v, _)| v),
+        content_hash,
+        policy_ids: content.policies.iter().map(|p| p.spec.id.clone()).collect(),
+        capability_versions: content
+            .capabilities
+            .iter()
+            .map(|c| format!("{}@{}", c.spec.name, c.meta.version))
+            .collect(),
+    };
+    Ok(Snapshot { header, content })
+}
+
+/// What changed between two snapshots, by record key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SnapshotDiff {
+    pub capabilities: ListDiff,
+    pub agents: ListDiff,
+    pub policies: ListDiff,
+    pub tools: ListDiff,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ListDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+fn diff_by<T: PartialEq>(old: &[T], new: &[T], key: impl Fn(&T) -> String) -> ListDiff {
+    let mut d = ListDiff::default();
+    for n in new {
+        match old.iter().find(|o| key(o) == key(n)) {
+            None => d.added.push(key(n)),
+            Some(o) if o != n => d.changed.push(key(n)),
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| key(n) == key(o)) {
+            d.removed.push(key(o));
+        }
+    }
+    d
+}
+
+pub fn diff(old: &SnapshotContent, new: &SnapshotContent) -> SnapshotDiff {
+    // Edits that only touched metadata (who/when) without changing the spec are not changes.
+    let specs = |v: &[Record<Capability>]| v.iter().map(|r| r.spec.clone()).collect::<Vec<_>>();
+    let agents = |v: &[Record<Agent>]| v.iter().map(|r| r.spec.clone()).collect::<Vec<_>>();
+    let policies = |v: &[Record<Policy>]| v.iter().map(|r| r.spec.clone()).collect::<Vec<_>>();
+    SnapshotDiff {
+        capabilities: diff_by(&specs(&old.capabilities), &specs(&new.capabilities), |c| {
+            c.name.clone()
+        }),
+        agents: diff_by(&agents(&old.agents), &agents(&new.agents), |a| {
+            a.name.clone()
+        }),
+        policies: diff_by(&policies(&old.policies), &policies(&new.policies), |p| {
+            p.id.clone()
+        }),
+        tools: diff_by(&old.tools, &new.tools, |t| {
+            format!("{}{}{}", t.capability, names::NAME_SEPARATOR, t.name)
+        }),
+    }
+}
+
+/// The Cedar side: the generated schema and policy validation.
+pub mod cedar {
+    use std::str::FromStr;
+
+    use cedar_policy::{
+        Policy as CedarPolicy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+    };
+    use miette::Diagnostic;
+
+    use super::{Policy, PolicyProblem, Record};
+
+    /// The schema every policy is validated against. Attribute names match the registry's fields, so
+    /// a policy reads like the records it is about: `principal.owner`, `resource.risk`,
+    /// `principal in Group::"finance"`, `resource in Capability::"payments"`.
+    pub fn schema_text() -> String {
+        r#"// Generated by Portcullis from its registry model; policies are validated against it at approval.
+entity Group;
+entity Agent in [Group] = {
+  "owner": String,
+  "surface": String,
+  "environment": String,
+  "credential_mode": String,
+  "groups": Set<String>,
+};
+entity Capability = {
+  "owner": String,
+  "risk": String,
+  "environment": String,
+  "kind": String,
+  "tags": Set<String>,
+};
+entity Tool in [Capability] = {
+  "name": String,
+  "capability": String,
+  "owner": String,
+  "risk": String,
+  "environment": String,
+  "kind": String,
+  "tags": Set<String>,
+};
+type RequestContext = {
+  "transport": String,
+  "revision": String,
+  "client_address": String,
+  "session_age_secs": Long,
+  "hour": Long,
+  "weekday": Long,
+};
+action discover appliesTo { principal: [Agent], resource: [Tool], context: RequestContext };
+action call appliesTo { principal: [Agent], resource: [Tool], context: RequestContext };
+"#
+        .to_owned()
+    }
+
+    pub fn schema() -> Schema {
+        // The text above is a constant; a failure to parse it is a bug caught by the unit tests.
+        Schema::from_str(&schema_text()).unwrap_or_else(|e| panic!("built-in Cedar schema: {e}"))
+    }
+
+    /// 1-based line and column of a byte offset.
+    fn line_col(text: &str, offset: usize) -> (usize, usize) {
+        let before = &text[..offset.min(text.len())];
+        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    fn problem(id: &str, text: &str, d: &dyn Diagnostic, message: String) -> PolicyProblem {
+        let offset = d
+            .labels()
+            .and_then(|mut l| l.next())
+            .map_or(0, |l| l.offset());
+        let (line, column) = line_col(text, offset);
+        let message = match d.help() {
+            Some(h) => format!("{message} ({h})"),
+            None => message,
+        };
+        PolicyProblem {
+            policy_id: id.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// Parse every policy (each must be exactly one static statement) and validate the set strictly
+    /// against the schema. Returns every problem found, in policy order.
+    pub fn validate(policies: &[Record<Policy>]) -> Vec<PolicyProblem> {
+        let mut problems = Vec::new();
+        let mut set = PolicySet::new();
+        for p in policies {
+            let (id, text) = (&p.spec.id, &p.spec.text);
+            match PolicySet::from_str(text) {
+                Err(errs) => {
+                    for e in errs.iter() {
+                        problems.push(problem(id, text, e, e.to_string()));
+                    }
+                    continue;
+                }
+                Ok(s) if s.num_of_policies() != 1 || s.num_of_templates() != 0 => {
+                    problems.push(PolicyProblem {
+                        policy_id: id.clone(),
+                        line: 1,
+                        column: 1,
+                        message: format!(
+                            "a policy holds exactly one permit or forbid statement without template slots; found {} statement(s) and {} template(s)",
+                            s.num_of_policies(),
+                            s.num_of_templates()
+                        ),
+                    });
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            match CedarPolicy::parse(Some(PolicyId::new(id)), text) {
+                Ok(pol) => {
+                    if let Err(e) = set.add(pol) {
+                        problems.push(PolicyProblem {
+                            policy_id: id.clone(),
+                            line: 1,
+                            column: 1,
+                            message: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => problems.push(problem(id, text, &e, e.to_string())),
+            }
+        }
+        if !problems.is_empty() {
+            return problems;
+        }
+        let validator = Validator::new(schema());
+        let result = validator.validate(&set, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let id = e.policy_id().to_string();
+            let text = policies
+                .iter()
+                .find(|p| p.spec.id == id)
+                .map_or("", |p| p.spec.text.as_str());
+            problems.push(problem(&id, text, e, e.to_string()));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<T>(spec: T) -> Record<T> {
+        Record {
+            spec,
+            meta: RecordMeta::first("t", 1),
+        }
+    }
+
+    fn policy(id: &str, text: &str) -> Record<Policy> {
+        rec(Policy {
+            id: id.into(),
+            description: String::new(),
+            text: text.into(),
+        })
+    }
+
+    fn cap(name: &str) -> Record<Capability> {
+        rec(Capability {
+            name: name.into(),
+            kind: CapabilityKind::Mcp,
+            owner: "team".into(),
+            risk: Risk::Low,
+            environment: "prod".into(),
+            endpoint: "http://127.0.0.1:1/mcp".into(),
+            tags: vec![],
+            description: String::new(),
+            status: Status::Active,
+        })
+    }
+
+    fn approval<'a>(latest: Option<(u64, &'a str)>) -> Approval<'a> {
+        Approval {
+            approved_by: "alice",
+            approved_at: 7,
+            note: "n",
+            latest,
+        }
+    }
+
+    #[test]
+    fn schema_parses() {
+        let _ = cedar::schema();
+    }
+
+    #[test]
+    fn valid_policies_compile_and_hash_stably() {
+        let caps = [cap("b"), cap("a")];
+        let pols = [policy(
+            "p1",
+            "permit(principal, action == Action::\"call\", resource) when { resource.risk == \"low\" && principal.owner == \"x\" };",
+        )];
+        let draft = Draft {
+            capabilities: &caps,
+            agents: &[],
+            policies: &pols,
+            tools: &[],
+        };
+        let s = compile(draft, &approval(None)).unwrap();
+        assert_eq!(s.header.version, 1);
+        assert_eq!(s.header.capability_versions, ["a@1", "b@1"]);
+        let again = compile(draft, &approval(None)).unwrap();
+        assert_eq!(s.canonical_bytes(), again.canonical_bytes());
+        let err = compile(draft, &approval(Some((1, &s.header.content_hash)))).unwrap_err();
+        assert_eq!(err, ApproveError::NothingChanged { version: 1 });
+    }
+
+    #[test]
+    fn unknown_attribute_is_located() {
+        let pols = [policy(
+            "p-attr",
+            "permit(principal, action, resource)\nwhen { principal.departmnet == \"x\" };",
+        )];
+        let draft = Draft {
+            capabilities: &[],
+            agents: &[],
+            policies: &pols,
+            tools: &[],
+        };
+        let ApproveError::PolicyInvalid { problems } = compile(draft, &approval(None)).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].policy_id, "p-attr");
+        assert_eq!(problems[0].line, 2, "{problems:?}");
+        assert!(problems[0].message.contains("departmnet"), "{problems:?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let pols = [
+            policy("ok", "forbid(principal, action, resource);"),
+            policy(
+                "bad",
+                "permit(principal, action, resource)\n  when { principal.owner == };",
+            ),
+            policy(
+                "two",
+                "permit(principal, action, resource);forbid(principal, action, resource);",
+            ),
+        ];
+        let draft = Draft {
+            capabilities: &[],
+            agents: &[],
+            policies: &pols,
+            tools: &[],
+        };
+        let ApproveError::PolicyInvalid { problems } = compile(draft, &approval(None)).unwrap_err()
+        else {
+            panic!()
+        };
+        let bad = problems.iter().find(|p| p.policy_id == "bad").unwrap();
+        assert_eq!(bad.line, 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.policy_id == "two"));
+        assert!(!problems.iter().any(|p| p.policy_id == "ok"));
+    }
+
+    #[test]
+    fn normalization_checks_fields() {
+        let mut c = cap("Bad").spec;
+        assert_eq!(c.normalize().unwrap_err().field, "name");
+        let mut c = cap("ok").spec;
+        c.endpoint = "ftp://x".into();
+        assert_eq!(c.normalize().unwrap_err().field, "endpoint");
+        let mut c = cap("ok").spec;
+        c.tags = vec!["b".into(), "a".into(), "b".into()];
+        c.normalize().unwrap();
+        assert_eq!(c.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn diff_names_changes() {
+        let a = SnapshotContent {
+            capabilities: vec![cap("a"), cap("b")],
+            agents: vec![],
+            policies: vec![policy("p", "x")],
+            tools: vec![],
+            cedar_schema: String::new(),
+        };
+        let mut b = a.clone();
+        b.capabilities.remove(0);
+        b.capabilities[0].spec.risk = Risk::High;
+        b.capabilities[0].meta = b.capabilities[0].meta.next("bob", 9);
+        b.policies[0].meta = b.policies[0].meta.next("bob", 9);
+        let d = diff(&a, &b);
+        assert_eq!(d.capabilities.removed, ["a"]);
+        assert_eq!(d.capabilities.changed, ["b"]);
+        assert!(d.policies.changed.is_empty());
+    }
+}

@@ -1,0 +1,871 @@
+//! The registry in LMDB: capabilities, agents, policies, agent API keys and approved snapshots.
+//!
+//! One LMDB environment (`DATA_DIR/lmdb/`) with a named database per record kind. Every edit is one write
+//! transaction, so a failed write (map full, invalid record) changes nothing, and LMDB's single writer
+//! serialises concurrent approvals. Records are JSON (the `pipeline::control` types); each edit also
+//! appends the new version to `history`, so who changed what and when survives later edits. Snapshots are
+//! signed blobs (see `signing`) read straight from the memory map and verified before use.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use heed::byteorder::BE;
+use heed::types::{Bytes, Str, U64};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use portcullis_pipeline::control::{
+    self, Agent, Approval, ApproveError, Capability, Draft, FieldError, PinnedTool, Policy, Record,
+    RecordMeta, Snapshot, SnapshotHeader,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::signing::{self, BlobError, SigningKey};
+
+/// Default map size: 1 GiB of address space (not disk); records and snapshots of thousands of tools fit
+/// many times over. Configurable because LMDB cannot grow past it without a restart.
+pub const DEFAULT_MAP_BYTES: usize = 1 << 30;
+
+#[derive(Debug)]
+pub enum RegistryError {
+    /// The environment could not be opened: missing permissions, a corrupt or truncated file.
+    Open {
+        path: PathBuf,
+        message: String,
+    },
+    /// The map is full; nothing of the failed write was kept.
+    MapFull {
+        map_bytes: usize,
+    },
+    NotFound {
+        kind: &'static str,
+        key: String,
+    },
+    AlreadyExists {
+        kind: &'static str,
+        key: String,
+    },
+    Invalid(FieldError),
+    Approve(ApproveError),
+    /// A stored snapshot failed verification.
+    BadSnapshot {
+        version: u64,
+        error: BlobError,
+    },
+    /// A stored record or snapshot does not decode: written by a newer version, or damaged.
+    Corrupt {
+        what: String,
+        message: String,
+    },
+    Lmdb(String),
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::Open { path, message } => write!(
+                f,
+                "cannot open the registry at {}: {message}. If the file is damaged, stop portcullis, move {} aside and restore it from a backup (or start empty and re-apply your desired state)",
+                path.display(),
+                path.join("data.mdb").display()
+            ),
+            RegistryError::MapFull { map_bytes } => write!(
+                f,
+                "the registry is full ({map_bytes} bytes mapped); nothing was written. Raise `storage.lmdb_map_bytes` and restart"
+            ),
+            RegistryError::NotFound { kind, key } => write!(f, "no {kind} `{key}`"),
+            RegistryError::AlreadyExists { kind, key } => write!(f, "{kind} `{key}` already exists"),
+            RegistryError::Invalid(e) => write!(f, "invalid {e}"),
+            RegistryError::Approve(e) => write!(f, "approval refused: {e}"),
+            RegistryError::BadSnapshot { version, error } => {
+                write!(f, "snapshot {version} is refused: {error}")
+            }
+            RegistryError::Corrupt { what, message } => write!(f, "{what} does not decode: {message}"),
+            RegistryError::Lmdb(m) => write!(f, "LMDB: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl RegistryError {
+    /// Stable code for the admin API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RegistryError::Open { .. } => "registry_unavailable",
+            RegistryError::MapFull { .. } => "registry_full",
+            RegistryError::NotFound { .. } => "not_found",
+            RegistryError::AlreadyExists { .. } => "already_exists",
+            RegistryError::Invalid(_) => "invalid_field",
+            RegistryError::Approve(ApproveError::PolicyInvalid { .. }) => "policy_invalid",
+            RegistryError::Approve(ApproveError::NothingChanged { .. }) => "nothing_changed",
+            RegistryError::Approve(ApproveError::Inconsistent { .. }) => "inconsistent",
+            RegistryError::BadSnapshot { .. } => "snapshot_tampered",
+            RegistryError::Corrupt { .. } => "registry_corrupt",
+            RegistryError::Lmdb(_) => "registry_error",
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A record kind the registry keeps: its table and key.
+pub trait Kind: Clone + Serialize + DeserializeOwned {
+    const TABLE: &'static str;
+    /// For messages: "capability", "agent", "policy".
+    const NAME: &'static str;
+    fn key(&self) -> &str;
+    fn normalize(&mut self) -> std::result::Result<(), FieldError>;
+}
+
+impl Kind for Capability {
+    const TABLE: &'static str = "capabilities";
+    const NAME: &'static str = "capability";
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
+        Capability::normalize(self)
+    }
+}
+
+impl Kind for Agent {
+    const TABLE: &'static str = "agents";
+    const NAME: &'static str = "agent";
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
+        Agent::normalize(self)
+    }
+}
+
+impl Kind for Policy {
+    const TABLE: &'static str = "policies";
+    const NAME: &'static str = "policy";
+    fn key(&self) -> &str {
+        &self.id
+    }
+    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
+        Policy::normalize(self)
+    }
+}
+
+/// How `put` treats an existing record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Fail with `AlreadyExists` if the key is taken.
+    Create,
+    /// Fail with `NotFound` if the key is free.
+    Update,
+    /// Either (declarative apply).
+    Upsert,
+}
+
+/// An agent API key as stored: only a hash of the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub agent: String,
+    /// BLAKE3 of the whole presented key, hex.
+    pub hash: String,
+    pub created_by: String,
+    pub created_at: u64,
+    #[serde(default)]
+    pub revoked_at: Option<u64>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+}
+
+/// Where a snapshot stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    #[serde(flatten)]
+    pub header: SnapshotHeader,
+    /// BLAKE3 of the canonical encoding, hex: the snapshot's identity.
+    pub hash: String,
+    pub active: bool,
+}
+
+pub struct Registry {
+    env: Env,
+    path: PathBuf,
+    map_bytes: usize,
+    key: SigningKey,
+    tables: Tables,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+struct Tables {
+    capabilities: Database<Str, Bytes>,
+    agents: Database<Str, Bytes>,
+    policies: Database<Str, Bytes>,
+    tools: Database<Str, Bytes>,
+    api_keys: Database<Str, Bytes>,
+    /// `kind/key/version` (version as 20 zero-padded digits, so keys sort by version) → record JSON.
+    history: Database<Str, Bytes>,
+    /// version → signed blob.
+    snapshots: Database<U64<BE>, Bytes>,
+    /// version → header JSON, for cheap listing.
+    snapshot_headers: Database<U64<BE>, Bytes>,
+    /// `latest`, `active` → version (8 bytes BE).
+    meta: Database<Str, Bytes>,
+}
+
+fn lmdb(map_bytes: usize) -> impl Fn(heed::Error) -> RegistryError {
+    move |e| match e {
+        heed::Error::Mdb(heed::MdbError::MapFull) => RegistryError::MapFull { map_bytes },
+        other => RegistryError::Lmdb(other.to_string()),
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: impl Fn() -> String, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        what: what(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our record types have string keys and no non-finite floats, so encoding cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Registry {
+    /// Open (creating on first start) the registry under `dir` with `map_bytes` of map.
+    pub fn open(dir: &Path, map_bytes: usize, key: SigningKey) -> Result<Registry> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| RegistryError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let env = open_env(&path, map_bytes).map_err(|e| RegistryError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let err = lmdb(map_bytes);
+        let mut w = env.write_txn().map_err(&err)?;
+        let mut db = |name: &str| env.create_database::<Str, Bytes>(&mut w, Some(name));
+        let capabilities = db("capabilities").map_err(&err)?;
+        let agents = db("agents").map_err(&err)?;
+        let policies = db("policies").map_err(&err)?;
+        let tools = db("tools").map_err(&err)?;
+        let api_keys = db("api_keys").map_err(&err)?;
+        let history = db("history").map_err(&err)?;
+        let meta = db("meta").map_err(&err)?;
+        let snapshots = env
+            .create_database::<U64<BE>, Bytes>(&mut w, Some("snapshots"))
+            .map_err(&err)?;
+        let snapshot_headers = env
+            .create_database::<U64<BE>, Bytes>(&mut w, Some("snapshot_headers"))
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(Registry {
+            env,
+            path,
+            map_bytes,
+            key,
+            tables: Tables {
+                capabilities,
+                agents,
+                policies,
+                tools,
+                api_keys,
+                history,
+                snapshots,
+                snapshot_headers,
+                meta,
+            },
+        })
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public()
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        self.key.public_hex()
+    }
+
+    fn err(&self) -> impl Fn(heed::Error) -> RegistryError {
+        lmdb(self.map_bytes)
+    }
+
+    fn table<T: Kind>(&self) -> Database<Str, Bytes> {
+        match T::TABLE {
+            "capabilities" => self.tables.capabilities,
+            "agents" => self.tables.agents,
+            _ => self.tables.policies,
+        }
+    }
+
+    fn read(&self) -> Result<RoTxn<'_, heed::WithTls>> {
+        self.env.read_txn().map_err(self.err())
+    }
+
+    fn write(&self) -> Result<RwTxn<'_>> {
+        self.env.write_txn().map_err(self.err())
+    }
+
+    pub fn get<T: Kind>(&self, key: &str) -> Result<Record<T>> {
+        let r = self.read()?;
+        self.get_in::<T>(&r, key)?
+            .ok_or_else(|| RegistryError::NotFound {
+                kind: T::NAME,
+                key: key.to_owned(),
+            })
+    }
+
+    fn get_in<T: Kind>(&self, txn: &RoTxn<'_>, key: &str) -> Result<Option<Record<T>>> {
+        match self.table::<T>().get(txn, key).map_err(self.err())? {
+            None => Ok(None),
+            Some(b) => decode(|| format!("{} `{key}`", T::NAME), b).map(Some),
+        }
+    }
+
+    pub fn list<T: Kind>(&self) -> Result<Vec<Record<T>>> {
+        let r = self.read()?;
+        self.list_in::<T>(&r)
+    }
+
+    fn list_in<T: Kind>(&self, txn: &RoTxn<'_>) -> Result<Vec<Record<T>>> {
+        let mut out = Vec::new();
+        for item in self.table::<T>().iter(txn).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            out.push(decode(|| format!("{} `{k}`", T::NAME), v)?);
+        }
+        Ok(out)
+    }
+
+    /// Create or replace a record (a draft edit). Returns the stored record; an unchanged spec is not a
+    /// new version.
+    pub fn put<T: Kind + PartialEq>(
+        &self,
+        mut spec: T,
+        how: Put,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Record<T>> {
+        spec.normalize().map_err(RegistryError::Invalid)?;
+        let mut w = self.write()?;
+        let existing = self.get_in::<T>(&w, spec.key())?;
+        let meta = match (&existing, how) {
+            (Some(_), Put::Create) => {
+                return Err(RegistryError::AlreadyExists {
+                    kind: T::NAME,
+                    key: spec.key().to_owned(),
+                })
+            }
+            (None, Put::Update) => {
+                return Err(RegistryError::NotFound {
+                    kind: T::NAME,
+                    key: spec.key().to_owned(),
+                })
+            }
+            (Some(old), _) if old.spec == spec => return Ok(old.clone()),
+            (Some(old), _) => old.meta.next(by, now_ms),
+            (None, _) => RecordMeta::first(by, now_ms),
+        };
+        let rec = Record { spec, meta };
+        let bytes = encode(&rec);
+        let err = self.err();
+        self.table::<T>()
+            .put(&mut w, rec.spec.key(), &bytes)
+            .map_err(&err)?;
+        let hkey = format!("{}/{}/{:020}", T::NAME, rec.spec.key(), rec.meta.version);
+        self.tables
+            .history
+            .put(&mut w, &hkey, &bytes)
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(rec)
+    }
+
+    /// Remove a record from the draft (approved snapshots keep it). Removing an agent revokes its keys.
+    pub fn remove<T: Kind>(&self, key: &str, by: &str, now_ms: u64) -> Result<()> {
+        let mut w = self.write()?;
+        let err = self.err();
+        let Some(old) = self.get_in::<T>(&w, key)? else {
+            return Err(RegistryError::NotFound {
+                kind: T::NAME,
+                key: key.to_owned(),
+            });
+        };
+        self.table::<T>().delete(&mut w, key).map_err(&err)?;
+        let hkey = format!("{}/{key}/{:020}", T::NAME, old.meta.version + 1);
+        let tomb = serde_json::json!({"removed_by": by, "removed_at": now_ms});
+        self.tables
+            .history
+            .put(&mut w, &hkey, &encode(&tomb))
+            .map_err(&err)?;
+        if T::NAME == "agent" {
+            self.revoke_all_in(&mut w, key, by, now_ms)?;
+        }
+        w.commit().map_err(&err)?;
+        Ok(())
+    }
+
+    /// Every stored version of a record, oldest first (removals appear as `{"removed_by", "removed_at"}`).
+    pub fn history<T: Kind>(&self, key: &str) -> Result<Vec<serde_json::Value>> {
+        let r = self.read()?;
+        let prefix = format!("{}/{key}/", T::NAME);
+        let mut out = Vec::new();
+        for item in self
+            .tables
+            .history
+            .prefix_iter(&r, &prefix)
+            .map_err(self.err())?
+        {
+            let (k, v) = item.map_err(self.err())?;
+            out.push(decode(|| format!("history `{k}`"), v)?);
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ tools (pinned definitions)
+
+    /// Replace the tool definitions recorded for a capability (fetched from it before approval).
+    pub fn set_tools(&self, capability: &str, tools: &[PinnedTool]) -> Result<()> {
+        let mut w = self.write()?;
+        let err = self.err();
+        self.tables
+            .tools
+            .put(&mut w, capability, &encode(&tools))
+            .map_err(&err)?;
+        w.commit().map_err(&err)
+    }
+
+    fn tools_in(&self, txn: &RoTxn<'_>) -> Result<Vec<PinnedTool>> {
+        let mut out = Vec::new();
+        for item in self.tables.tools.iter(txn).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            let mut t: Vec<PinnedTool> = decode(|| format!("tools of `{k}`"), v)?;
+            out.append(&mut t);
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ API keys
+
+    /// Store a new key for an active agent. The caller generated `id` and the secret, and passes only the
+    /// hash of the whole key.
+    pub fn add_key(
+        &self,
+        agent: &str,
+        id: &str,
+        hash: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<ApiKey> {
+        let mut w = self.write()?;
+        let err = self.err();
+        if self.get_in::<Agent>(&w, agent)?.is_none() {
+            return Err(RegistryError::NotFound {
+                kind: "agent",
+                key: agent.to_owned(),
+            });
+        }
+        let key = ApiKey {
+            id: id.to_owned(),
+            agent: agent.to_owned(),
+            hash: hash.to_owned(),
+            created_by: by.to_owned(),
+            created_at: now_ms,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        self.tables
+            .api_keys
+            .put(&mut w, id, &encode(&key))
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(key)
+    }
+
+    pub fn key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let r = self.read()?;
+        match self.tables.api_keys.get(&r, id).map_err(self.err())? {
+            None => Ok(None),
+            Some(b) => decode(|| format!("API key `{id}`"), b).map(Some),
+        }
+    }
+
+    pub fn keys(&self, agent: &str) -> Result<Vec<ApiKey>> {
+        let r = self.read()?;
+        let mut out = Vec::new();
+        for item in self.tables.api_keys.iter(&r).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            let key: ApiKey = decode(|| format!("API key `{k}`"), v)?;
+            if key.agent == agent {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn revoke_key(&self, agent: &str, id: &str, by: &str, now_ms: u64) -> Result<ApiKey> {
+        let mut w = self.write()?;
+        let err = self.err();
+        let found = match self.tables.api_keys.get(&w, id).map_err(&err)? {
+            Some(b) => Some(decode::<ApiKey>(|| format!("API key `{id}`"), b)?),
+            None => None,
+        };
+        let mut key = match found {
+            Some(k) if k.agent == agent => k,
+            _ => {
+                return Err(RegistryError::NotFound {
+                    kind: "API key",
+                    key: format!("{agent}/{id}"),
+                })
+            }
+        };
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(now_ms);
+            key.revoked_by = Some(by.to_owned());
+            self.tables
+                .api_keys
+                .put(&mut w, id, &encode(&key))
+                .map_err(&err)?;
+        }
+        w.commit().map_err(&err)?;
+        Ok(key)
+    }
+
+    fn revoke_all_in(&self, w: &mut RwTxn<'_>, agent: &str, by: &str, now_ms: u64) -> Result<()> {
+        let err = self.err();
+        let mut revoke = Vec::new();
+        for item in self.tables.api_keys.iter(w).map_err(&err)? {
+            let (k, v) = item.map_err(&err)?;
+            let key: ApiKey = decode(|| format!("API key `{k}`"), v)?;
+            if key.agent == agent && key.revoked_at.is_none() {
+                revoke.push(key);
+            }
+        }
+        for mut key in revoke {
+            key.revoked_at = Some(now_ms);
+            key.revoked_by = Some(by.to_owned());
+            self.tables
+                .api_keys
+                .put(w, &key.id.clone(), &encode(&key))
+                .map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ snapshots
+
+    fn meta_version(&self, txn: &RoTxn<'_>, name: &str) -> Result<Option<u64>> {
+        Ok(self
+            .tables
+            .meta
+            .get(txn, name)
+            .map_err(self.err())?
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn header_in(&self, txn: &RoTxn<'_>, version: u64) -> Result<Option<SnapshotHeader>> {
+        match self
+            .tables
+            .snapshot_headers
+            .get(txn, &version)
+            .map_err(self.err())?
+        {
+            None => Ok(None),
+            Some(b) => decode(|| format!("snapshot {version} header"), b).map(Some),
+        }
+    }
+
+    /// Compile the draft into the next snapshot, seal it, store it and (with `activate`) make it active:
+    /// all in one write transaction, so concurrent approvals run one after the other and a refused one
+    /// leaves nothing behind.
+    pub fn approve(
+        &self,
+        by: &str,
+        note: &str,
+        now_ms: u64,
+        activate: bool,
+    ) -> Result<SnapshotInfo> {
+        let mut w = self.write()?;
+        let err = self.err();
+        let capabilities = self.list_in::<Capability>(&w)?;
+        let agents = self.list_in::<Agent>(&w)?;
+        let policies = self.list_in::<Policy>(&w)?;
+        let tools = self.tools_in(&w)?;
+        let latest_version = self.meta_version(&w, "latest")?;
+        let latest = match latest_version {
+            Some(v) => self.header_in(&w, v)?.map(|h| (v, h.content_hash)),
+            None => None,
+        };
+        let snapshot = control::compile(
+            Draft {
+                capabilities: &capabilities,
+                agents: &agents,
+                policies: &policies,
+                tools: &tools,
+            },
+            &Approval {
+                approved_by: by,
+                approved_at: now_ms,
+                note,
+                latest: latest.as_ref().map(|(v, h)| (*v, h.as_str())),
+            },
+        )
+        .map_err(RegistryError::Approve)?;
+        let body = snapshot.canonical_bytes();
+        let blob = self.key.seal(&body);
+        let version = snapshot.header.version;
+        self.tables
+            .snapshots
+            .put(&mut w, &version, &blob)
+            .map_err(&err)?;
+        self.tables
+            .snapshot_headers
+            .put(&mut w, &version, &encode(&snapshot.header))
+            .map_err(&err)?;
+        self.tables
+            .meta
+            .put(&mut w, "latest", &version.to_be_bytes())
+            .map_err(&err)?;
+        if activate {
+            self.tables
+                .meta
+                .put(&mut w, "active", &version.to_be_bytes())
+                .map_err(&err)?;
+        }
+        w.commit().map_err(&err)?;
+        Ok(SnapshotInfo {
+            header: snapshot.header,
+            hash: signing::hex(blake3::hash(&body).as_bytes()),
+            active: activate,
+        })
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let r = self.read()?;
+        let active = self.meta_version(&r, "active")?;
+        let mut out = Vec::new();
+        for item in self.tables.snapshot_headers.iter(&r).map_err(self.err())? {
+            let (v, b) = item.map_err(self.err())?;
+            let header: SnapshotHeader = decode(|| format!("snapshot {v} header"), b)?;
+            let blob = self
+                .tables
+                .snapshots
+                .get(&r, &v)
+                .map_err(self.err())?
+                .unwrap_or(&[]);
+            let hash = blob.get(8..40).map(signing::hex).unwrap_or_default();
+            out.push(SnapshotInfo {
+                header,
+                hash,
+                active: active == Some(v),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Read and verify one snapshot (hash and signature) and decode it.
+    pub fn snapshot(&self, version: u64) -> Result<(SnapshotInfo, Snapshot)> {
+        let r = self.read()?;
+        let active = self.meta_version(&r, "active")?;
+        let blob = self
+            .tables
+            .snapshots
+            .get(&r, &version)
+            .map_err(self.err())?
+            .ok_or(RegistryError::NotFound {
+                kind: "snapshot",
+                key: version.to_string(),
+            })?;
+        let opened = signing::open_blob(blob, &self.key.public())
+            .map_err(|error| RegistryError::BadSnapshot { version, error })?;
+        let snapshot: Snapshot = decode(|| format!("snapshot {version}"), opened.body)?;
+        if snapshot.header.version != version {
+            return Err(RegistryError::Corrupt {
+                what: format!("snapshot {version}"),
+                message: format!("it says it is version {}", snapshot.header.version),
+            });
+        }
+        let info = SnapshotInfo {
+            header: snapshot.header.clone(),
+            hash: signing::hex(&opened.hash),
+            active: active == Some(version),
+        };
+        Ok((info, snapshot))
+    }
+
+    pub fn active_version(&self) -> Result<Option<u64>> {
+        let r = self.read()?;
+        self.meta_version(&r, "active")
+    }
+
+    /// Make an approved snapshot the active one (rollback is activating an older version). The blob is
+    /// verified first: a tampered snapshot is never activated.
+    pub fn activate(&self, version: u64) -> Result<SnapshotInfo> {
+        let (mut info, _) = self.snapshot(version)?;
+        let mut w = self.write()?;
+        let err = self.err();
+        self.tables
+            .meta
+            .put(&mut w, "active", &version.to_be_bytes())
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        info.active = true;
+        Ok(info)
+    }
+
+    /// Overwrite a stored blob byte (tests of tamper detection only).
+    #[doc(hidden)]
+    pub fn tamper_for_tests(&self, version: u64, offset: usize) -> Result<()> {
+        let mut w = self.write()?;
+        let err = self.err();
+        let mut blob = self
+            .tables
+            .snapshots
+            .get(&w, &version)
+            .map_err(&err)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        if let Some(b) = blob.get_mut(offset) {
+            *b ^= 0x20;
+        }
+        self.tables
+            .snapshots
+            .put(&mut w, &version, &blob)
+            .map_err(&err)?;
+        w.commit().map_err(&err)
+    }
+}
+
+#[allow(unsafe_code)]
+fn open_env(path: &Path, map_bytes: usize) -> heed::Result<Env> {
+    let mut opts = EnvOpenOptions::new();
+    opts.map_size(map_bytes).max_dbs(16);
+    // SAFETY: heed marks opening unsafe because the memory map must not be modified behind LMDB's back
+    // (truncated or written by something other than LMDB) while mapped. The data dir is 0700 and owned by
+    // this process; the appliance takes an exclusive lock on the data dir before opening, so no second
+    // portcullis maps it, and LMDB's own lock file coordinates readers.
+    unsafe { opts.open(path) }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_pipeline::control::{CapabilityKind, CredentialMode, Risk, Status};
+
+    use super::*;
+    use crate::DataDir;
+
+    fn reg(tag: &str, map: usize) -> (Registry, PathBuf) {
+        let root = std::env::temp_dir().join(format!("pc-reg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::open(&root).unwrap();
+        let key = SigningKey::load_or_create(&dir).unwrap();
+        (Registry::open(&root.join("lmdb"), map, key).unwrap(), root)
+    }
+
+    fn cap(name: &str) -> Capability {
+        Capability {
+            name: name.into(),
+            kind: CapabilityKind::Mcp,
+            owner: "team".into(),
+            risk: Risk::Low,
+            environment: "prod".into(),
+            endpoint: "http://127.0.0.1:9/mcp".into(),
+            tags: vec![],
+            description: String::new(),
+            status: Status::Active,
+        }
+    }
+
+    #[test]
+    fn records_are_versioned_and_approval_is_monotonic() {
+        let (r, root) = reg("basic", DEFAULT_MAP_BYTES);
+        r.put(cap("docs"), Put::Create, "alice", 1).unwrap();
+        assert!(matches!(
+            r.put(cap("docs"), Put::Create, "alice", 2),
+            Err(RegistryError::AlreadyExists { .. })
+        ));
+        let mut c = cap("docs");
+        c.risk = Risk::High;
+        let rec = r.put(c, Put::Update, "bob", 3).unwrap();
+        assert_eq!(
+            (
+                rec.meta.version,
+                rec.meta.created_by.as_str(),
+                rec.meta.updated_by.as_str()
+            ),
+            (2, "alice", "bob")
+        );
+        assert_eq!(r.history::<Capability>("docs").unwrap().len(), 2);
+        r.put(
+            Agent {
+                name: "bot".into(),
+                owner: "o".into(),
+                surface: "cursor".into(),
+                environment: "prod".into(),
+                credential_mode: CredentialMode::Service,
+                groups: vec![],
+                status: Status::Active,
+            },
+            Put::Create,
+            "alice",
+            4,
+        )
+        .unwrap();
+
+        let s1 = r.approve("carol", "first", 5, true).unwrap();
+        assert_eq!(s1.header.version, 1);
+        assert!(matches!(
+            r.approve("carol", "again", 6, true),
+            Err(RegistryError::Approve(ApproveError::NothingChanged {
+                version: 1
+            }))
+        ));
+        r.put(cap("more"), Put::Create, "alice", 7).unwrap();
+        let s2 = r.approve("carol", "second", 8, true).unwrap();
+        assert_eq!((s2.header.version, s2.header.parent), (2, Some(1)));
+        assert_eq!(r.active_version().unwrap(), Some(2));
+        r.activate(1).unwrap();
+        assert_eq!(r.active_version().unwrap(), Some(1));
+        let (info, snap) = r.snapshot(2).unwrap();
+        assert_eq!(info.hash, s2.hash);
+        assert_eq!(snap.content.capabilities.len(), 2);
+
+        r.tamper_for_tests(2, 200).unwrap();
+        assert!(matches!(
+            r.snapshot(2),
+            Err(RegistryError::BadSnapshot { version: 2, .. })
+        ));
+        assert!(matches!(
+            r.activate(2),
+            Err(RegistryError::BadSnapshot { .. })
+        ));
+        assert_eq!(r.active_version().unwrap(), Some(1));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_full_map_keeps_nothing_of_the_failed_write() {
+        let (r, root) = reg("full", 256 << 10);
+        let mut n = 0;
+        let err = loop {
+            let mut c = cap(&format!("c{n}"));
+            c.description = "x".repeat(4000);
+            match r.put(c, Put::Create, "a", 1) {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 10_000, "map never filled");
+        };
+        assert!(matches!(err, RegistryError::MapFull { .. }), "{err}");
+        assert_eq!(r.list::<Capability>().unwrap().len(), n);
+        assert!(r.get::<Capability>(&format!("c{n}")).is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,7 +1,8 @@
-//! Admin and health listener (loopback by default): `/healthz`, `/readyz`, `/metrics`.
+//! Admin and health listener (loopback by default): `/healthz`, `/readyz`, `/metrics`, and the control
+//! plane's admin API under `/admin/` (see `control`).
 //!
-//! Runs on its own thread and runtime so that a scrape never competes with a core's requests; it reads the
-//! cores' published metrics and the shared flags, nothing else.
+//! Runs on its own thread and runtime so that a scrape or an approval never competes with a core's
+//! requests; it reads the cores' published metrics and the shared flags, and owns the registry.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use monoio::net::TcpListener;
 
+use crate::control::ControlPlane;
 use crate::gateway::Shared;
 use crate::http::{Conn, Native, ReadError, ReadLimits, Response};
 use crate::metrics::{self, CoreShared};
@@ -20,6 +22,7 @@ pub fn run(
     shared: Arc<Shared>,
     cores: CoreList,
     n_cores: usize,
+    control: Arc<ControlPlane>,
     bound: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
@@ -49,13 +52,14 @@ pub fn run(
             };
             let shared = shared.clone();
             let cores = cores.clone();
+            let control = control.clone();
             monoio::spawn(async move {
                 let mut conn = Conn::new(Native(stream));
                 let l = &shared.config.limits;
                 let limits = ReadLimits {
                     header_bytes_max: l.header_bytes_max,
                     headers_count_max: l.headers_count_max,
-                    body_bytes_max: 0,
+                    body_bytes_max: l.admin_body_bytes_max,
                     idle_timeout: l.idle_timeout.0,
                     header_read_timeout: l.header_read_timeout.0,
                     request_timeout: l.request_timeout.0,
@@ -73,19 +77,37 @@ pub fn run(
                         }
                         Err(_) => return,
                     };
-                    if conn.read_body(&head, &limits).await.is_err() {
-                        let _ = conn
-                            .write(Response::new(413).full(b"admin requests carry no body", true))
-                            .await;
-                        return;
-                    }
-                    let resp = route(
-                        &head.method,
-                        head.path.split('?').next().unwrap_or(""),
-                        &shared,
-                        &cores,
-                        n_cores,
-                    );
+                    let body = match conn.read_body(&head, &limits).await {
+                        Ok(b) => b,
+                        Err(ReadError::Refused(r)) => {
+                            let _ = conn
+                                .write(
+                                    Response::new(r.http_status()).full(r.code().as_bytes(), true),
+                                )
+                                .await;
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let path = head.path.split('?').next().unwrap_or("");
+                    let resp = if path.starts_with("/admin/") {
+                        let a = control.handle(
+                            &head.method,
+                            path,
+                            head.header_str("authorization"),
+                            head.header_str("x-portcullis-actor"),
+                            &body,
+                        );
+                        let mut r = Response::new(a.status)
+                            .header("content-type", "application/json")
+                            .header("cache-control", "no-store");
+                        if a.status == 401 {
+                            r = r.header("www-authenticate", "Bearer realm=\"portcullis-admin\"");
+                        }
+                        r.full(&a.body, false)
+                    } else {
+                        route(&head.method, path, &shared, &cores, n_cores)
+                    };
                     if conn.write(resp).await.is_err() || head.close {
                         return;
                     }

@@ -84,10 +84,28 @@ pub struct Config {
     /// `passthrough` (unchanged; only with exactly one upstream, since two could share a name).
     pub naming: NamingMode,
     pub limits: Limits,
+    pub storage: Storage,
     /// Identifies this appliance in session ids of a fleet (0..=65535).
     pub node_id: u16,
     /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
     pub driver: Driver,
+}
+
+/// On-disk stores, loaded from `storage:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Address space reserved for the LMDB registry (not disk used). A write past it fails cleanly with
+    /// `registry_full`; raising it takes a restart.
+    pub lmdb_map_bytes: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            lmdb_map_bytes: portcullis_storage::registry::DEFAULT_MAP_BYTES,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -116,6 +134,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             naming: NamingMode::Prefixed,
             limits: Limits::default(),
+            storage: Storage::default(),
             node_id: 0,
             driver: Driver::Auto,
         }
@@ -195,6 +214,8 @@ pub struct Limits {
     pub session_duration_max: Dur,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout: Dur,
+    /// An admin API request body, bytes (one record or policy per request).
+    pub admin_body_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -217,6 +238,7 @@ impl Default for Limits {
             session_idle: Dur(Duration::from_secs(30 * 60)),
             session_duration_max: Dur(Duration::from_secs(24 * 3600)),
             drain_timeout: Dur(Duration::from_secs(10)),
+            admin_body_bytes_max: 1 << 20,
         }
     }
 }
@@ -314,7 +336,9 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 8] = [
+        let positive: [(&str, usize); 10] = [
+            ("limits.admin_body_bytes_max", l.admin_body_bytes_max),
+            ("storage.lmdb_map_bytes", self.storage.lmdb_map_bytes),
             ("limits.body_bytes_max", l.body_bytes_max),
             ("limits.header_bytes_max", l.header_bytes_max),
             ("limits.headers_count_max", l.headers_count_max),

@@ -5,7 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod h2srv;
 pub mod http;

@@ -9,10 +9,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use portcullis::config::{parse_http_url, Config};
+use portcullis::control::{self, ControlPlane};
 use portcullis::gateway::{Shared, UpstreamDef};
 use portcullis::runtime::{self, CoreSetup};
 use portcullis::{admin, error, info, tls};
-use portcullis_storage::DataDir;
+use portcullis_storage::{DataDir, Registry, SigningKey};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -48,11 +49,17 @@ fn main() {
 
 fn run() -> Result<(), String> {
     use lexopt::prelude::*;
+    let mut raw = std::env::args().skip(1);
+    if let Some(cmd) = raw.next() {
+        if portcullis::cli::run(&cmd, raw.collect())? {
+            return Ok(());
+        }
+    }
     let mut parser = lexopt::Parser::from_env();
     let cmd = match parser.next().map_err(|e| e.to_string())? {
         Some(Value(v)) => v.string().map_err(|e| e.to_string())?,
         Some(Long("help")) | Some(Short('h')) | None => {
-            eprint!("{USAGE}");
+            eprint!("{USAGE}\n{}", portcullis::cli::USAGE);
             return Ok(());
         }
         Some(other) => return Err(other.unexpected().to_string()),
@@ -116,6 +123,18 @@ fn up(args: UpArgs) -> Result<(), String> {
         config.cores
     };
     let data = DataDir::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let _lock = data.lock().map_err(|e| e.to_string())?;
+    let signing = SigningKey::load_or_create(&data).map_err(|e| e.to_string())?;
+    let registry = Registry::open(&data.file("lmdb"), config.storage.lmdb_map_bytes, signing)
+        .map_err(|e| e.to_string())?;
+    let (admin_token, token_created) = control::load_or_create_token(&data)?;
+    info!(
+        "registry open at {} signing_key={}",
+        data.file("lmdb").display(),
+        registry.public_key_hex()
+    );
+    let control = Arc::new(ControlPlane::new(registry, &admin_token));
+    drop(admin_token);
 
     let tls = match config.listen.mcp_tls {
         Some(addr) => {
@@ -185,14 +204,19 @@ fn up(args: UpArgs) -> Result<(), String> {
         let core_list = core_list.clone();
         std::thread::Builder::new()
             .name("portcullis-admin".into())
-            .spawn(move || admin::run(admin_addr, shared, core_list, n_cores, bound_tx))
+            .spawn(move || admin::run(admin_addr, shared, core_list, n_cores, control, bound_tx))
             .map_err(|e| e.to_string())?;
     }
     bound_rx
         .recv()
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("admin listener {admin_addr}: {e}"))?;
-    println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics)");
+    println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics, admin API under /admin/)");
+    println!(
+        "Admin token {}: {}",
+        if token_created { "generated in" } else { "in" },
+        control::token_path(&data).display()
+    );
 
     let (senders, receivers) = runtime::session_channels(n_cores);
     let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();

@@ -21,6 +21,8 @@ pub enum StorageError {
     DataDirTooOpen { path: PathBuf, mode: u32 },
     /// A path exists but is not a directory.
     NotADirectory { path: PathBuf },
+    /// Another process holds the data dir.
+    Locked { path: PathBuf },
 }
 
 impl fmt::Display for StorageError {
@@ -35,6 +37,11 @@ impl fmt::Display for StorageError {
             StorageError::NotADirectory { path } => {
                 write!(f, "{}: not a directory", path.display())
             }
+            StorageError::Locked { path } => write!(
+                f,
+                "{}: another portcullis process is using this data dir; stop it or pass another --data-dir",
+                path.display()
+            ),
         }
     }
 }
@@ -100,6 +107,24 @@ impl DataDir {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Take the data dir's exclusive lock for as long as the returned file lives. One process per data
+    /// dir: the LMDB map and the audit tails must not have two writers.
+    pub fn lock(&self) -> Result<File, StorageError> {
+        let path = self.file("lock");
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+            Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }
     }
 

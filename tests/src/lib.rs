@@ -198,6 +198,15 @@ pub fn ts_server_with(sdk: &str, name: &str, extra: &[&str]) -> (Proc, u16) {
     start_ready(cmd, &format!("ts_server_{sdk}:{name}"))
 }
 
+/// The upstream the MCP conformance suite's server scenarios expect (`tests/peers/node/conformance_server.mjs`,
+/// TypeScript SDK 2.x, both revisions).
+pub fn conformance_server() -> (Proc, u16) {
+    let mut cmd = Command::new("node");
+    cmd.arg(peers_dir().join("node/conformance_server.mjs"))
+        .args(["--port", "0"]);
+    start_ready(cmd, "conformance_server")
+}
+
 /// Run a client peer and return its one JSON line. Panics with its output if it fails.
 pub fn run_client(mut cmd: Command, what: &str) -> Value {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -274,6 +283,28 @@ impl Gateway {
         );
         let cfg = dir.path().join("portcullis.yaml");
         std::fs::write(&cfg, config).unwrap();
+        Self::launch(dir, (plain_port, tls_port, admin_port), args)
+    }
+
+    /// Start again on the same config, ports and data dir (after `proc.terminate()`).
+    pub fn restart(self) -> Gateway {
+        let Gateway {
+            proc,
+            plain_port,
+            tls_port,
+            admin_port,
+            dir,
+        } = self;
+        drop(proc);
+        Self::launch(dir, (plain_port, tls_port, admin_port), &["--cores", "2"])
+    }
+
+    fn launch(
+        dir: TempDir,
+        (plain_port, tls_port, admin_port): (u16, u16, u16),
+        args: &[&str],
+    ) -> Gateway {
+        let cfg = dir.path().join("portcullis.yaml");
         let mut cmd = Command::new(gateway_bin());
         cmd.arg("up")
             .arg("--config")

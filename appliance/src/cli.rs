@@ -1,0 +1,517 @@
+//! The operator's CLI for the control plane: each command is one or two calls to the admin API.
+//!
+//! `portcullis capability|agent|policy add|list|show|edit|remove|history`, `agent key issue|list|revoke`,
+//! `approve`, `snapshot list|show|diff|activate`, `signing-key`. Record fields are given as `--field value`
+//! (`--tag`/`--group` repeat or take commas); `edit` fetches the record, changes the given fields and puts
+//! it back. Tables for people by default, `--json` for scripts. The CLI speaks plain HTTP to the admin
+//! listener, which is loopback by default.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+pub const USAGE: &str = "\
+CONTROL PLANE (talks to the admin API of a running `portcullis up`):
+    portcullis capability add NAME --kind mcp|openapi --owner O --risk low|medium|high|critical
+                               --environment E --endpoint URL [--tag T]... [--description D] [--status S]
+    portcullis agent add NAME --owner O --surface S --environment E
+                              --credential-mode service|delegated|agent-scoped [--group G]... [--status S]
+    portcullis policy add ID (--file F | --text T) [--description D]
+    portcullis capability|agent|policy list | show NAME | edit NAME --field V... | remove NAME | history NAME
+    portcullis agent key issue|list AGENT    portcullis agent key revoke AGENT KEY_ID
+    portcullis approve [--note N] [--no-activate]
+    portcullis snapshot list | show V | diff A B | activate V
+    portcullis signing-key
+
+    Common options: --admin URL (default http://127.0.0.1:8444), --token-file F (default
+    DATA_DIR/admin.token; or PORTCULLIS_ADMIN_TOKEN), --data-dir D (default ./portcullis-data),
+    --as NAME (recorded as the actor; default $USER), --json.
+";
+
+/// Parsed common options plus positional words and `--field value` pairs, in order.
+#[derive(Debug, Default)]
+struct Args {
+    admin: Option<String>,
+    token_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    actor: Option<String>,
+    json: bool,
+    words: Vec<String>,
+    fields: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+/// Flags that take no value.
+const BARE_FLAGS: &[&str] = &["no-activate"];
+
+fn parse(argv: Vec<String>) -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(name) = arg.strip_prefix("--") else {
+            a.words.push(arg);
+            continue;
+        };
+        let (name, inline) = match name.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (name.to_owned(), None),
+        };
+        if name == "json" {
+            a.json = true;
+            continue;
+        }
+        if BARE_FLAGS.contains(&name.as_str()) {
+            a.flags.push(name);
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or_else(|| format!("--{name} needs a value"))?,
+        };
+        match name.as_str() {
+            "admin" => a.admin = Some(value),
+            "token-file" => a.token_file = Some(value.into()),
+            "data-dir" => a.data_dir = Some(value.into()),
+            "as" => a.actor = Some(value),
+            _ => a.fields.push((name, value)),
+        }
+    }
+    Ok(a)
+}
+
+struct Client {
+    host: String,
+    token: String,
+    actor: String,
+}
+
+impl Client {
+    fn new(a: &Args) -> Result<Client, String> {
+        let admin = a
+            .admin
+            .clone()
+            .or_else(|| std::env::var("PORTCULLIS_ADMIN").ok())
+            .unwrap_or_else(|| "http://127.0.0.1:8444".into());
+        let host = admin
+            .strip_prefix("http://")
+            .ok_or("--admin must be an http:// URL (the admin listener is plain HTTP on loopback)")?
+            .trim_end_matches('/')
+            .to_owned();
+        let token = match std::env::var("PORTCULLIS_ADMIN_TOKEN") {
+            Ok(t) if a.token_file.is_none() => t,
+            _ => {
+                let path = a.token_file.clone().unwrap_or_else(|| {
+                    a.data_dir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("portcullis-data"))
+                        .join("admin.token")
+                });
+                std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "admin token {}: {e} (pass --token-file or --data-dir)",
+                        path.display()
+                    )
+                })?
+            }
+        };
+        let actor = a
+            .actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "admin".into());
+        Ok(Client {
+            host,
+            token: token.trim().to_owned(),
+            actor,
+        })
+    }
+
+    /// One request; returns the status and the JSON body.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+        let mut s = TcpStream::connect(&self.host).map_err(|e| {
+            format!(
+                "admin API at {}: {e} (is `portcullis up` running?)",
+                self.host
+            )
+        })?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\nx-portcullis-actor: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            self.host,
+            self.token,
+            self.actor,
+            body.len()
+        );
+        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or("truncated admin response")?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("malformed admin response")?;
+        let v = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
+        Ok((status, v))
+    }
+
+    /// A call whose non-2xx answer becomes the error message.
+    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let (status, v) = self.call(method, path, body)?;
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let e = &v["error"];
+        let mut msg = format!(
+            "{} ({status} {})",
+            e["message"].as_str().unwrap_or("admin API error"),
+            e["code"].as_str().unwrap_or("")
+        );
+        if let Some(problems) = e["problems"].as_array() {
+            for p in problems {
+                msg.push_str(&format!(
+                    "\n  policy `{}` {}:{}: {}",
+                    p["policy_id"].as_str().unwrap_or(""),
+                    p["line"],
+                    p["column"],
+                    p["message"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        Err(msg)
+    }
+}
+
+/// The record kinds: path segment, key field, list fields and table columns.
+struct KindInfo {
+    plural: &'static str,
+    key: &'static str,
+    lists: &'static [(&'static str, &'static str)],
+    columns: &'static [&'static str],
+}
+
+const KINDS: &[(&str, KindInfo)] = &[
+    (
+        "capability",
+        KindInfo {
+            plural: "capabilities",
+            key: "name",
+            lists: &[("tag", "tags"), ("tags", "tags")],
+            columns: &[
+                "name",
+                "kind",
+                "owner",
+                "risk",
+                "environment",
+                "status",
+                "endpoint",
+            ],
+        },
+    ),
+    (
+        "agent",
+        KindInfo {
+            plural: "agents",
+            key: "name",
+            lists: &[("group", "groups"), ("groups", "groups")],
+            columns: &[
+                "name",
+                "owner",
+                "surface",
+                "environment",
+                "credential_mode",
+                "status",
+            ],
+        },
+    ),
+    (
+        "policy",
+        KindInfo {
+            plural: "policies",
+            key: "id",
+            lists: &[],
+            columns: &["id", "description"],
+        },
+    ),
+];
+
+/// Run a control-plane command. `Ok(false)` when `cmd` is not one.
+pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
+    let is_cli = KINDS.iter().any(|(k, _)| *k == cmd)
+        || matches!(cmd, "approve" | "snapshot" | "signing-key");
+    if !is_cli {
+        return Ok(false);
+    }
+    let a = parse(argv)?;
+    let c = Client::new(&a)?;
+    let out = match cmd {
+        "approve" => {
+            let note = field(&a, "note").unwrap_or_default();
+            let activate = !a.flags.iter().any(|f| f == "no-activate");
+            let v = c.ok(
+                "POST",
+                "/admin/v1/approve",
+                Some(&json!({"note": note, "activate": activate})),
+            )?;
+            Output::Value(v, Shape::Snapshot)
+        }
+        "snapshot" => snapshot(&c, &a)?,
+        "signing-key" => Output::Value(c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
+        _ => records(&c, cmd, &a)?,
+    };
+    print(&out, a.json);
+    Ok(true)
+}
+
+fn field(a: &Args, name: &str) -> Option<String> {
+    a.fields
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn word(a: &Args, i: usize, what: &str) -> Result<String, String> {
+    a.words
+        .get(i)
+        .cloned()
+        .ok_or_else(|| format!("missing {what}\n{USAGE}"))
+}
+
+enum Shape {
+    Table(&'static [&'static str]),
+    Record,
+    Snapshot,
+}
+
+enum Output {
+    Value(Value, Shape),
+}
+
+fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
+    let Some((_, k)) = KINDS.iter().find(|(n, _)| *n == kind) else {
+        return Err(format!("unknown command `{kind}`"));
+    };
+    let verb = word(a, 0, "a verb (add, list, show, edit, remove, history)")?;
+    let base = format!("/admin/v1/{}", k.plural);
+    Ok(match verb.as_str() {
+        "list" => Output::Value(c.ok("GET", &base, None)?, Shape::Table(k.columns)),
+        "show" => {
+            let key = word(a, 1, "a name")?;
+            Output::Value(c.ok("GET", &format!("{base}/{key}"), None)?, Shape::Record)
+        }
+        "history" => {
+            let key = word(a, 1, "a name")?;
+            Output::Value(
+                c.ok("GET", &format!("{base}/{key}/history"), None)?,
+                Shape::Record,
+            )
+        }
+        "remove" => {
+            let key = word(a, 1, "a name")?;
+            Output::Value(
+                c.ok("DELETE", &format!("{base}/{key}"), None)?,
+                Shape::Record,
+            )
+        }
+        "add" => {
+            let key = word(a, 1, "a name")?;
+            let mut rec = Map::new();
+            rec.insert(k.key.into(), Value::from(key));
+            apply_fields(&mut rec, k, a)?;
+            Output::Value(
+                c.ok("POST", &base, Some(&Value::Object(rec)))?,
+                Shape::Record,
+            )
+        }
+        "edit" => {
+            let key = word(a, 1, "a name")?;
+            let current = c.ok("GET", &format!("{base}/{key}"), None)?;
+            let Some(mut rec) = current["spec"].as_object().cloned() else {
+                return Err("the admin API answered without a record".into());
+            };
+            // Lists given on the command line replace the stored list.
+            for (_, list) in k.lists {
+                if a.fields
+                    .iter()
+                    .any(|(n, _)| k.lists.iter().any(|(f, l)| f == n && l == list))
+                {
+                    rec.insert((*list).into(), Value::Array(vec![]));
+                }
+            }
+            apply_fields(&mut rec, k, a)?;
+            Output::Value(
+                c.ok("PUT", &format!("{base}/{key}"), Some(&Value::Object(rec)))?,
+                Shape::Record,
+            )
+        }
+        "key" if kind == "agent" => {
+            let sub = word(a, 1, "issue, list or revoke")?;
+            let agent = word(a, 2, "an agent name")?;
+            let path = format!("/admin/v1/agents/{agent}/keys");
+            match sub.as_str() {
+                "issue" => Output::Value(c.ok("POST", &path, None)?, Shape::Record),
+                "list" => Output::Value(
+                    c.ok("GET", &path, None)?,
+                    Shape::Table(&["id", "agent", "created_by", "created_at", "revoked_at"]),
+                ),
+                "revoke" => {
+                    let id = word(a, 3, "a key id")?;
+                    Output::Value(
+                        c.ok("DELETE", &format!("{path}/{id}"), None)?,
+                        Shape::Record,
+                    )
+                }
+                other => return Err(format!("unknown key command `{other}`")),
+            }
+        }
+        other => return Err(format!("unknown {kind} command `{other}`\n{USAGE}")),
+    })
+}
+
+fn apply_fields(rec: &mut Map<String, Value>, k: &KindInfo, a: &Args) -> Result<(), String> {
+    for (name, value) in &a.fields {
+        if name == "file" {
+            let text = if value == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| e.to_string())?;
+                s
+            } else {
+                std::fs::read_to_string(value).map_err(|e| format!("{value}: {e}"))?
+            };
+            rec.insert("text".into(), Value::from(text));
+            continue;
+        }
+        if let Some((_, list)) = k.lists.iter().find(|(f, _)| f == name) {
+            let arr = rec.entry(*list).or_insert_with(|| Value::Array(vec![]));
+            if let Some(arr) = arr.as_array_mut() {
+                for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                    arr.push(Value::from(v));
+                }
+            }
+            continue;
+        }
+        rec.insert(name.replace('-', "_"), Value::from(value.as_str()));
+    }
+    Ok(())
+}
+
+fn snapshot(c: &Client, a: &Args) -> Result<Output, String> {
+    let verb = word(a, 0, "a verb (list, show, diff, activate)")?;
+    Ok(match verb.as_str() {
+        "list" => Output::Value(
+            c.ok("GET", "/admin/v1/snapshots", None)?,
+            Shape::Table(&[
+                "version",
+                "active",
+                "approved_by",
+                "approved_at",
+                "note",
+                "hash",
+            ]),
+        ),
+        "show" => {
+            let v = word(a, 1, "a version")?;
+            Output::Value(
+                c.ok("GET", &format!("/admin/v1/snapshots/{v}"), None)?,
+                Shape::Record,
+            )
+        }
+        "diff" => {
+            let (x, y) = (word(a, 1, "a version")?, word(a, 2, "a second version")?);
+            Output::Value(
+                c.ok("GET", &format!("/admin/v1/snapshots/{x}/diff/{y}"), None)?,
+                Shape::Record,
+            )
+        }
+        "activate" => {
+            let v = word(a, 1, "a version")?;
+            Output::Value(
+                c.ok("POST", &format!("/admin/v1/snapshots/{v}/activate"), None)?,
+                Shape::Snapshot,
+            )
+        }
+        other => return Err(format!("unknown snapshot command `{other}`\n{USAGE}")),
+    })
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print(out: &Output, as_json: bool) {
+    let Output::Value(v, shape) = out;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    match shape {
+        Shape::Table(cols) => {
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| {
+                            // Records nest their fields under `spec`; keys and snapshots are flat.
+                            let src = if r.get("spec").is_some() {
+                                &r["spec"]
+                            } else {
+                                r
+                            };
+                            cols.iter().map(|c| cell(&src[*c])).collect()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut width: Vec<usize> = cols.iter().map(|c| c.len()).collect();
+            for r in &rows {
+                for (w, c) in width.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count().min(48));
+                }
+            }
+            let line = |cells: Vec<String>| {
+                cells
+                    .iter()
+                    .zip(&width)
+                    .map(|(c, w)| {
+                        let c: String = c.chars().take(48).collect();
+                        format!("{c:<w$}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+            for r in rows {
+                println!("{}", line(r));
+            }
+        }
+        Shape::Snapshot => {
+            println!(
+                "snapshot {} {} hash={} approved_by={} note={:?}",
+                v["version"],
+                if v["active"] == true { "(active)" } else { "" },
+                cell(&v["hash"]),
+                cell(&v["approved_by"]),
+                cell(&v["note"])
+            );
+        }
+        Shape::Record => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}

@@ -1,0 +1,317 @@
+//! The control plane's REST+JSON admin API, served on the admin listener under `/admin/`.
+//!
+//! Every `/admin/v1/` call needs `Authorization: Bearer <admin token>` (the token is generated at first
+//! start into `DATA_DIR/admin.token`, 0600) and is compared in constant time. Edits are drafts in the
+//! registry; `POST /admin/v1/approve` compiles them into a signed snapshot. The actor recorded with an edit
+//! is the `X-Portcullis-Actor` header (the CLI sends the operator's login), `admin` without one: with a
+//! single admin token the gateway cannot tell operators apart, so the name is recorded as claimed.
+//! Errors are `{"error": {"code", "message", ...}}` with stable codes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_pipeline::control::{self, Agent, ApproveError, Capability, Policy};
+use portcullis_storage::registry::{Kind, Put, Registry, RegistryError};
+use portcullis_storage::signing::hex;
+use portcullis_storage::{DataDir, StorageError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+const TOKEN_FILE: &str = "admin.token";
+/// Prefix of agent API keys, so a leaked key is recognisable (secret scanners, logs).
+pub const API_KEY_PREFIX: &str = "pcak_";
+
+/// The registry plus what authenticates its operators.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pub registry: Registry,
+    token_hash: blake3::Hash,
+}
+
+/// An answer: status and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+fn answer(status: u16, v: &impl Serialize) -> Answer {
+    Answer {
+        status,
+        body: serde_json::to_vec_pretty(v).unwrap_or_default(),
+    }
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>) -> Answer {
+    answer(
+        status,
+        &json!({"error": {"code": code, "message": message.into()}}),
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_hex(n: usize) -> Result<String, String> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(hex(&b))
+}
+
+/// Load the admin token, generating it on first start. Returns the token and whether it is new.
+pub fn load_or_create_token(dir: &DataDir) -> Result<(String, bool), String> {
+    let mut err = None;
+    let ([t], created) = dir
+        .read_or_create([TOKEN_FILE], || match random_hex(32) {
+            Ok(t) => [format!("{t}\n").into_bytes()],
+            Err(e) => {
+                err = Some(e);
+                [Vec::new()]
+            }
+        })
+        .map_err(|e: StorageError| e.to_string())?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let token = String::from_utf8_lossy(&t).trim().to_owned();
+    if token.len() < 32 {
+        return Err(format!(
+            "{}: admin token shorter than 32 characters; delete the file to generate a new one",
+            dir.file(TOKEN_FILE).display()
+        ));
+    }
+    Ok((token, created))
+}
+
+pub fn token_path(dir: &DataDir) -> std::path::PathBuf {
+    dir.file(TOKEN_FILE)
+}
+
+impl ControlPlane {
+    pub fn new(registry: Registry, admin_token: &str) -> ControlPlane {
+        ControlPlane {
+            registry,
+            token_hash: blake3::hash(admin_token.as_bytes()),
+        }
+    }
+
+    /// Constant-time check of a presented bearer token: both sides are hashed and `blake3::Hash`
+    /// compares in constant time, so neither the length nor the content of the token leaks.
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some(presented) = authorization.and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        }) else {
+            return false;
+        };
+        blake3::hash(presented.trim().as_bytes()) == self.token_hash
+    }
+
+    /// Serve one admin request (`path` without its query).
+    pub fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        actor: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        if path == "/admin/openapi.json" && method == "GET" {
+            return Answer {
+                status: 200,
+                body: OPENAPI.as_bytes().to_vec(),
+            };
+        }
+        if !self.authorized(authorization) {
+            return error(
+                401,
+                "unauthenticated",
+                "admin API calls need `Authorization: Bearer <token>` with the token from DATA_DIR/admin.token",
+            );
+        }
+        let actor = actor
+            .filter(|a| !a.is_empty() && a.len() <= 128 && !a.chars().any(char::is_control))
+            .unwrap_or("admin");
+        let Some(rest) = path.strip_prefix("/admin/v1/") else {
+            return error(404, "not_found", format!("no admin resource {path}"));
+        };
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let now = now_ms();
+        let r = &self.registry;
+        match (method, parts.as_slice()) {
+            (_, ["capabilities", tail @ ..]) => {
+                self.records::<Capability>(method, tail, body, actor, now)
+            }
+            (_, ["agents", name, "keys"]) => match method {
+                "GET" => result(200, r.keys(name)),
+                "POST" => self.issue_key(name, actor, now),
+                _ => not_allowed("GET, POST"),
+            },
+            ("DELETE", ["agents", name, "keys", id]) => {
+                result(200, r.revoke_key(name, id, actor, now))
+            }
+            (_, ["agents", tail @ ..]) => self.records::<Agent>(method, tail, body, actor, now),
+            (_, ["policies", tail @ ..]) => self.records::<Policy>(method, tail, body, actor, now),
+            ("POST", ["approve"]) => {
+                let req: ApproveRequest = match parse_body(body) {
+                    Ok(r) => r,
+                    Err(a) => return a,
+                };
+                result(
+                    201,
+                    r.approve(actor, &req.note, now, req.activate.unwrap_or(true)),
+                )
+            }
+            ("GET", ["snapshots"]) => result(200, r.snapshots()),
+            ("GET", ["snapshots", v]) => match v.parse::<u64>() {
+                Ok(v) => result(
+                    200,
+                    r.snapshot(v)
+                        .map(|(info, s)| json!({"info": info, "content": s.content})),
+                ),
+                Err(_) => error(400, "bad_request", "snapshot versions are numbers"),
+            },
+            ("POST", ["snapshots", v, "activate"]) => match v.parse::<u64>() {
+                Ok(v) => result(200, r.activate(v)),
+                Err(_) => error(400, "bad_request", "snapshot versions are numbers"),
+            },
+            ("GET", ["snapshots", a, "diff", b]) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(a), Ok(b)) => result(
+                    200,
+                    r.snapshot(a).and_then(|(_, old)| {
+                        r.snapshot(b)
+                            .map(|(_, new)| control::diff(&old.content, &new.content))
+                    }),
+                ),
+                _ => error(400, "bad_request", "snapshot versions are numbers"),
+            },
+            ("GET", ["signing-key"]) => answer(
+                200,
+                &json!({"algorithm": "ed25519", "public_key": r.public_key_hex()}),
+            ),
+            _ => error(
+                404,
+                "not_found",
+                format!("no admin resource {method} {path}"),
+            ),
+        }
+    }
+
+    fn records<T: Kind + PartialEq>(
+        &self,
+        method: &str,
+        tail: &[&str],
+        body: &[u8],
+        actor: &str,
+        now: u64,
+    ) -> Answer {
+        let r = &self.registry;
+        match (method, tail) {
+            ("GET", []) => result(200, r.list::<T>()),
+            ("POST", []) => match parse_body::<T>(body) {
+                Ok(spec) => result(201, r.put(spec, Put::Create, actor, now)),
+                Err(a) => a,
+            },
+            ("GET", [key]) => result(200, r.get::<T>(key)),
+            ("GET", [key, "history"]) => result(200, r.history::<T>(key)),
+            ("PUT", [key]) => match parse_body::<T>(body) {
+                Ok(spec) if spec.key() != *key => error(
+                    400,
+                    "bad_request",
+                    format!(
+                        "the body names `{}` but the path names `{key}`; renaming is remove + add",
+                        spec.key()
+                    ),
+                ),
+                Ok(spec) => result(200, r.put(spec, Put::Upsert, actor, now)),
+                Err(a) => a,
+            },
+            ("DELETE", [key]) => result(
+                200,
+                r.remove::<T>(key, actor, now)
+                    .map(|()| json!({"removed": key})),
+            ),
+            (_, [] | [_]) => not_allowed("GET, POST, PUT, DELETE"),
+            _ => error(404, "not_found", format!("no such {} resource", T::NAME)),
+        }
+    }
+
+    fn issue_key(&self, agent: &str, actor: &str, now: u64) -> Answer {
+        let (id, secret) = match (random_hex(8), random_hex(32)) {
+            (Ok(i), Ok(s)) => (i, s),
+            (Err(e), _) | (_, Err(e)) => return error(500, "internal", e),
+        };
+        let key = format!("{API_KEY_PREFIX}{id}_{secret}");
+        let hash = blake3::hash(key.as_bytes()).to_hex().to_string();
+        match self.registry.add_key(agent, &id, &hash, actor, now) {
+            Ok(stored) => answer(
+                201,
+                &json!({
+                    "id": stored.id,
+                    "agent": stored.agent,
+                    "key": key,
+                    "note": "This key is shown once; only its hash is stored.",
+                }),
+            ),
+            Err(e) => registry_error(&e),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    activate: Option<bool>,
+}
+
+/// Decode a request body, naming the offending field's path in the error.
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." { "body".to_owned() } else { path };
+        error(400, "bad_request", format!("{at}: {}", e.inner()))
+    })
+}
+
+fn not_allowed(allow: &str) -> Answer {
+    error(405, "method_not_allowed", format!("allowed: {allow}"))
+}
+
+fn result<T: Serialize>(status: u16, r: Result<T, RegistryError>) -> Answer {
+    match r {
+        Ok(v) => answer(status, &v),
+        Err(e) => registry_error(&e),
+    }
+}
+
+fn registry_error(e: &RegistryError) -> Answer {
+    let status = match e {
+        RegistryError::NotFound { .. } => 404,
+        RegistryError::AlreadyExists { .. } => 409,
+        RegistryError::Invalid(_) => 422,
+        RegistryError::Approve(ApproveError::NothingChanged { .. }) => 409,
+        RegistryError::Approve(_) => 422,
+        RegistryError::BadSnapshot { .. } => 409,
+        RegistryError::MapFull { .. } => 507,
+        RegistryError::Open { .. } | RegistryError::Corrupt { .. } | RegistryError::Lmdb(_) => 500,
+    };
+    let mut err = json!({"code": e.code(), "message": e.to_string()});
+    match e {
+        RegistryError::Invalid(f) => err["field"] = Value::from(f.field.clone()),
+        RegistryError::Approve(ApproveError::PolicyInvalid { problems }) => {
+            err["problems"] = serde_json::to_value(problems).unwrap_or_default();
+        }
+        _ => {}
+    }
+    answer(status, &json!({ "error": err }))
+}
+
+/// The admin API's own description (OpenAPI 3.1), served at `/admin/openapi.json`.
+pub const OPENAPI: &str = include_str!("admin-openapi.json");

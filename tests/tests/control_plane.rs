@@ -1,0 +1,355 @@
+//! The control plane end to end through the real binary: the CLI drives the admin API of a running
+//! gateway; the registry and snapshots live in a real LMDB file in the data dir.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output, Stdio};
+
+use portcullis_tests::*;
+use serde_json::Value;
+
+/// Run `portcullis ARGS --json` against a gateway's admin API.
+fn cli(g: &Gateway, args: &[&str]) -> Output {
+    Command::new(gateway_bin())
+        .args(args)
+        .arg("--json")
+        .arg("--admin")
+        .arg(format!("http://127.0.0.1:{}", g.admin_port))
+        .arg("--data-dir")
+        .arg(g.dir.path().join("data"))
+        .arg("--as")
+        .arg("alice")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(g: &Gateway, args: &[&str]) -> Value {
+    let out = cli(g, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn fails(g: &Gateway, args: &[&str]) -> String {
+    let out = cli(g, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn register(g: &Gateway) {
+    ok(
+        g,
+        &[
+            "capability",
+            "add",
+            "docs",
+            "--kind",
+            "mcp",
+            "--owner",
+            "team-docs",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            "http://127.0.0.1:9/mcp",
+            "--tag",
+            "b,a",
+        ],
+    );
+    ok(
+        g,
+        &[
+            "agent",
+            "add",
+            "helper",
+            "--owner",
+            "bob",
+            "--surface",
+            "cursor",
+            "--environment",
+            "prod",
+            "--credential-mode",
+            "agent-scoped",
+            "--group",
+            "support",
+        ],
+    );
+    ok(
+        g,
+        &[
+            "policy", "add", "support-reads-low", "--description", "support may call low-risk tools",
+            "--text",
+            "permit(principal in Group::\"support\", action == Action::\"call\", resource) when { resource.risk == \"low\" };",
+        ],
+    );
+}
+
+#[test]
+fn register_approve_edit_roll_back() {
+    let g = Gateway::start(&[], "");
+    register(&g);
+    let caps = ok(&g, &["capability", "list"]);
+    assert_eq!(caps[0]["spec"]["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(caps[0]["meta"]["created_by"], "alice");
+
+    let s1 = ok(&g, &["approve", "--note", "first"]);
+    assert_eq!(s1["version"], 1);
+    assert_eq!(s1["active"], true);
+    assert_eq!(s1["approved_by"], "alice");
+    assert_eq!(s1["policy_ids"], serde_json::json!(["support-reads-low"]));
+    assert_eq!(s1["capability_versions"], serde_json::json!(["docs@1"]));
+    assert_eq!(s1["hash"].as_str().unwrap().len(), 64);
+
+    // Nothing changed: no new version.
+    let e = fails(&g, &["approve", "--note", "again"]);
+    assert!(e.contains("nothing_changed"), "{e}");
+
+    let edited = ok(&g, &["capability", "edit", "docs", "--risk", "high"]);
+    assert_eq!(edited["meta"]["version"], 2);
+    assert_eq!(edited["spec"]["tags"], serde_json::json!(["a", "b"]));
+    let s2 = ok(&g, &["approve", "--note", "riskier"]);
+    assert_eq!(
+        (s2["version"].as_u64(), s2["parent"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let diff = ok(&g, &["snapshot", "diff", "1", "2"]);
+    assert_eq!(diff["capabilities"]["changed"], serde_json::json!(["docs"]));
+
+    let history = ok(&g, &["capability", "history", "docs"]);
+    assert_eq!(history.as_array().unwrap().len(), 2);
+
+    // Rollback is activating the older version.
+    let back = ok(&g, &["snapshot", "activate", "1"]);
+    assert_eq!(back["version"], 1);
+    let list = ok(&g, &["snapshot", "list"]);
+    let active: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["active"] == true)
+        .map(|s| s["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(active, [1]);
+    let shown = ok(&g, &["snapshot", "show", "2"]);
+    assert_eq!(shown["content"]["capabilities"][0]["spec"]["risk"], "high");
+    assert!(shown["content"]["cedar_schema"]
+        .as_str()
+        .unwrap()
+        .contains("entity Agent"));
+}
+
+#[test]
+fn approval_refuses_bad_policies_with_their_location_and_changes_nothing() {
+    let g = Gateway::start(&[], "");
+    register(&g);
+    ok(
+        &g,
+        &[
+            "policy",
+            "add",
+            "typo",
+            "--text",
+            "permit(principal, action, resource)\n  when { principal.departmnet == \"x\" };",
+        ],
+    );
+    let e = fails(&g, &["approve"]);
+    assert!(e.contains("policy_invalid"), "{e}");
+    assert!(e.contains("policy `typo` 2:"), "{e}");
+    assert!(e.contains("departmnet"), "{e}");
+
+    ok(&g, &["policy", "remove", "typo"]);
+    ok(
+        &g,
+        &[
+            "policy",
+            "add",
+            "syntax",
+            "--text",
+            "permit(principal, action, resource) when { };",
+        ],
+    );
+    let e = fails(&g, &["approve"]);
+    assert!(e.contains("policy `syntax` 1:"), "{e}");
+    assert_eq!(ok(&g, &["snapshot", "list"]), serde_json::json!([]));
+
+    // Invalid fields and duplicates are refused at the edit, naming the field.
+    let e = fails(
+        &g,
+        &[
+            "capability",
+            "add",
+            "Bad_Name",
+            "--kind",
+            "mcp",
+            "--owner",
+            "o",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            "http://h/",
+        ],
+    );
+    assert!(e.contains("invalid_field") && e.contains("name"), "{e}");
+    let e = fails(
+        &g,
+        &[
+            "capability",
+            "add",
+            "docs",
+            "--kind",
+            "mcp",
+            "--owner",
+            "o",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            "http://h/",
+        ],
+    );
+    assert!(e.contains("already_exists"), "{e}");
+    let e = fails(
+        &g,
+        &[
+            "agent",
+            "add",
+            "x",
+            "--owner",
+            "o",
+            "--surface",
+            "s",
+            "--environment",
+            "e",
+            "--credential-mode",
+            "psychic",
+        ],
+    );
+    assert!(
+        e.contains("bad_request") && e.contains("credential_mode"),
+        "{e}"
+    );
+}
+
+#[test]
+fn api_keys_are_shown_once_stored_as_hashes_and_revocable() {
+    let g = Gateway::start(&[], "");
+    register(&g);
+    let k1 = ok(&g, &["agent", "key", "issue", "helper"]);
+    let k2 = ok(&g, &["agent", "key", "issue", "helper"]);
+    let secret = k1["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("pcak_"), "{secret}");
+    assert_ne!(k1["key"], k2["key"]);
+    let list = ok(&g, &["agent", "key", "list", "helper"]);
+    let listed = list.to_string();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!listed.contains(&secret[5..]), "a listing shows a secret");
+    let id = k1["id"].as_str().unwrap();
+    let revoked = ok(&g, &["agent", "key", "revoke", "helper", id]);
+    assert!(revoked["revoked_at"].as_u64().is_some());
+    assert_eq!(revoked["revoked_by"], "alice");
+    assert!(fails(&g, &["agent", "key", "issue", "nobody"]).contains("not_found"));
+
+    // The secret is nowhere in the LMDB file, only its hash.
+    let mdb = std::fs::read(g.dir.path().join("data/lmdb/data.mdb")).unwrap();
+    let needle = &secret.as_bytes()[5..];
+    assert!(!mdb.windows(needle.len()).any(|w| w == needle));
+}
+
+#[test]
+fn admin_api_needs_the_token() {
+    let g = Gateway::start(&[], "");
+    for auth in [None, Some("Bearer wrong"), Some("Basic abc")] {
+        let mut h = vec![];
+        if let Some(a) = auth {
+            h.push(("authorization", a));
+        }
+        let r = request(g.admin_port, "GET", "/admin/v1/capabilities", &h, b"").unwrap();
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(r.json()["error"]["code"], "unauthenticated");
+        assert!(r.header("www-authenticate").is_some());
+    }
+    let token = std::fs::read_to_string(g.dir.path().join("data/admin.token")).unwrap();
+    let meta = std::fs::metadata(g.dir.path().join("data/admin.token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let auth = format!("Bearer {}", token.trim());
+    let r = request(
+        g.admin_port,
+        "GET",
+        "/admin/v1/capabilities",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The API describes itself without a token.
+    let r = request(g.admin_port, "GET", "/admin/openapi.json", &[], b"").unwrap();
+    assert_eq!(r.json()["openapi"], "3.1.0");
+    // Health stays open for load balancers.
+    assert_eq!(
+        request(g.admin_port, "GET", "/healthz", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn registry_survives_restart_and_a_second_process_is_refused() {
+    let mut g = Gateway::start(&[], "");
+    register(&g);
+    let s1 = ok(&g, &["approve", "--note", "persisted"]);
+    // A second gateway on the same data dir is refused while the first runs.
+    let out = Command::new(gateway_bin())
+        .args(["up", "--data-dir"])
+        .arg(g.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another portcullis process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(g.proc.terminate().success());
+
+    let g2 = g.restart();
+    let list = ok(&g2, &["snapshot", "list"]);
+    assert_eq!(list[0]["hash"], s1["hash"]);
+    assert_eq!(list[0]["active"], true);
+    assert_eq!(ok(&g2, &["agent", "list"])[0]["spec"]["name"], "helper");
+}
+
+#[test]
+fn a_corrupt_registry_file_refuses_to_start_naming_the_file() {
+    let mut g = Gateway::start(&[], "");
+    register(&g);
+    assert!(g.proc.terminate().success());
+    let mdb = g.dir.path().join("data/lmdb/data.mdb");
+    let len = std::fs::metadata(&mdb).unwrap().len();
+    // Overwrite both meta pages with garbage: LMDB cannot find a valid root.
+    let mut bytes = std::fs::read(&mdb).unwrap();
+    for b in bytes.iter_mut().take(8192) {
+        *b = 0xA5;
+    }
+    std::fs::write(&mdb, &bytes).unwrap();
+    assert_eq!(std::fs::metadata(&mdb).unwrap().len(), len);
+    let out = Command::new(gateway_bin())
+        .args(["up", "--data-dir"])
+        .arg(g.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("data.mdb"), "{stderr}");
+    assert!(stderr.contains("backup"), "{stderr}");
+}

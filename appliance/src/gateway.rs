@@ -470,6 +470,17 @@ impl Core {
 
     async fn request<R: Reply>(&self, conn: &mut R, agent: &Agent, req: Request) -> bool {
         let modern = agent.is_modern();
+        if modern && mcp::removed_in_stateless(&req.method) {
+            return self
+                .refuse(
+                    conn,
+                    Some(req.id),
+                    modern,
+                    DenyReason::MethodNotFound.into(),
+                    &[],
+                )
+                .await;
+        }
         let route = match mcp::route(&req, &self.shared.naming) {
             Ok(r) => r,
             Err(r) => return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await,
@@ -1239,11 +1250,21 @@ impl Core {
             self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp)
                 .await
         } else {
+            let upstream_status = resp.status;
             match self.read_response_message(&mut resp).await {
                 Ok(r) => {
+                    // 2026-07-28 ties some JSON-RPC errors to an HTTP status (400 for a missing client
+                    // capability or header mismatch, 404 for a removed method): an upstream's 4xx error
+                    // reaches a modern agent with its status, as if it had spoken to the upstream itself.
+                    let status =
+                        if modern && r.outcome.is_err() && (400..500).contains(&upstream_status) {
+                            upstream_status
+                        } else {
+                            200
+                        };
                     let msg = self.rewrite_response(agent, &upstream, &req_origin, r);
                     inc(&self.metrics.shared.counters.responses_ok);
-                    let out = Response::new(200).header("content-type", "application/json");
+                    let out = Response::new(status).header("content-type", "application/json");
                     conn.full(out, &jsonrpc::encode(&msg), false).await
                 }
                 Err(r) => {

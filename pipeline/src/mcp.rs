@@ -142,6 +142,19 @@ fn param_str<'a>(req: &'a Request, key: &str) -> Result<&'a str, DenyReason> {
         .ok_or(DenyReason::InvalidParams)
 }
 
+/// Methods of the 2025-11-25 session lifecycle that 2026-07-28 removed: a stateless agent asking for one
+/// gets `MethodNotFound` (HTTP 404), whatever its parameters.
+pub fn removed_in_stateless(method: &str) -> bool {
+    matches!(
+        method,
+        "initialize"
+            | "ping"
+            | "logging/setLevel"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+    )
+}
+
 /// Decide where a request goes. Unknown methods are `MethodNotFound`.
 pub fn route(req: &Request, naming: &Naming) -> Result<Route, DenyReason> {
     Ok(match req.method.as_str() {

@@ -143,6 +143,14 @@ pub fn classify_post(h: &McpHeaders<'_>, msg: &Message) -> Result<Era, Refusal> 
         let Some(meta_version) = meta_version.as_str() else {
             return Err(Refusal::new(DenyReason::MissingMeta));
         };
+        // Header and body disagreeing is the request's first fault, whatever either version names: the
+        // spec answers it with HeaderMismatch before looking at whether the version is supported.
+        if h.protocol_version.is_some_and(|v| v != meta_version) {
+            return Err(Refusal::header(
+                DenyReason::HeaderMismatch,
+                "MCP-Protocol-Version",
+            ));
+        }
         let revision = match Revision::parse(meta_version) {
             Some(r) if r.is_stateless() => r,
             _ => {
@@ -340,6 +348,13 @@ mod tests {
             }),
             DenyReason::HeaderMismatch
         );
+    }
+
+    #[test]
+    fn a_version_mismatch_is_reported_before_an_unsupported_version() {
+        let body = CALL.replace("2026-07-28", "v999.0.0");
+        let r = classify_post(&modern(Some("a__echo")), &msg(&body)).unwrap_err();
+        assert_eq!(r.reason, DenyReason::HeaderMismatch);
     }
 
     #[test]

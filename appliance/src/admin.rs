@@ -65,20 +65,14 @@ pub fn run(
                     request_timeout: l.request_timeout.0,
                 };
                 loop {
-                    let head = match conn.read_head(&limits).await {
-                        Ok(h) => h,
-                        Err(ReadError::Refused(r)) => {
-                            let _ = conn
-                                .write(
-                                    Response::new(r.http_status()).full(r.code().as_bytes(), true),
-                                )
-                                .await;
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let body = match conn.read_body(&head, &limits).await {
-                        Ok(b) => b,
+                    let read = async {
+                        let head = conn.read_head(&limits).await?;
+                        let body = conn.read_body(&head, &limits).await?;
+                        Ok::<_, ReadError>((head, body))
+                    }
+                    .await;
+                    let (head, body) = match read {
+                        Ok(hb) => hb,
                         Err(ReadError::Refused(r)) => {
                             let _ = conn
                                 .write(

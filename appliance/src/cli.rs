@@ -260,10 +260,10 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 "/admin/v1/approve",
                 Some(&json!({"note": note, "activate": activate})),
             )?;
-            Output::Value(v, Shape::Snapshot)
+            (v, Shape::Snapshot)
         }
         "snapshot" => snapshot(&c, &a)?,
-        "signing-key" => Output::Value(c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
+        "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         _ => records(&c, cmd, &a)?,
     };
     print(&out, a.json);
@@ -291,9 +291,8 @@ enum Shape {
     Snapshot,
 }
 
-enum Output {
-    Value(Value, Shape),
-}
+/// What a command prints: the API's answer and how to lay it out.
+type Output = (Value, Shape);
 
 fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
     let Some((_, k)) = KINDS.iter().find(|(n, _)| *n == kind) else {
@@ -302,21 +301,21 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
     let verb = word(a, 0, "a verb (add, list, show, edit, remove, history)")?;
     let base = format!("/admin/v1/{}", k.plural);
     Ok(match verb.as_str() {
-        "list" => Output::Value(c.ok("GET", &base, None)?, Shape::Table(k.columns)),
+        "list" => (c.ok("GET", &base, None)?, Shape::Table(k.columns)),
         "show" => {
             let key = word(a, 1, "a name")?;
-            Output::Value(c.ok("GET", &format!("{base}/{key}"), None)?, Shape::Record)
+            (c.ok("GET", &format!("{base}/{key}"), None)?, Shape::Record)
         }
         "history" => {
             let key = word(a, 1, "a name")?;
-            Output::Value(
+            (
                 c.ok("GET", &format!("{base}/{key}/history"), None)?,
                 Shape::Record,
             )
         }
         "remove" => {
             let key = word(a, 1, "a name")?;
-            Output::Value(
+            (
                 c.ok("DELETE", &format!("{base}/{key}"), None)?,
                 Shape::Record,
             )
@@ -326,7 +325,7 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
             let mut rec = Map::new();
             rec.insert(k.key.into(), Value::from(key));
             apply_fields(&mut rec, k, a)?;
-            Output::Value(
+            (
                 c.ok("POST", &base, Some(&Value::Object(rec)))?,
                 Shape::Record,
             )
@@ -338,16 +337,13 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
                 return Err("the admin API answered without a record".into());
             };
             // Lists given on the command line replace the stored list.
-            for (_, list) in k.lists {
-                if a.fields
-                    .iter()
-                    .any(|(n, _)| k.lists.iter().any(|(f, l)| f == n && l == list))
-                {
+            for (flag, list) in k.lists {
+                if a.fields.iter().any(|(n, _)| n == flag) {
                     rec.insert((*list).into(), Value::Array(vec![]));
                 }
             }
             apply_fields(&mut rec, k, a)?;
-            Output::Value(
+            (
                 c.ok("PUT", &format!("{base}/{key}"), Some(&Value::Object(rec)))?,
                 Shape::Record,
             )
@@ -357,14 +353,14 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
             let agent = word(a, 2, "an agent name")?;
             let path = format!("/admin/v1/agents/{agent}/keys");
             match sub.as_str() {
-                "issue" => Output::Value(c.ok("POST", &path, None)?, Shape::Record),
-                "list" => Output::Value(
+                "issue" => (c.ok("POST", &path, None)?, Shape::Record),
+                "list" => (
                     c.ok("GET", &path, None)?,
                     Shape::Table(&["id", "agent", "created_by", "created_at", "revoked_at"]),
                 ),
                 "revoke" => {
                     let id = word(a, 3, "a key id")?;
-                    Output::Value(
+                    (
                         c.ok("DELETE", &format!("{path}/{id}"), None)?,
                         Shape::Record,
                     )
@@ -408,7 +404,7 @@ fn apply_fields(rec: &mut Map<String, Value>, k: &KindInfo, a: &Args) -> Result<
 fn snapshot(c: &Client, a: &Args) -> Result<Output, String> {
     let verb = word(a, 0, "a verb (list, show, diff, activate)")?;
     Ok(match verb.as_str() {
-        "list" => Output::Value(
+        "list" => (
             c.ok("GET", "/admin/v1/snapshots", None)?,
             Shape::Table(&[
                 "version",
@@ -421,21 +417,21 @@ fn snapshot(c: &Client, a: &Args) -> Result<Output, String> {
         ),
         "show" => {
             let v = word(a, 1, "a version")?;
-            Output::Value(
+            (
                 c.ok("GET", &format!("/admin/v1/snapshots/{v}"), None)?,
                 Shape::Record,
             )
         }
         "diff" => {
             let (x, y) = (word(a, 1, "a version")?, word(a, 2, "a second version")?);
-            Output::Value(
+            (
                 c.ok("GET", &format!("/admin/v1/snapshots/{x}/diff/{y}"), None)?,
                 Shape::Record,
             )
         }
         "activate" => {
             let v = word(a, 1, "a version")?;
-            Output::Value(
+            (
                 c.ok("POST", &format!("/admin/v1/snapshots/{v}/activate"), None)?,
                 Shape::Snapshot,
             )
@@ -455,7 +451,7 @@ fn cell(v: &Value) -> String {
 
 #[allow(clippy::print_stdout)]
 fn print(out: &Output, as_json: bool) {
-    let Output::Value(v, shape) = out;
+    let (v, shape) = out;
     if as_json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         return;

@@ -485,7 +485,9 @@ impl Core {
             Ok(r) => r,
             Err(r) => return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await,
         };
+        // Stateless agents never get here with the session-lifecycle methods (`removed_in_stateless`).
         match route {
+            // A second `initialize` inside a session.
             Route::Initialize => {
                 self.refuse(
                     conn,
@@ -496,7 +498,7 @@ impl Core {
                 )
                 .await
             }
-            Route::Ping if !modern => {
+            Route::Ping => {
                 self.reply_result(conn, agent, req.id, Value::object())
                     .await
             }
@@ -504,7 +506,7 @@ impl Core {
                 let result = discover_result(&self.shared.naming);
                 self.reply_result(conn, agent, req.id, result).await
             }
-            Route::Ping | Route::Discover => {
+            Route::Discover => {
                 self.refuse(
                     conn,
                     Some(req.id),
@@ -514,22 +516,12 @@ impl Core {
                 )
                 .await
             }
-            Route::Broadcast if !modern => {
+            Route::Broadcast => {
                 if let Agent::Session { id, session } = agent {
                     self.broadcast_request(*id, session, &req).await;
                 }
                 self.reply_result(conn, agent, req.id, Value::object())
                     .await
-            }
-            Route::Broadcast => {
-                self.refuse(
-                    conn,
-                    Some(req.id),
-                    modern,
-                    DenyReason::MethodNotFound.into(),
-                    &[],
-                )
-                .await
             }
             Route::List(kind) => {
                 let result = self.merged_list(agent, &req, kind).await;

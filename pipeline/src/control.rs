@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,34 +47,6 @@ pub enum CredentialMode {
     /// A distinct credential per agent per upstream.
     AgentScoped,
 }
-
-macro_rules! wire_names {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            pub const fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($s => Ok(Self::$v),)*
-                    _ => Err(format!("`{s}` is not one of: {}", [$($s),*].join(", "))),
-                }
-            }
-        }
-    };
-}
-wire_names!(CapabilityKind { Mcp => "mcp", Openapi => "openapi" });
-wire_names!(Risk { Low => "low", Medium => "medium", High => "high", Critical => "critical" });
-wire_names!(Status { Active => "active", Disabled => "disabled" });
-wire_names!(CredentialMode { Service => "service", Delegated => "delegated", AgentScoped => "agent-scoped" });
 
 /// An MCP server or API registered for agents to use. Its name is the namespace of its tools.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,9 +547,7 @@ pub fn diff(old: &SnapshotContent, new: &SnapshotContent) -> SnapshotDiff {
 pub mod cedar {
     use std::str::FromStr;
 
-    use cedar_policy::{
-        Policy as CedarPolicy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
-    };
+    use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
     use miette::Diagnostic;
 
     use super::{Policy, PolicyProblem, Record};
@@ -664,40 +633,40 @@ action call appliesTo { principal: [Agent], resource: [Tool], context: RequestCo
         let mut set = PolicySet::new();
         for p in policies {
             let (id, text) = (&p.spec.id, &p.spec.text);
-            match PolicySet::from_str(text) {
+            // Parsed once, as a set, so that a text with two statements is told apart from one with
+            // a syntax error; the one statement then takes the policy's own id.
+            let parsed = match PolicySet::from_str(text) {
                 Err(errs) => {
                     for e in errs.iter() {
                         problems.push(problem(id, text, e, e.to_string()));
                     }
                     continue;
                 }
-                Ok(s) if s.num_of_policies() != 1 || s.num_of_templates() != 0 => {
+                Ok(s) => s,
+            };
+            let single = match parsed.policies().next() {
+                Some(pol) if parsed.num_of_policies() == 1 && parsed.num_of_templates() == 0 => pol,
+                _ => {
                     problems.push(PolicyProblem {
                         policy_id: id.clone(),
                         line: 1,
                         column: 1,
                         message: format!(
                             "a policy holds exactly one permit or forbid statement without template slots; found {} statement(s) and {} template(s)",
-                            s.num_of_policies(),
-                            s.num_of_templates()
+                            parsed.num_of_policies(),
+                            parsed.num_of_templates()
                         ),
                     });
                     continue;
                 }
-                Ok(_) => {}
-            }
-            match CedarPolicy::parse(Some(PolicyId::new(id)), text) {
-                Ok(pol) => {
-                    if let Err(e) = set.add(pol) {
-                        problems.push(PolicyProblem {
-                            policy_id: id.clone(),
-                            line: 1,
-                            column: 1,
-                            message: e.to_string(),
-                        });
-                    }
-                }
-                Err(e) => problems.push(problem(id, text, &e, e.to_string())),
+            };
+            if let Err(e) = set.add(single.new_id(PolicyId::new(id))) {
+                problems.push(PolicyProblem {
+                    policy_id: id.clone(),
+                    line: 1,
+                    column: 1,
+                    message: e.to_string(),
+                });
             }
         }
         if !problems.is_empty() {
@@ -759,6 +728,20 @@ mod tests {
         }
     }
 
+    /// The problems approval reports for these policies alone.
+    fn policy_problems(policies: &[Record<Policy>]) -> Vec<PolicyProblem> {
+        let draft = Draft {
+            capabilities: &[],
+            agents: &[],
+            policies,
+            tools: &[],
+        };
+        match compile(draft, &approval(None)) {
+            Err(ApproveError::PolicyInvalid { problems }) => problems,
+            other => panic!("expected policy problems, got {other:?}"),
+        }
+    }
+
     #[test]
     fn schema_parses() {
         let _ = cedar::schema();
@@ -792,16 +775,7 @@ mod tests {
             "p-attr",
             "permit(principal, action, resource)\nwhen { principal.departmnet == \"x\" };",
         )];
-        let draft = Draft {
-            capabilities: &[],
-            agents: &[],
-            policies: &pols,
-            tools: &[],
-        };
-        let ApproveError::PolicyInvalid { problems } = compile(draft, &approval(None)).unwrap_err()
-        else {
-            panic!()
-        };
+        let problems = policy_problems(&pols);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].policy_id, "p-attr");
         assert_eq!(problems[0].line, 2, "{problems:?}");
@@ -821,16 +795,7 @@ mod tests {
                 "permit(principal, action, resource);forbid(principal, action, resource);",
             ),
         ];
-        let draft = Draft {
-            capabilities: &[],
-            agents: &[],
-            policies: &pols,
-            tools: &[],
-        };
-        let ApproveError::PolicyInvalid { problems } = compile(draft, &approval(None)).unwrap_err()
-        else {
-            panic!()
-        };
+        let problems = policy_problems(&pols);
         let bad = problems.iter().find(|p| p.policy_id == "bad").unwrap();
         assert_eq!(bad.line, 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.policy_id == "two"));

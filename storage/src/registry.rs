@@ -110,45 +110,39 @@ type Result<T> = std::result::Result<T, RegistryError>;
 
 /// A record kind the registry keeps: its table and key.
 pub trait Kind: Clone + Serialize + DeserializeOwned {
-    const TABLE: &'static str;
+    /// Which of the registry's record tables holds this kind.
+    const TABLE: RecordTable;
     /// For messages: "capability", "agent", "policy".
     const NAME: &'static str;
     fn key(&self) -> &str;
     fn normalize(&mut self) -> std::result::Result<(), FieldError>;
 }
 
-impl Kind for Capability {
-    const TABLE: &'static str = "capabilities";
-    const NAME: &'static str = "capability";
-    fn key(&self) -> &str {
-        &self.name
-    }
-    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
-        Capability::normalize(self)
-    }
+/// The record tables, one per `Kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordTable {
+    Capabilities,
+    Agents,
+    Policies,
 }
 
-impl Kind for Agent {
-    const TABLE: &'static str = "agents";
-    const NAME: &'static str = "agent";
-    fn key(&self) -> &str {
-        &self.name
-    }
-    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
-        Agent::normalize(self)
-    }
+macro_rules! kind {
+    ($t:ty, $table:ident, $name:literal, $key:ident) => {
+        impl Kind for $t {
+            const TABLE: RecordTable = RecordTable::$table;
+            const NAME: &'static str = $name;
+            fn key(&self) -> &str {
+                &self.$key
+            }
+            fn normalize(&mut self) -> std::result::Result<(), FieldError> {
+                <$t>::normalize(self)
+            }
+        }
+    };
 }
-
-impl Kind for Policy {
-    const TABLE: &'static str = "policies";
-    const NAME: &'static str = "policy";
-    fn key(&self) -> &str {
-        &self.id
-    }
-    fn normalize(&mut self) -> std::result::Result<(), FieldError> {
-        Policy::normalize(self)
-    }
-}
+kind!(Capability, Capabilities, "capability", name);
+kind!(Agent, Agents, "agent", name);
+kind!(Policy, Policies, "policy", id);
 
 /// How `put` treats an existing record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,9 +293,9 @@ impl Registry {
 
     fn table<T: Kind>(&self) -> Database<Str, Bytes> {
         match T::TABLE {
-            "capabilities" => self.tables.capabilities,
-            "agents" => self.tables.agents,
-            _ => self.tables.policies,
+            RecordTable::Capabilities => self.tables.capabilities,
+            RecordTable::Agents => self.tables.agents,
+            RecordTable::Policies => self.tables.policies,
         }
     }
 
@@ -404,7 +398,8 @@ impl Registry {
             .history
             .put(&mut w, &hkey, &encode(&tomb))
             .map_err(&err)?;
-        if T::NAME == "agent" {
+        // An agent's keys die with it.
+        if T::TABLE == RecordTable::Agents {
             self.revoke_all_in(&mut w, key, by, now_ms)?;
         }
         w.commit().map_err(&err)?;
@@ -618,8 +613,7 @@ impl Registry {
             },
         )
         .map_err(RegistryError::Approve)?;
-        let body = snapshot.canonical_bytes();
-        let blob = self.key.seal(&body);
+        let blob = self.key.seal(&snapshot.canonical_bytes());
         let version = snapshot.header.version;
         self.tables
             .snapshots
@@ -642,7 +636,9 @@ impl Registry {
         w.commit().map_err(&err)?;
         Ok(SnapshotInfo {
             header: snapshot.header,
-            hash: signing::hex(blake3::hash(&body).as_bytes()),
+            hash: signing::blob_hash(&blob)
+                .map(signing::hex)
+                .unwrap_or_default(),
             active: activate,
         })
     }
@@ -660,7 +656,9 @@ impl Registry {
                 .get(&r, &v)
                 .map_err(self.err())?
                 .unwrap_or(&[]);
-            let hash = blob.get(8..40).map(signing::hex).unwrap_or_default();
+            let hash = signing::blob_hash(blob)
+                .map(signing::hex)
+                .unwrap_or_default();
             out.push(SnapshotInfo {
                 header,
                 hash,
@@ -720,9 +718,9 @@ impl Registry {
         Ok(info)
     }
 
-    /// Overwrite a stored blob byte (tests of tamper detection only).
-    #[doc(hidden)]
-    pub fn tamper_for_tests(&self, version: u64, offset: usize) -> Result<()> {
+    /// Flip bits of a stored blob byte, as an attacker with write access to the file could.
+    #[cfg(test)]
+    fn tamper_for_tests(&self, version: u64, offset: usize) -> Result<()> {
         let mut w = self.write()?;
         let err = self.err();
         let mut blob = self

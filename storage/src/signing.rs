@@ -122,6 +122,11 @@ pub struct Opened<'a> {
     pub body: &'a [u8],
 }
 
+/// The hash a blob records (unverified: for listing; `open_blob` before trusting the body).
+pub fn blob_hash(blob: &[u8]) -> Option<&[u8]> {
+    blob.get(MAGIC.len()..MAGIC.len() + HASH_LEN)
+}
+
 /// Check a blob's hash and its signature under `public_key`, without copying the body.
 pub fn open_blob<'a>(blob: &'a [u8], public_key: &[u8; 32]) -> Result<Opened<'a>, BlobError> {
     if blob.len() < BLOB_HEADER_LEN || &blob[..MAGIC.len()] != MAGIC {

@@ -41,6 +41,34 @@ fn fails(g: &Gateway, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `capability add NAME` with valid fields otherwise.
+fn add_capability(name: &str) -> [&str; 13] {
+    [
+        "capability",
+        "add",
+        name,
+        "--kind",
+        "mcp",
+        "--owner",
+        "o",
+        "--risk",
+        "low",
+        "--environment",
+        "prod",
+        "--endpoint",
+        "http://h/",
+    ]
+}
+
+/// Run `portcullis up` on the gateway's data dir (to see it refused).
+fn up_on_same_data_dir(g: &Gateway) -> Output {
+    Command::new(gateway_bin())
+        .args(["up", "--data-dir"])
+        .arg(g.dir.path().join("data"))
+        .output()
+        .unwrap()
+}
+
 fn register(g: &Gateway) {
     ok(
         g,
@@ -179,43 +207,9 @@ fn approval_refuses_bad_policies_with_their_location_and_changes_nothing() {
     assert_eq!(ok(&g, &["snapshot", "list"]), serde_json::json!([]));
 
     // Invalid fields and duplicates are refused at the edit, naming the field.
-    let e = fails(
-        &g,
-        &[
-            "capability",
-            "add",
-            "Bad_Name",
-            "--kind",
-            "mcp",
-            "--owner",
-            "o",
-            "--risk",
-            "low",
-            "--environment",
-            "prod",
-            "--endpoint",
-            "http://h/",
-        ],
-    );
+    let e = fails(&g, &add_capability("Bad_Name"));
     assert!(e.contains("invalid_field") && e.contains("name"), "{e}");
-    let e = fails(
-        &g,
-        &[
-            "capability",
-            "add",
-            "docs",
-            "--kind",
-            "mcp",
-            "--owner",
-            "o",
-            "--risk",
-            "low",
-            "--environment",
-            "prod",
-            "--endpoint",
-            "http://h/",
-        ],
-    );
+    let e = fails(&g, &add_capability("docs"));
     assert!(e.contains("already_exists"), "{e}");
     let e = fails(
         &g,
@@ -309,11 +303,7 @@ fn registry_survives_restart_and_a_second_process_is_refused() {
     register(&g);
     let s1 = ok(&g, &["approve", "--note", "persisted"]);
     // A second gateway on the same data dir is refused while the first runs.
-    let out = Command::new(gateway_bin())
-        .args(["up", "--data-dir"])
-        .arg(g.dir.path().join("data"))
-        .output()
-        .unwrap();
+    let out = up_on_same_data_dir(&g);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another portcullis process"),
@@ -343,11 +333,7 @@ fn a_corrupt_registry_file_refuses_to_start_naming_the_file() {
     }
     std::fs::write(&mdb, &bytes).unwrap();
     assert_eq!(std::fs::metadata(&mdb).unwrap().len(), len);
-    let out = Command::new(gateway_bin())
-        .args(["up", "--data-dir"])
-        .arg(g.dir.path().join("data"))
-        .output()
-        .unwrap();
+    let out = up_on_same_data_dir(&g);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("data.mdb"), "{stderr}");

@@ -1,4 +1,5 @@
 // Helpers shared by the TypeScript test peers (no SDK imports here).
+import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
 export const REVISIONS = ['2025-11-25', '2026-07-28'];
@@ -49,6 +50,27 @@ export function listenAndAnnounce(httpServer, port) {
     };
     process.on('SIGTERM', shutdown);
     process.on('SIGINT', shutdown);
+}
+
+/**
+ * Serve `handler(req, res)` (a promise) at `path` only (404 elsewhere), logging each request with `vlog`
+ * and answering 500 when the handler throws; then listen and announce as `listenAndAnnounce` does.
+ */
+export function serveAt(handler, { path, port, label, vlog }) {
+    const httpServer = createServer((req, res) => {
+        const url = new URL(req.url, 'http://127.0.0.1');
+        if (url.pathname !== path) {
+            res.writeHead(404).end();
+            return;
+        }
+        vlog(req.method, JSON.stringify(req.headers));
+        handler(req, res).catch(err => {
+            console.error(`[${label}] request failed:`, err);
+            if (!res.headersSent) res.writeHead(500).end();
+            else res.end();
+        });
+    });
+    listenAndAnnounce(httpServer, port);
 }
 
 export const sleep = ms => new Promise(r => setTimeout(r, ms));

@@ -17,7 +17,6 @@
 //   node conformance_server.mjs --port 0 [--name NAME] [--verbose]
 // Prints `READY <port>` on stdout once listening (logs go to stderr); SIGTERM stops it.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createServer } from 'node:http';
 
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import {
@@ -39,7 +38,7 @@ import {
 } from '@modelcontextprotocol/server';
 import * as z from 'zod';
 
-import { listenAndAnnounce, parseServerArgs, sleep } from './common.mjs';
+import { parseServerArgs, serveAt, sleep } from './common.mjs';
 
 const opts = parseServerArgs();
 const NAME = opts.name === 'ts-server' ? 'conformance-upstream' : opts.name;
@@ -622,18 +621,4 @@ const fetchHandler = {
     }
 };
 
-const nodeHandler = toNodeHandler(fetchHandler, { onerror });
-const httpServer = createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (url.pathname !== opts.path) {
-        res.writeHead(404).end();
-        return;
-    }
-    vlog(req.method, JSON.stringify(req.headers));
-    nodeHandler(req, res).catch(err => {
-        console.error('[conformance_server] request failed:', err);
-        if (!res.headersSent) res.writeHead(500).end();
-        else res.end();
-    });
-});
-listenAndAnnounce(httpServer, opts.port);
+serveAt(toNodeHandler(fetchHandler, { onerror }), { path: opts.path, port: opts.port, label: 'conformance_server', vlog });

@@ -16,13 +16,12 @@
 //   node ts_server_v2.mjs --port 0 --name NAME [--stateless | --modern-only] [--json-response]
 // Prints `READY <port>` on stdout once listening.
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:http';
 
 import { toNodeHandler } from '@modelcontextprotocol/node';
 import { createMcpHandler, isLegacyRequest, McpServer, WebStandardStreamableHTTPServerTransport } from '@modelcontextprotocol/server';
 import * as z from 'zod';
 
-import { listenAndAnnounce, parseServerArgs, sleep } from './common.mjs';
+import { parseServerArgs, serveAt, sleep } from './common.mjs';
 
 const opts = parseServerArgs({ 'modern-only': { type: 'boolean', default: false } });
 const NAME = opts.name;
@@ -153,18 +152,4 @@ if (opts.stateless) {
     }
 }
 
-const nodeHandler = toNodeHandler(fetchHandler, { onerror });
-const httpServer = createServer((req, res) => {
-    const url = new URL(req.url, 'http://127.0.0.1');
-    if (url.pathname !== opts.path) {
-        res.writeHead(404).end();
-        return;
-    }
-    vlog(req.method, JSON.stringify(req.headers));
-    nodeHandler(req, res).catch(err => {
-        console.error('[ts_server_v2] request failed:', err);
-        if (!res.headersSent) res.writeHead(500).end();
-        else res.end();
-    });
-});
-listenAndAnnounce(httpServer, opts.port);
+serveAt(toNodeHandler(fetchHandler, { onerror }), { path: opts.path, port: opts.port, label: 'ts_server_v2', vlog });

@@ -64,12 +64,31 @@ pub fn python() -> PathBuf {
     py
 }
 
+/// A loopback port no other test process holds. Tests run as separate processes (nextest), and the
+/// gateway binds with SO_REUSEPORT: two processes handed the same free port by the kernel would both bind
+/// it and silently split each other's connections. Each port handed out is claimed with a file lock held
+/// for the life of this process (the kernel drops it when the process ends, so nothing goes stale).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static CLAIMS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("portcullis-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        if f.try_lock().is_ok() {
+            CLAIMS.lock().unwrap().push(f);
+            return port;
+        }
+    }
 }
 
 /// A directory removed on drop.

@@ -14,6 +14,9 @@ use crate::control::ControlPlane;
 use crate::gateway::Shared;
 use crate::http::{Conn, Native, ReadError, ReadLimits, Response};
 use crate::metrics::{self, CoreShared};
+use crate::pinwatch;
+use crate::probe::ProbeLimits;
+use crate::upstream::ClientLimits;
 
 pub type CoreList = Arc<OnceLock<Vec<Arc<CoreShared>>>>;
 
@@ -36,6 +39,14 @@ pub fn run(
         }
     };
     rt.block_on(async move {
+        if shared.served.managed() {
+            let l = &shared.config.limits;
+            monoio::spawn(pinwatch::run(
+                shared.clone(),
+                ClientLimits::from_config(l),
+                ProbeLimits::from_config(l),
+            ));
+        }
         let listener = match TcpListener::bind(addr) {
             Ok(l) => {
                 let _ = bound.send(Ok(()));
@@ -85,13 +96,15 @@ pub fn run(
                     };
                     let path = head.path.split('?').next().unwrap_or("");
                     let resp = if path.starts_with("/admin/") {
-                        let a = control.handle(
-                            &head.method,
-                            path,
-                            head.header_str("authorization"),
-                            head.header_str("x-portcullis-actor"),
-                            &body,
-                        );
+                        let a = control
+                            .handle(
+                                &head.method,
+                                path,
+                                head.header_str("authorization"),
+                                head.header_str("x-portcullis-actor"),
+                                &body,
+                            )
+                            .await;
                         let mut r = Response::new(a.status)
                             .header("content-type", "application/json")
                             .header("cache-control", "no-store");

@@ -85,6 +85,7 @@ pub struct Config {
     pub naming: NamingMode,
     pub limits: Limits,
     pub storage: Storage,
+    pub pinning: Pinning,
     /// Identifies this appliance in session ids of a fleet (0..=65535).
     pub node_id: u16,
     /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
@@ -104,6 +105,25 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             lmdb_map_bytes: portcullis_storage::registry::DEFAULT_MAP_BYTES,
+        }
+    }
+}
+
+/// How the data plane watches approved tool definitions, loaded from `pinning:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pinning {
+    /// How often every served capability's tools are listed and compared with the pinned definitions
+    /// (also done at activation and when an upstream says its tool list changed). A changed tool is
+    /// withheld from the next check on; one minute bounds how long a silent change goes unnoticed
+    /// without listing every upstream constantly.
+    pub recheck_interval: Dur,
+}
+
+impl Default for Pinning {
+    fn default() -> Self {
+        Pinning {
+            recheck_interval: Dur(Duration::from_secs(60)),
         }
     }
 }
@@ -135,6 +155,7 @@ impl Default for Config {
             naming: NamingMode::Prefixed,
             limits: Limits::default(),
             storage: Storage::default(),
+            pinning: Pinning::default(),
             node_id: 0,
             driver: Driver::Auto,
         }
@@ -376,6 +397,7 @@ impl Config {
             ),
             ("limits.session_idle", l.session_idle),
             ("limits.session_duration_max", l.session_duration_max),
+            ("pinning.recheck_interval", self.pinning.recheck_interval),
         ];
         for (k, v) in durations {
             if v.0.is_zero() {

@@ -7,25 +7,34 @@
 //! single admin token the gateway cannot tell operators apart, so the name is recorded as claimed.
 //! Errors are `{"error": {"code", "message", ...}}` with stable codes.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_pipeline::control::{self, Agent, ApproveError, Capability, Policy};
-use portcullis_storage::registry::{Kind, Put, Registry, RegistryError};
+use portcullis_storage::registry::{FetchedTools, Kind, Put, Registry, RegistryError};
 use portcullis_storage::signing::hex;
 use portcullis_storage::{DataDir, StorageError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::config::parse_http_url;
+use crate::probe::{ProbeLimits, Target};
+use crate::served::{Published, Served};
+use crate::upstream::{ClientLimits, Pool};
+
 const TOKEN_FILE: &str = "admin.token";
 /// Prefix of agent API keys, so a leaked key is recognisable (secret scanners, logs).
 pub const API_KEY_PREFIX: &str = "pcak_";
 
-/// The registry plus what authenticates its operators.
+/// The registry plus what authenticates its operators, and where activations are published.
 #[derive(Debug)]
 pub struct ControlPlane {
     pub registry: Registry,
     token_hash: blake3::Hash,
+    published: Arc<Published>,
+    client: ClientLimits,
+    probe: ProbeLimits,
 }
 
 /// An answer: status and JSON body.
@@ -91,11 +100,98 @@ pub fn token_path(dir: &DataDir) -> std::path::PathBuf {
 }
 
 impl ControlPlane {
-    pub fn new(registry: Registry, admin_token: &str) -> ControlPlane {
+    pub fn new(
+        registry: Registry,
+        admin_token: &str,
+        published: Arc<Published>,
+        client: ClientLimits,
+        probe: ProbeLimits,
+    ) -> ControlPlane {
         ControlPlane {
             registry,
             token_hash: blake3::hash(admin_token.as_bytes()),
+            published,
+            client,
+            probe,
         }
+    }
+
+    /// Serve the active snapshot, if there is one and this appliance serves snapshots. A snapshot that
+    /// fails verification is not served: the data plane keeps what it had (fail closed at first start).
+    pub fn serve_active(&self) {
+        match self.registry.active_version() {
+            Ok(Some(v)) => self.serve(v),
+            Ok(None) => {}
+            Err(e) => crate::error!("active snapshot unreadable: {e}"),
+        }
+    }
+
+    fn serve(&self, version: u64) {
+        if !self.published.managed() {
+            crate::warn!(
+                "snapshot {version} activated but not served: the config lists static `upstreams`"
+            );
+            return;
+        }
+        match self.registry.snapshot(version) {
+            Ok((info, snapshot)) => self.published.publish(Served::from_snapshot(
+                &snapshot,
+                &info.hash,
+                &self.published,
+            )),
+            Err(e) => crate::error!("snapshot {version} not served: {e}"),
+        }
+    }
+
+    /// Approve: list every MCP capability's tools, then compile, seal and store (and serve) in one step.
+    async fn approve(&self, actor: &str, req: ApproveRequest, now: u64) -> Answer {
+        let capabilities = match self.registry.list::<Capability>() {
+            Ok(c) => c,
+            Err(e) => return registry_error(&e),
+        };
+        let pool = Pool::new(self.client);
+        let mut fetched = Vec::new();
+        for (slot, c) in capabilities
+            .iter()
+            .filter(|c| c.spec.serves_mcp())
+            .enumerate()
+        {
+            let unavailable = |message: String| {
+                registry_error(&RegistryError::Approve(ApproveError::ToolsUnavailable {
+                    capability: c.spec.name.clone(),
+                    message,
+                }))
+            };
+            let url = match parse_http_url(&c.spec.endpoint) {
+                Ok(u) => u,
+                Err(e) => return unavailable(format!("endpoint: {e}")),
+            };
+            let target = Target {
+                pool: &pool,
+                slot,
+                capability: &c.spec.name,
+                url: &url,
+                limits: self.probe,
+            };
+            match target.list_tools().await {
+                Ok(tools) => fetched.push(FetchedTools {
+                    capability: c.spec.name.clone(),
+                    version: c.meta.version,
+                    tools,
+                }),
+                Err(e) => return unavailable(format!("listing its tools failed: {e}")),
+            }
+        }
+        let activate = req.activate.unwrap_or(true);
+        let r = self
+            .registry
+            .approve(actor, &req.note, now, activate, &fetched);
+        if let Ok(info) = &r {
+            if info.active {
+                self.serve(info.header.version);
+            }
+        }
+        result(201, r)
     }
 
     /// Constant-time check of a presented bearer token: both sides are hashed and `blake3::Hash`
@@ -111,7 +207,7 @@ impl ControlPlane {
     }
 
     /// Serve one admin request (`path` without its query).
-    pub fn handle(
+    pub async fn handle(
         &self,
         method: &str,
         path: &str,
@@ -160,10 +256,7 @@ impl ControlPlane {
                     Ok(r) => r,
                     Err(a) => return a,
                 };
-                result(
-                    201,
-                    r.approve(actor, &req.note, now, req.activate.unwrap_or(true)),
-                )
+                self.approve(actor, req, now).await
             }
             ("GET", ["snapshots"]) => result(200, r.snapshots()),
             ("GET", ["snapshots", v]) => match v.parse::<u64>() {
@@ -175,7 +268,13 @@ impl ControlPlane {
                 Err(_) => error(400, "bad_request", "snapshot versions are numbers"),
             },
             ("POST", ["snapshots", v, "activate"]) => match v.parse::<u64>() {
-                Ok(v) => result(200, r.activate(v)),
+                Ok(v) => {
+                    let a = r.activate(v);
+                    if a.is_ok() {
+                        self.serve(v);
+                    }
+                    result(200, a)
+                }
                 Err(_) => error(400, "bad_request", "snapshot versions are numbers"),
             },
             ("GET", ["snapshots", a, "diff", b]) => match (a.parse::<u64>(), b.parse::<u64>()) {
@@ -297,6 +396,7 @@ fn registry_error(e: &RegistryError) -> Answer {
         RegistryError::AlreadyExists { .. } => 409,
         RegistryError::Invalid(_) => 422,
         RegistryError::Approve(ApproveError::NothingChanged { .. }) => 409,
+        RegistryError::Approve(ApproveError::ToolsUnavailable { .. }) => 409,
         RegistryError::Approve(_) => 422,
         RegistryError::BadSnapshot { .. } => 409,
         RegistryError::MapFull { .. } => 507,
@@ -307,6 +407,9 @@ fn registry_error(e: &RegistryError) -> Answer {
         RegistryError::Invalid(f) => err["field"] = Value::from(f.field.clone()),
         RegistryError::Approve(ApproveError::PolicyInvalid { problems }) => {
             err["problems"] = serde_json::to_value(problems).unwrap_or_default();
+        }
+        RegistryError::Approve(ApproveError::ToolsUnavailable { capability, .. }) => {
+            err["capability"] = Value::from(capability.clone());
         }
         _ => {}
     }

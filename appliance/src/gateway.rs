@@ -25,6 +25,7 @@ use simd_json::OwnedValue as Value;
 use crate::config::{Config, UpstreamUrl};
 use crate::http::{Reply, RequestHead, Response};
 use crate::metrics::{inc, CoreMetrics, CoreShared};
+use crate::served::{Published, Served, SlotDef};
 use crate::upstream::{Pool, UpstreamResponse};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,18 +36,13 @@ const LIST_PAGES_MAX: usize = 32;
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
-    pub upstreams: Vec<UpstreamDef>,
+    /// What is served: the active snapshot (or the config's upstreams in static mode).
+    pub served: Arc<Published>,
     /// How the upstreams' names appear to agents (from `config.naming`).
     pub naming: mcp::Naming,
     pub draining: std::sync::atomic::AtomicBool,
     pub ready_cores: std::sync::atomic::AtomicUsize,
     pub started: Instant,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamDef {
-    pub name: String,
-    pub url: UpstreamUrl,
 }
 
 /// A session operation sent to the core that owns the session.
@@ -82,11 +78,19 @@ pub struct Core {
     pub sessions: RefCell<SessionShard>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub metrics: CoreMetrics,
-    /// Which revisions each upstream speaks, as learned by this core.
+    /// Which revisions each upstream slot speaks, as learned by this core.
     upstream_eras: RefCell<Vec<Eras>>,
+    /// This core's copy of the slot table, and the `Served` of the generation it last saw.
+    slots: RefCell<Vec<SlotDef>>,
+    served: RefCell<(u64, LocalServed)>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
+
+/// A core's handle on a `Served`: cloning the `Rc` per request keeps the reference count on this core,
+/// where cloning the `Arc` would bounce one cache line between every core on every request.
+#[allow(clippy::redundant_allocation)]
+type LocalServed = Rc<Arc<Served>>;
 
 /// Who is asking: a 2026-07-28 agent (stateless) or a 2025-11-25 session.
 enum Agent {
@@ -131,7 +135,10 @@ impl Core {
             session_duration_max: l.session_duration_max.0,
             sessions_per_core_max: l.sessions_per_core_max,
         };
-        let n = shared.upstreams.len();
+        let generation = shared.served.generation();
+        let served = shared.served.current();
+        let slots = shared.served.slots_from(0);
+        let n = slots.len();
         Core {
             id,
             shared,
@@ -140,9 +147,39 @@ impl Core {
             peers,
             metrics: CoreMetrics::new(metrics),
             upstream_eras: RefCell::new(vec![Eras::default(); n]),
+            slots: RefCell::new(slots),
+            served: RefCell::new((generation, Rc::new(served))),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
+    }
+
+    /// What this request is served from: the snapshot published last, picked up here when the generation
+    /// moved (one atomic load otherwise). The caller holds it to the end of the request.
+    fn served(&self) -> LocalServed {
+        let generation = self.shared.served.generation();
+        {
+            let cur = self.served.borrow();
+            if cur.0 == generation {
+                return cur.1.clone();
+            }
+        }
+        let served = Rc::new(self.shared.served.current());
+        let mut slots = self.slots.borrow_mut();
+        let fresh = self.shared.served.slots_from(slots.len());
+        slots.extend(fresh);
+        let n = slots.len();
+        self.upstream_eras.borrow_mut().resize(n, Eras::default());
+        *self.served.borrow_mut() = (generation, served.clone());
+        served
+    }
+
+    /// The name of an upstream slot, for logs and for namespacing what it sends.
+    fn slot_name(&self, up: usize) -> String {
+        self.slots
+            .borrow()
+            .get(up)
+            .map_or_else(String::new, |s| s.name.clone())
     }
 
     fn parse_limits(&self) -> ParseLimits {
@@ -296,8 +333,24 @@ impl Core {
 
     // ---- the HTTP entry point ----
 
-    /// Answer one request on `/mcp`. Returns whether the connection may be kept alive.
+    /// Answer one request on `/mcp`. Returns whether the connection may be kept alive. Every response
+    /// names the snapshot the request was served from (`portcullis-snapshot`).
     pub async fn handle<R: Reply>(&self, conn: &mut R, head: &RequestHead, body: Vec<u8>) -> bool {
+        let sv = self.served();
+        let mut conn = Stamped {
+            inner: conn,
+            label: &sv.label,
+        };
+        self.handle_served(&mut conn, &sv, head, body).await
+    }
+
+    async fn handle_served<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        head: &RequestHead,
+        body: Vec<u8>,
+    ) -> bool {
         inc(&self.metrics.shared.counters.requests);
         if let Some(origin) = head.header_str("origin") {
             if !origin_allowed(origin, &self.shared.config.listen.allowed_origins) {
@@ -307,12 +360,12 @@ impl Core {
             }
         }
         match head.method.as_str() {
-            "POST" => self.post(conn, head, body).await,
+            "POST" => self.post(conn, sv, head, body).await,
             "GET" => {
                 if let Err(r) = frame::check_accept_get(head.header("accept")) {
                     return self.refuse(conn, None, false, r.into(), &[]).await;
                 }
-                self.listen(conn, head).await
+                self.listen(conn, sv, head).await
             }
             "DELETE" => self.delete(conn, head).await,
             _ => {
@@ -352,7 +405,13 @@ impl Core {
         }
     }
 
-    async fn post<R: Reply>(&self, conn: &mut R, head: &RequestHead, mut body: Vec<u8>) -> bool {
+    async fn post<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        head: &RequestHead,
+        mut body: Vec<u8>,
+    ) -> bool {
         if let Err(r) = frame::check_content_type(head.header("content-type")) {
             return self.refuse(conn, None, false, r.into(), &[]).await;
         }
@@ -411,7 +470,7 @@ impl Core {
             },
         };
         match msg {
-            Message::Request(req) => self.request(conn, &agent, req).await,
+            Message::Request(req) => self.request(conn, sv, &agent, req).await,
             Message::Notification(n) => {
                 if let Agent::Session { id, session } = &agent {
                     if n.method.starts_with("notifications/")
@@ -424,7 +483,7 @@ impl Core {
                 inc(&self.metrics.shared.counters.responses_ok);
                 conn.full(Response::new(202), b"", false).await
             }
-            Message::Response(resp) => self.answer_upstream_request(conn, &agent, resp).await,
+            Message::Response(resp) => self.answer_upstream_request(conn, sv, &agent, resp).await,
         }
     }
 
@@ -468,7 +527,13 @@ impl Core {
         conn.full(resp, &jsonrpc::encode(&msg), false).await
     }
 
-    async fn request<R: Reply>(&self, conn: &mut R, agent: &Agent, req: Request) -> bool {
+    async fn request<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        agent: &Agent,
+        req: Request,
+    ) -> bool {
         let modern = agent.is_modern();
         if modern && mcp::removed_in_stateless(&req.method) {
             return self
@@ -523,17 +588,22 @@ impl Core {
                 self.reply_result(conn, agent, req.id, Value::object())
                     .await
             }
+            Route::List(ListKind::Tools) if sv.pins.is_some() => {
+                self.reply_pinned_tools(conn, sv, agent, req.id).await
+            }
             Route::List(kind) => {
-                let result = self.merged_list(agent, &req, kind).await;
+                let result = self.merged_list(sv, agent, &req, kind).await;
                 self.reply_result(conn, agent, req.id, result).await
             }
             Route::ByName { ref upstream, .. } | Route::ByUri { ref upstream, .. } => {
-                let Some(up) = self
-                    .shared
-                    .upstreams
-                    .iter()
-                    .position(|u| &u.name == upstream)
-                else {
+                if let (Route::ByName { upstream, name }, Some(pins)) = (&route, &sv.pins) {
+                    if req.method == "tools/call" {
+                        if let Err(r) = pins.check(upstream, name) {
+                            return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
+                        }
+                    }
+                }
+                let Some(up) = sv.upstream(upstream) else {
                     return self
                         .refuse(
                             conn,
@@ -556,7 +626,7 @@ impl Core {
     /// resource updates, log messages, upstream-to-agent requests). Legacy upstreams are followed on their
     /// own GET stream with this session's upstream session; 2026-07-28 upstreams by `subscriptions/listen`.
     /// The stream ends when the agent goes away, the session ends, or the gateway drains.
-    async fn listen<R: Reply>(&self, conn: &mut R, head: &RequestHead) -> bool {
+    async fn listen<R: Reply>(&self, conn: &mut R, sv: &Served, head: &RequestHead) -> bool {
         if head
             .header_str("mcp-protocol-version")
             .and_then(Revision::parse)
@@ -601,13 +671,9 @@ impl Core {
             session: Box::new(session),
         };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
-        for up in 0..self.shared.upstreams.len() {
-            if let Err(r) = self.follow_upstream(&agent, up, tx.clone()).await {
-                crate::warn!(
-                    "listen upstream={} reason={}",
-                    self.shared.upstreams[up].name,
-                    r.code()
-                );
+        for u in &sv.upstreams {
+            if let Err(r) = self.follow_upstream(&agent, u.slot, tx.clone()).await {
+                crate::warn!("listen upstream={} reason={}", u.name, r.code());
             }
         }
         let head = Response::new(200)
@@ -658,7 +724,7 @@ impl Core {
     ) -> Result<(), DenyReason> {
         let mut unused = Ephemeral::new();
         let (rev, sid) = self.exchange_revision(agent, up, &mut unused).await?;
-        let name = self.shared.upstreams[up].name.clone();
+        let name = self.slot_name(up);
         let mut resp = if rev.is_stateless() {
             let Agent::Session { session, .. } = agent else {
                 return Ok(());
@@ -726,6 +792,12 @@ impl Core {
                     let Ok(msg) = jsonrpc::parse(&mut b, &limits) else {
                         continue;
                     };
+                    if let Message::Notification(n) = &msg {
+                        if n.method == "notifications/tools/list_changed" {
+                            // Pinned tools may have changed upstream: have the watcher look now.
+                            shared.served.ask_recheck();
+                        }
+                    }
                     let Some(msg) = rewrite_stream_message(&shared.naming, &name, msg) else {
                         continue;
                     };
@@ -757,6 +829,58 @@ impl Core {
         inc(&self.metrics.shared.counters.responses_ok);
         let resp = Response::new(200).header("content-type", "application/json");
         conn.full(resp, &jsonrpc::encode(&msg), false).await
+    }
+
+    /// `tools/list` served from the snapshot: the pinned definitions, less those the upstream changed since,
+    /// spliced as pre-encoded bytes (the list is the same for every agent until policy filters it).
+    async fn reply_pinned_tools<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        agent: &Agent,
+        id: Id,
+    ) -> bool {
+        let mut result = mcp::list_result(ListKind::Tools, Vec::new());
+        if agent.is_modern() {
+            complete_result(&mut result);
+            // Changes only with a new snapshot or a drifted tool; still computed for this agent.
+            result.insert("ttlMs", 0u64).ok();
+            result.insert("cacheScope", "private").ok();
+        }
+        let msg = Message::Response(jsonrpc::Response {
+            id: Some(id),
+            outcome: Ok(result),
+        });
+        let shell = jsonrpc::encode(&msg);
+        // The result is encoded after the id, and a string id cannot hold an unescaped `"tools":[]`, so the
+        // last occurrence is the result's own empty list.
+        const EMPTY: &[u8] = b"\"tools\":[]";
+        let Some(at) = shell.windows(EMPTY.len()).rposition(|w| w == EMPTY) else {
+            return self
+                .refuse(
+                    conn,
+                    None,
+                    agent.is_modern(),
+                    DenyReason::Overloaded.into(),
+                    &[],
+                )
+                .await;
+        };
+        let split = at + EMPTY.len() - 1;
+        let mut body = Vec::with_capacity(shell.len() + 64 * 1024);
+        body.extend_from_slice(&shell[..split]);
+        if let Some(pins) = &sv.pins {
+            for (i, t) in pins.listed().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(t);
+            }
+        }
+        body.extend_from_slice(&shell[split..]);
+        inc(&self.metrics.shared.counters.responses_ok);
+        let resp = Response::new(200).header("content-type", "application/json");
+        conn.full(resp, &body, false).await
     }
 
     /// Answer a refusal. Errors about one well-formed request travel on HTTP 200 as JSON-RPC errors; errors
@@ -813,8 +937,8 @@ impl Core {
 
     // ---- upstreams ----
 
-    fn upstream_url(&self, up: usize) -> &UpstreamUrl {
-        &self.shared.upstreams[up].url
+    fn upstream_url(&self, up: usize) -> Option<UpstreamUrl> {
+        self.slots.borrow().get(up).map(|s| s.url.clone())
     }
 
     async fn send_upstream(
@@ -825,15 +949,15 @@ impl Core {
         body: &[u8],
     ) -> Result<UpstreamResponse, DenyReason> {
         inc(&self.metrics.shared.counters.upstream_requests);
+        let url = self
+            .upstream_url(up)
+            .ok_or(DenyReason::UpstreamUnavailable)?;
         let t0 = Instant::now();
-        let r = self
-            .pool
-            .send(up, self.upstream_url(up), method, headers, body)
-            .await;
+        let r = self.pool.send(up, &url, method, headers, body).await;
         self.metrics.record_upstream(t0.elapsed());
         r.map_err(|e| {
             inc(&self.metrics.shared.counters.upstream_errors);
-            crate::warn!("upstream={} error={e:?}", self.shared.upstreams[up].name);
+            crate::warn!("upstream={} error={e:?}", self.slot_name(up));
             e.reason()
         })
     }
@@ -881,7 +1005,7 @@ impl Core {
         self.upstream_eras.borrow_mut()[up].modern = Some(rev.is_stateless());
         crate::info!(
             "upstream={} speaks_2026_07_28={}",
-            self.shared.upstreams[up].name,
+            self.slot_name(up),
             rev.is_stateless()
         );
         Ok(rev.is_stateless())
@@ -931,41 +1055,17 @@ impl Core {
         }
     }
 
-    /// Read the JSON-RPC response of an upstream exchange, from a JSON body or the first response on an SSE
-    /// stream (notifications before it are dropped: the caller is the gateway, not an agent).
     async fn read_response_message(
         &self,
         resp: &mut UpstreamResponse,
     ) -> Result<jsonrpc::Response, DenyReason> {
-        let limits = self.parse_limits();
-        if resp.is_event_stream() {
-            let mut parser = SseParser::new(self.shared.config.limits.upstream_body_bytes_max);
-            let mut events = Vec::new();
-            loop {
-                let Some(chunk) = resp.next_chunk(&self.pool).await.map_err(|e| e.reason())? else {
-                    return Err(DenyReason::UpstreamProtocolError);
-                };
-                parser
-                    .push(&chunk, &mut events)
-                    .map_err(|_| DenyReason::UpstreamProtocolError)?;
-                for ev in events.drain(..) {
-                    if ev.data.is_empty() {
-                        continue;
-                    }
-                    let mut b = ev.data.into_bytes();
-                    if let Ok(Message::Response(r)) = jsonrpc::parse(&mut b, &limits) {
-                        // Drain the rest so the connection can be reused.
-                        while let Ok(Some(_)) = resp.next_chunk(&self.pool).await {}
-                        return Ok(r);
-                    }
-                }
-            }
-        }
-        let mut body = resp.read_all(&self.pool).await.map_err(|e| e.reason())?;
-        match jsonrpc::parse(&mut body, &limits) {
-            Ok(Message::Response(r)) => Ok(r),
-            _ => Err(DenyReason::UpstreamProtocolError),
-        }
+        read_response(
+            &self.pool,
+            resp,
+            &self.parse_limits(),
+            self.shared.config.limits.upstream_body_bytes_max,
+        )
+        .await
     }
 
     /// Open a 2025-11-25 session with an upstream on behalf of an agent.
@@ -1147,10 +1247,17 @@ impl Core {
         }
     }
 
-    async fn merged_list(&self, agent: &Agent, req: &Request, kind: ListKind) -> Value {
+    async fn merged_list(
+        &self,
+        sv: &Served,
+        agent: &Agent,
+        req: &Request,
+        kind: ListKind,
+    ) -> Value {
         let mut items = Vec::new();
         let mut ttl_ms: Option<u64> = None;
-        for (up, def) in self.shared.upstreams.iter().enumerate() {
+        for def in &sv.upstreams {
+            let up = def.slot;
             let mut ephemeral = Ephemeral::new();
             let mut cursor: Option<Value> = None;
             for _ in 0..LIST_PAGES_MAX {
@@ -1237,7 +1344,7 @@ impl Core {
                     .await;
             }
         };
-        let upstream = self.shared.upstreams[up].name.clone();
+        let upstream = self.slot_name(up);
         let keep = if resp.is_event_stream() && resp.status == 200 {
             self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp)
                 .await
@@ -1391,6 +1498,7 @@ impl Core {
     async fn answer_upstream_request<R: Reply>(
         &self,
         conn: &mut R,
+        sv: &Served,
         agent: &Agent,
         resp: jsonrpc::Response,
     ) -> bool {
@@ -1403,13 +1511,7 @@ impl Core {
             .id
             .as_ref()
             .and_then(mcp::unmap_upstream_request_id)
-            .and_then(|(name, orig)| {
-                self.shared
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name == name)
-                    .map(|up| (up, orig))
-            });
+            .and_then(|(name, orig)| sv.upstream(name).map(|up| (up, orig)));
         let Some((up, orig)) = target else {
             return self
                 .refuse(conn, None, false, DenyReason::InvalidRequest.into(), &[])
@@ -1467,6 +1569,32 @@ impl Core {
     }
 }
 
+/// A `Reply` that names the request's snapshot on every response it writes.
+struct Stamped<'a, R> {
+    inner: &'a mut R,
+    label: &'a str,
+}
+
+impl<R: Reply> Reply for Stamped<'_, R> {
+    async fn full(&mut self, resp: Response, body: &[u8], close: bool) -> bool {
+        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        self.inner.full(resp, body, close).await
+    }
+    async fn stream_start(&mut self, resp: Response) -> bool {
+        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        self.inner.stream_start(resp).await
+    }
+    async fn stream_data(&mut self, data: Vec<u8>) -> bool {
+        self.inner.stream_data(data).await
+    }
+    async fn stream_end(&mut self) -> bool {
+        self.inner.stream_end().await
+    }
+}
+
+/// Response header naming the snapshot a request was served from: `v3 blake3:<hex>`, `none`, `static`.
+pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
+
 /// Messages queued from upstream streams to one agent's GET stream; at the bound upstream reads wait.
 const LISTEN_QUEUE_LEN: usize = 64;
 /// Interval of SSE comments on an idle GET stream.
@@ -1515,7 +1643,7 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
-fn gateway_info() -> Value {
+pub(crate) fn gateway_info() -> Value {
     let mut o = simd_json::owned::Object::new();
     o.insert("name".into(), Value::from("portcullis"));
     o.insert("version".into(), Value::from(VERSION));
@@ -1560,6 +1688,44 @@ fn sse_message(msg: &Message) -> Vec<u8> {
     framed
 }
 
+/// Read the JSON-RPC response of an upstream exchange, from a JSON body or the first response on an SSE
+/// stream (notifications before it are dropped: the caller is the gateway, not an agent).
+pub(crate) async fn read_response(
+    pool: &Pool,
+    resp: &mut UpstreamResponse,
+    limits: &ParseLimits,
+    event_bytes_max: usize,
+) -> Result<jsonrpc::Response, DenyReason> {
+    if resp.is_event_stream() {
+        let mut parser = SseParser::new(event_bytes_max);
+        let mut events = Vec::new();
+        loop {
+            let Some(chunk) = resp.next_chunk(pool).await.map_err(|e| e.reason())? else {
+                return Err(DenyReason::UpstreamProtocolError);
+            };
+            parser
+                .push(&chunk, &mut events)
+                .map_err(|_| DenyReason::UpstreamProtocolError)?;
+            for ev in events.drain(..) {
+                if ev.data.is_empty() {
+                    continue;
+                }
+                let mut b = ev.data.into_bytes();
+                if let Ok(Message::Response(r)) = jsonrpc::parse(&mut b, limits) {
+                    // Drain the rest so the connection can be reused.
+                    while let Ok(Some(_)) = resp.next_chunk(pool).await {}
+                    return Ok(r);
+                }
+            }
+        }
+    }
+    let mut body = resp.read_all(pool).await.map_err(|e| e.reason())?;
+    match jsonrpc::parse(&mut body, limits) {
+        Ok(Message::Response(r)) => Ok(r),
+        _ => Err(DenyReason::UpstreamProtocolError),
+    }
+}
+
 /// Give a result the 2026-07-28 `resultType` if an upstream (or the gateway) left it out.
 fn complete_result(result: &mut Value) {
     if result.get("resultType").is_none() {
@@ -1568,7 +1734,7 @@ fn complete_result(result: &mut Value) {
 }
 
 /// The `_meta` a 2026-07-28 upstream needs, built for an agent that spoke 2025-11-25 (or for the gateway).
-fn modern_meta(capabilities: &Value, client_info: Option<&Value>) -> Value {
+pub(crate) fn modern_meta(capabilities: &Value, client_info: Option<&Value>) -> Value {
     let mut m = simd_json::owned::Object::new();
     m.insert(
         transport::META_PROTOCOL_VERSION.into(),
@@ -1585,7 +1751,7 @@ fn modern_meta(capabilities: &Value, client_info: Option<&Value>) -> Value {
     Value::from(m)
 }
 
-fn params_with_meta(params: Option<Value>, meta: Value) -> Value {
+pub(crate) fn params_with_meta(params: Option<Value>, meta: Value) -> Value {
     let mut p = params.unwrap_or_else(Value::object);
     p.insert("_meta", meta).ok();
     p
@@ -1618,7 +1784,7 @@ fn name_of(req: &Request) -> Option<String> {
     req.params.as_ref()?.get(field)?.as_str().map(str::to_owned)
 }
 
-fn modern_headers(method: &str, name: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn modern_headers(method: &str, name: Option<&str>) -> Vec<(&'static str, String)> {
     let mut h = vec![
         ("content-type", "application/json".to_owned()),
         ("accept", "application/json, text/event-stream".to_owned()),
@@ -1634,7 +1800,7 @@ fn modern_headers(method: &str, name: Option<&str>) -> Vec<(&'static str, String
     h
 }
 
-fn legacy_headers(session: Option<&str>) -> Vec<(&'static str, String)> {
+pub(crate) fn legacy_headers(session: Option<&str>) -> Vec<(&'static str, String)> {
     let mut h = vec![
         ("content-type", "application/json".to_owned()),
         ("accept", "application/json, text/event-stream".to_owned()),

@@ -13,7 +13,10 @@ pub mod h2srv;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod pinwatch;
+pub mod probe;
 pub mod runtime;
+pub mod served;
 pub mod tls;
 pub mod upstream;
 

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use portcullis::config::{parse_http_url, Config};
 use portcullis::control::{self, ControlPlane};
-use portcullis::gateway::{Shared, UpstreamDef};
+use portcullis::gateway::Shared;
+use portcullis::probe::ProbeLimits;
 use portcullis::runtime::{self, CoreSetup};
+use portcullis::served::{Published, Served};
+use portcullis::upstream::ClientLimits;
 use portcullis::{admin, error, info, tls};
 use portcullis_storage::{DataDir, Registry, SigningKey};
 
@@ -133,7 +136,16 @@ fn up(args: UpArgs) -> Result<(), String> {
         data.file("lmdb").display(),
         registry.public_key_hex()
     );
-    let control = Arc::new(ControlPlane::new(registry, &admin_token));
+    // Static `upstreams` in the config bypass the control plane (a lab mode); otherwise the data plane
+    // serves the active approved snapshot and nothing before one is approved.
+    let published = Arc::new(Published::new(config.upstreams.is_empty()));
+    let control = Arc::new(ControlPlane::new(
+        registry,
+        &admin_token,
+        published.clone(),
+        ClientLimits::from_config(&config.limits),
+        ProbeLimits::from_config(&config.limits),
+    ));
     drop(admin_token);
 
     let tls = match config.listen.mcp_tls {
@@ -157,20 +169,25 @@ fn up(args: UpArgs) -> Result<(), String> {
     if let Some(addr) = config.listen.mcp_plain {
         println!("MCP endpoint (plain HTTP): http://{addr}/mcp");
     }
-    let upstreams: Vec<UpstreamDef> = config
+    let upstreams: Vec<_> = config
         .upstreams
         .iter()
-        .map(|u| UpstreamDef {
-            name: u.name.clone(),
-            url: parse_http_url(&u.url)
-                .unwrap_or_else(|_| unreachable!("validated by Config::load")),
+        .map(|u| {
+            let url = parse_http_url(&u.url)
+                .unwrap_or_else(|_| unreachable!("validated by Config::load"));
+            (u.name.clone(), url)
         })
         .collect();
-    for u in &upstreams {
-        info!(
-            "upstream {} at http://{}:{}{}",
-            u.name, u.url.host, u.url.port, u.url.path
-        );
+    if published.managed() {
+        control.serve_active();
+    } else {
+        for (name, url) in &upstreams {
+            info!(
+                "static upstream {name} at http://{}:{}{} (not governed by approved snapshots)",
+                url.host, url.port, url.path
+            );
+        }
+        published.publish(Served::static_upstreams(&upstreams, &published));
     }
 
     let term = Arc::new(AtomicBool::new(false));
@@ -184,13 +201,13 @@ fn up(args: UpArgs) -> Result<(), String> {
         portcullis::config::NamingMode::Prefixed => portcullis_pipeline::mcp::Naming::Prefixed,
         portcullis::config::NamingMode::Passthrough => {
             portcullis_pipeline::mcp::Naming::Passthrough {
-                upstream: upstreams[0].name.clone(),
+                upstream: upstreams[0].0.clone(),
             }
         }
     };
     let shared = Arc::new(Shared {
         config,
-        upstreams,
+        served: published,
         naming,
         draining: AtomicBool::new(false),
         ready_cores: std::sync::atomic::AtomicUsize::new(0),

@@ -89,16 +89,7 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
     let cfg = &shared.config;
     let metrics = CoreShared::new(setup.index, driver);
     let _ = setup.metrics_tx.send(metrics.clone());
-    let l = &cfg.limits;
-    let pool = Pool::new(
-        shared.upstreams.len(),
-        ClientLimits {
-            connect_timeout: l.upstream_connect_timeout.0,
-            response_timeout: l.upstream_response_timeout.0,
-            body_bytes_max: l.upstream_body_bytes_max,
-            idle_per_upstream_max: l.upstream_idle_per_core_max,
-        },
-    );
+    let pool = Pool::new(ClientLimits::from_config(&cfg.limits));
     let core = Rc::new(Core::new(
         setup.index as u16,
         shared.clone(),

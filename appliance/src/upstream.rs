@@ -56,6 +56,17 @@ pub struct ClientLimits {
     pub idle_per_upstream_max: usize,
 }
 
+impl ClientLimits {
+    pub fn from_config(l: &crate::config::Limits) -> ClientLimits {
+        ClientLimits {
+            connect_timeout: l.upstream_connect_timeout.0,
+            response_timeout: l.upstream_response_timeout.0,
+            body_bytes_max: l.upstream_body_bytes_max,
+            idle_per_upstream_max: l.upstream_idle_per_core_max,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamConn {
     stream: Native<TcpStream>,
@@ -223,15 +234,19 @@ impl UpstreamResponse {
 }
 
 impl Pool {
-    pub fn new(n_upstreams: usize, limits: ClientLimits) -> Self {
+    pub fn new(limits: ClientLimits) -> Self {
         Pool {
-            idle: RefCell::new((0..n_upstreams).map(|_| Vec::new()).collect()),
+            idle: RefCell::new(Vec::new()),
             limits,
         }
     }
 
     fn put(&self, upstream: usize, conn: UpstreamConn) {
         let mut idle = self.idle.borrow_mut();
+        // Slots are added as snapshots name new upstreams.
+        if idle.len() <= upstream {
+            idle.resize_with(upstream + 1, Vec::new);
+        }
         if let Some(list) = idle.get_mut(upstream) {
             if list.len() < self.limits.idle_per_upstream_max {
                 list.push(conn);

@@ -260,6 +260,14 @@ impl Capability {
     }
 }
 
+impl Capability {
+    /// Whether approval pins this capability's tools and the data plane serves it: an active MCP server.
+    /// (OpenAPI capabilities become tools by conversion, not by listing.)
+    pub fn serves_mcp(&self) -> bool {
+        self.kind == CapabilityKind::Mcp && self.status == Status::Active
+    }
+}
+
 impl Agent {
     pub fn normalize(&mut self) -> Result<(), FieldError> {
         check_ident("name", &self.name, 64)?;
@@ -292,18 +300,80 @@ impl Policy {
     }
 }
 
-/// A tool definition as approved: what discovery shows and what calls are checked against.
+/// A tool definition as approved: what discovery shows and what calls are checked against. Everything
+/// an agent (or its model) reads to decide whether and how to call the tool is pinned; `_meta` and icons
+/// are not, being presentation the upstream may vary freely.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PinnedTool {
     pub capability: String,
     /// The upstream's own name (agents see it namespaced).
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
     #[serde(default)]
     pub description: String,
     pub input_schema: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Value>,
+}
+
+/// Tools one capability may pin; past it approval refuses rather than pin a truncated list.
+pub const TOOLS_PER_CAPABILITY_MAX: usize = 10_000;
+
+impl PinnedTool {
+    /// Read one entry of an upstream's `tools/list` result (MCP `Tool`: `name` and `inputSchema`
+    /// required).
+    pub fn from_listed(capability: &str, tool: &serde_json::Value) -> Result<PinnedTool, String> {
+        let obj = tool.as_object().ok_or("a tool that is not an object")?;
+        let name = obj
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or("a tool without a string `name`")?;
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(format!(
+                "tool name `{}` is empty, longer than 128 bytes or has control characters",
+                name.escape_debug()
+            ));
+        }
+        let input_schema = obj
+            .get("inputSchema")
+            .filter(|v| v.is_object())
+            .cloned()
+            .ok_or_else(|| format!("tool `{name}` has no object `inputSchema`"))?;
+        let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(PinnedTool {
+            capability: capability.to_owned(),
+            name: name.to_owned(),
+            title: text("title"),
+            description: text("description").unwrap_or_default(),
+            input_schema,
+            output_schema: obj.get("outputSchema").filter(|v| v.is_object()).cloned(),
+            annotations: obj.get("annotations").filter(|v| v.is_object()).cloned(),
+        })
+    }
+
+    /// The MCP `Tool` object agents are shown, under the name they see it by.
+    pub fn to_listed(&self, exposed_name: &str) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("name".into(), exposed_name.into());
+        if let Some(t) = &self.title {
+            m.insert("title".into(), t.as_str().into());
+        }
+        if !self.description.is_empty() {
+            m.insert("description".into(), self.description.as_str().into());
+        }
+        m.insert("inputSchema".into(), self.input_schema.clone());
+        if let Some(o) = &self.output_schema {
+            m.insert("outputSchema".into(), o.clone());
+        }
+        if let Some(a) = &self.annotations {
+            m.insert("annotations".into(), a.clone());
+        }
+        serde_json::Value::Object(m)
+    }
 }
 
 /// Everything an approval decides about: the registry and the pinned tools, plus the Cedar schema the
@@ -369,6 +439,9 @@ pub enum ApproveError {
     NothingChanged { version: u64 },
     /// Two records reference each other inconsistently (e.g. a tool of an unregistered capability).
     Inconsistent { message: String },
+    /// A capability's tool definitions could not be fetched for pinning, or the capability changed while
+    /// they were being fetched.
+    ToolsUnavailable { capability: String, message: String },
 }
 
 impl fmt::Display for ApproveError {
@@ -386,6 +459,10 @@ impl fmt::Display for ApproveError {
                 "nothing changed since snapshot {version}; no new version approved"
             ),
             ApproveError::Inconsistent { message } => f.write_str(message),
+            ApproveError::ToolsUnavailable {
+                capability,
+                message,
+            } => write!(f, "capability `{capability}`: {message}"),
         }
     }
 }

@@ -86,11 +86,14 @@ pub enum DenyReason {
     RequestTimeout,
     /// The gateway is draining for shutdown.
     ShuttingDown,
+    /// The upstream now describes this tool differently from the approved snapshot: withheld until a new
+    /// snapshot approves the change.
+    ToolDefinitionChanged,
 }
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 29] = [
+    pub const ALL: [DenyReason; 30] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -120,6 +123,7 @@ impl DenyReason {
         Self::MissingMeta,
         Self::OriginNotAllowed,
         Self::MalformedHttp,
+        Self::ToolDefinitionChanged,
     ];
 
     /// The stable `data.reason` string.
@@ -154,6 +158,7 @@ impl DenyReason {
             Self::MissingMeta => "missing_meta",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::MalformedHttp => "malformed_http",
+            Self::ToolDefinitionChanged => "tool_definition_changed",
         }
     }
 
@@ -183,9 +188,10 @@ impl DenyReason {
             | Self::OriginNotAllowed
             | Self::MalformedHttp
             | Self::RequestTimeout => Blame::Agent,
-            Self::UpstreamUnavailable | Self::UpstreamTimeout | Self::UpstreamProtocolError => {
-                Blame::Upstream
-            }
+            Self::UpstreamUnavailable
+            | Self::UpstreamTimeout
+            | Self::UpstreamProtocolError
+            | Self::ToolDefinitionChanged => Blame::Upstream,
             Self::Overloaded | Self::ShuttingDown => Blame::Gateway,
         }
     }
@@ -216,6 +222,7 @@ impl DenyReason {
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
+            | Self::ToolDefinitionChanged
             | Self::Overloaded
             | Self::ShuttingDown => -32603,
         }
@@ -243,6 +250,7 @@ impl DenyReason {
             Self::OriginNotAllowed => 403,
             Self::NotFound | Self::SessionNotFound | Self::SessionExpired => 404,
             Self::MethodNotAllowed => 405,
+            Self::ToolDefinitionChanged => 409,
             Self::NotAcceptable => 406,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
@@ -266,6 +274,7 @@ impl DenyReason {
                 | Self::UpstreamUnavailable
                 | Self::UpstreamTimeout
                 | Self::UpstreamProtocolError
+                | Self::ToolDefinitionChanged
         )
     }
 
@@ -298,6 +307,9 @@ impl DenyReason {
             Self::Overloaded => "Gateway overloaded",
             Self::RequestTimeout => "Request not received in time",
             Self::ShuttingDown => "Gateway is shutting down",
+            Self::ToolDefinitionChanged => {
+                "The upstream changed this tool's definition since it was approved; it is withheld until a new snapshot approves the change"
+            }
             Self::OriginNotAllowed => "Origin not allowed",
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
@@ -354,6 +366,7 @@ mod tests {
             ("missing_meta", -32602, 400, "agent"),
             ("origin_not_allowed", -32600, 403, "agent"),
             ("malformed_http", -32600, 400, "agent"),
+            ("tool_definition_changed", -32603, 409, "upstream"),
         ];
         assert_eq!(table, expected);
     }

@@ -9,5 +9,5 @@ pub mod registry;
 pub mod signing;
 
 pub use datadir::{DataDir, StorageError};
-pub use registry::{Registry, RegistryError};
+pub use registry::{FetchedTools, Registry, RegistryError};
 pub use signing::SigningKey;

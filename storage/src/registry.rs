@@ -99,6 +99,7 @@ impl RegistryError {
             RegistryError::Approve(ApproveError::PolicyInvalid { .. }) => "policy_invalid",
             RegistryError::Approve(ApproveError::NothingChanged { .. }) => "nothing_changed",
             RegistryError::Approve(ApproveError::Inconsistent { .. }) => "inconsistent",
+            RegistryError::Approve(ApproveError::ToolsUnavailable { .. }) => "tools_unavailable",
             RegistryError::BadSnapshot { .. } => "snapshot_tampered",
             RegistryError::Corrupt { .. } => "registry_corrupt",
             RegistryError::Lmdb(_) => "registry_error",
@@ -180,6 +181,15 @@ pub struct SnapshotInfo {
     pub active: bool,
 }
 
+/// The tool definitions listed from one capability for an approval, and the capability version read
+/// before listing.
+#[derive(Clone, Debug)]
+pub struct FetchedTools {
+    pub capability: String,
+    pub version: u64,
+    pub tools: Vec<PinnedTool>,
+}
+
 pub struct Registry {
     env: Env,
     path: PathBuf,
@@ -200,7 +210,6 @@ struct Tables {
     capabilities: Database<Str, Bytes>,
     agents: Database<Str, Bytes>,
     policies: Database<Str, Bytes>,
-    tools: Database<Str, Bytes>,
     api_keys: Database<Str, Bytes>,
     /// `kind/key/version` (version as 20 zero-padded digits, so keys sort by version) → record JSON.
     history: Database<Str, Bytes>,
@@ -249,7 +258,6 @@ impl Registry {
         let capabilities = db("capabilities").map_err(&err)?;
         let agents = db("agents").map_err(&err)?;
         let policies = db("policies").map_err(&err)?;
-        let tools = db("tools").map_err(&err)?;
         let api_keys = db("api_keys").map_err(&err)?;
         let history = db("history").map_err(&err)?;
         let meta = db("meta").map_err(&err)?;
@@ -269,7 +277,6 @@ impl Registry {
                 capabilities,
                 agents,
                 policies,
-                tools,
                 api_keys,
                 history,
                 snapshots,
@@ -423,29 +430,6 @@ impl Registry {
         Ok(out)
     }
 
-    // ------------------------------------------------------------------ tools (pinned definitions)
-
-    /// Replace the tool definitions recorded for a capability (fetched from it before approval).
-    pub fn set_tools(&self, capability: &str, tools: &[PinnedTool]) -> Result<()> {
-        let mut w = self.write()?;
-        let err = self.err();
-        self.tables
-            .tools
-            .put(&mut w, capability, &encode(&tools))
-            .map_err(&err)?;
-        w.commit().map_err(&err)
-    }
-
-    fn tools_in(&self, txn: &RoTxn<'_>) -> Result<Vec<PinnedTool>> {
-        let mut out = Vec::new();
-        for item in self.tables.tools.iter(txn).map_err(self.err())? {
-            let (k, v) = item.map_err(self.err())?;
-            let mut t: Vec<PinnedTool> = decode(|| format!("tools of `{k}`"), v)?;
-            out.append(&mut t);
-        }
-        Ok(out)
-    }
-
     // ------------------------------------------------------------------ API keys
 
     /// Store a new key for an active agent. The caller generated `id` and the secret, and passes only the
@@ -580,19 +564,48 @@ impl Registry {
     /// Compile the draft into the next snapshot, seal it, store it and (with `activate`) make it active:
     /// all in one write transaction, so concurrent approvals run one after the other and a refused one
     /// leaves nothing behind.
+    ///
+    /// `fetched` holds the tool definitions the caller listed from each capability that serves MCP, with
+    /// the capability version it read before listing: a capability edited meanwhile, or one not listed,
+    /// refuses the approval rather than pin definitions from the wrong endpoint.
     pub fn approve(
         &self,
         by: &str,
         note: &str,
         now_ms: u64,
         activate: bool,
+        fetched: &[FetchedTools],
     ) -> Result<SnapshotInfo> {
         let mut w = self.write()?;
         let err = self.err();
         let capabilities = self.list_in::<Capability>(&w)?;
         let agents = self.list_in::<Agent>(&w)?;
         let policies = self.list_in::<Policy>(&w)?;
-        let tools = self.tools_in(&w)?;
+        let mut tools = Vec::new();
+        for c in capabilities.iter().filter(|c| c.spec.serves_mcp()) {
+            let f = fetched.iter().find(|f| f.capability == c.spec.name);
+            match f {
+                Some(f) if f.version == c.meta.version => {
+                    tools.extend(f.tools.iter().cloned());
+                }
+                Some(f) => {
+                    return Err(RegistryError::Approve(ApproveError::ToolsUnavailable {
+                        capability: c.spec.name.clone(),
+                        message: format!(
+                            "changed while its tools were being listed (version {} then {}); approve again",
+                            f.version, c.meta.version
+                        ),
+                    }))
+                }
+                None => {
+                    return Err(RegistryError::Approve(ApproveError::ToolsUnavailable {
+                        capability: c.spec.name.clone(),
+                        message: "registered while the others' tools were being listed; approve again"
+                            .into(),
+                    }))
+                }
+            }
+        }
         let latest_version = self.meta_version(&w, "latest")?;
         let latest = match latest_version {
             Some(v) => self.header_in(&w, v)?.map(|h| (v, h.content_hash)),
@@ -781,6 +794,23 @@ mod tests {
         }
     }
 
+    /// What listing every MCP capability's tools would have found: one `search` tool each.
+    fn fetched(r: &Registry) -> Vec<FetchedTools> {
+        r.list::<Capability>()
+            .unwrap()
+            .into_iter()
+            .map(|c| FetchedTools {
+                tools: vec![PinnedTool::from_listed(
+                    &c.spec.name,
+                    &serde_json::json!({"name": "search", "inputSchema": {"type": "object"}}),
+                )
+                .unwrap()],
+                capability: c.spec.name,
+                version: c.meta.version,
+            })
+            .collect()
+    }
+
     #[test]
     fn records_are_versioned_and_approval_is_monotonic() {
         let (r, root) = reg("basic", DEFAULT_MAP_BYTES);
@@ -817,16 +847,31 @@ mod tests {
         )
         .unwrap();
 
-        let s1 = r.approve("carol", "first", 5, true).unwrap();
+        let s1 = r.approve("carol", "first", 5, true, &fetched(&r)).unwrap();
         assert_eq!(s1.header.version, 1);
         assert!(matches!(
-            r.approve("carol", "again", 6, true),
+            r.approve("carol", "again", 6, true, &fetched(&r)),
             Err(RegistryError::Approve(ApproveError::NothingChanged {
                 version: 1
             }))
         ));
         r.put(cap("more"), Put::Create, "alice", 7).unwrap();
-        let s2 = r.approve("carol", "second", 8, true).unwrap();
+        let stale = fetched(&r);
+        r.put(
+            Capability {
+                description: "edited while listing".into(),
+                ..cap("more")
+            },
+            Put::Update,
+            "alice",
+            8,
+        )
+        .unwrap();
+        assert!(matches!(
+            r.approve("carol", "stale", 8, true, &stale),
+            Err(RegistryError::Approve(ApproveError::ToolsUnavailable { ref capability, .. })) if capability == "more"
+        ));
+        let s2 = r.approve("carol", "second", 8, true, &fetched(&r)).unwrap();
         assert_eq!((s2.header.version, s2.header.parent), (2, Some(1)));
         assert_eq!(r.active_version().unwrap(), Some(2));
         r.activate(1).unwrap();
@@ -834,6 +879,14 @@ mod tests {
         let (info, snap) = r.snapshot(2).unwrap();
         assert_eq!(info.hash, s2.hash);
         assert_eq!(snap.content.capabilities.len(), 2);
+        assert_eq!(
+            snap.content
+                .tools
+                .iter()
+                .map(|t| format!("{}/{}", t.capability, t.name))
+                .collect::<Vec<_>>(),
+            ["docs/search", "more/search"]
+        );
 
         r.tamper_for_tests(2, 200).unwrap();
         assert!(matches!(

@@ -67,6 +67,19 @@ def build_server(name: str) -> MCPServer:
             pass
         return "announced"
 
+    @mcp.tool(description="Change the echo tool's description (a definition change behind its approval) and announce it.")
+    async def redefine(description: str, ctx: Context) -> str:
+        tool = mcp._tool_manager.get_tool("echo")
+        if tool is None:
+            raise ValueError("no echo tool")
+        tool.description = description
+        await ctx.notify_tools_changed()
+        try:
+            await ctx.session.send_tool_list_changed()
+        except Exception:
+            pass
+        return "redefined"
+
     @mcp.tool(description="Ask the user to confirm an action (2026-07-28 multi round-trip: input_required, then the retry).")
     async def confirm(action: str, ctx: Context) -> Any:
         answers = ctx.input_responses

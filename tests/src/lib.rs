@@ -577,3 +577,52 @@ pub fn modern_body(id: u64, method: &str, params: Value) -> String {
     });
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": p}).to_string()
 }
+
+/// Run `portcullis ARGS --json` as operator `alice` against a gateway's admin API.
+pub fn cli(g: &Gateway, args: &[&str]) -> std::process::Output {
+    Command::new(gateway_bin())
+        .args(args)
+        .arg("--json")
+        .arg("--admin")
+        .arg(format!("http://127.0.0.1:{}", g.admin_port))
+        .arg("--data-dir")
+        .arg(g.dir.path().join("data"))
+        .arg("--as")
+        .arg("alice")
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `cli` that must succeed; its JSON output.
+pub fn ok(g: &Gateway, args: &[&str]) -> Value {
+    let out = cli(g, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `cli` that must fail; its stderr.
+pub fn fails(g: &Gateway, args: &[&str]) -> String {
+    let out = cli(g, args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A 2026-07-28 request to `/mcp` with its routing headers (`Mcp-Name` from `params.name` where the
+/// method routes by name).
+pub fn modern(port: u16, id: u64, method: &str, params: Value) -> RawResponse {
+    let name = params["name"].as_str().map(str::to_owned);
+    let mut h = vec![
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
+    if let Some(n) = name.as_deref() {
+        h.push(("mcp-name", n));
+    }
+    post(port, &h, &modern_body(id, method, params))
+}

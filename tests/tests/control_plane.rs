@@ -3,43 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use portcullis_tests::*;
-use serde_json::Value;
-
-/// Run `portcullis ARGS --json` against a gateway's admin API.
-fn cli(g: &Gateway, args: &[&str]) -> Output {
-    Command::new(gateway_bin())
-        .args(args)
-        .arg("--json")
-        .arg("--admin")
-        .arg(format!("http://127.0.0.1:{}", g.admin_port))
-        .arg("--data-dir")
-        .arg(g.dir.path().join("data"))
-        .arg("--as")
-        .arg("alice")
-        .env_remove("PORTCULLIS_ADMIN_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(g: &Gateway, args: &[&str]) -> Value {
-    let out = cli(g, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn fails(g: &Gateway, args: &[&str]) -> String {
-    let out = cli(g, args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// `capability add NAME` with valid fields otherwise.
 fn add_capability(name: &str) -> [&str; 13] {
@@ -69,7 +35,9 @@ fn up_on_same_data_dir(g: &Gateway) -> Output {
         .unwrap()
 }
 
-fn register(g: &Gateway) {
+/// Register capability `docs` served by an MCP server on `port`, agent `helper` and one policy.
+fn register(g: &Gateway, port: u16) {
+    let endpoint = format!("http://127.0.0.1:{port}/mcp");
     ok(
         g,
         &[
@@ -85,7 +53,7 @@ fn register(g: &Gateway) {
             "--environment",
             "prod",
             "--endpoint",
-            "http://127.0.0.1:9/mcp",
+            &endpoint,
             "--tag",
             "b,a",
         ],
@@ -120,8 +88,9 @@ fn register(g: &Gateway) {
 
 #[test]
 fn register_approve_edit_roll_back() {
+    let (_up, port) = py_server("docs", &[]);
     let g = Gateway::start(&[], "");
-    register(&g);
+    register(&g, port);
     let caps = ok(&g, &["capability", "list"]);
     assert_eq!(caps[0]["spec"]["tags"], serde_json::json!(["a", "b"]));
     assert_eq!(caps[0]["meta"]["created_by"], "alice");
@@ -174,8 +143,9 @@ fn register_approve_edit_roll_back() {
 
 #[test]
 fn approval_refuses_bad_policies_with_their_location_and_changes_nothing() {
+    let (_up, port) = py_server("docs", &[]);
     let g = Gateway::start(&[], "");
-    register(&g);
+    register(&g, port);
     ok(
         &g,
         &[
@@ -236,7 +206,7 @@ fn approval_refuses_bad_policies_with_their_location_and_changes_nothing() {
 #[test]
 fn api_keys_are_shown_once_stored_as_hashes_and_revocable() {
     let g = Gateway::start(&[], "");
-    register(&g);
+    register(&g, 9); // never approved: the endpoint is not contacted
     let k1 = ok(&g, &["agent", "key", "issue", "helper"]);
     let k2 = ok(&g, &["agent", "key", "issue", "helper"]);
     let secret = k1["key"].as_str().unwrap().to_owned();
@@ -299,8 +269,9 @@ fn admin_api_needs_the_token() {
 
 #[test]
 fn registry_survives_restart_and_a_second_process_is_refused() {
+    let (_up, port) = py_server("docs", &[]);
     let mut g = Gateway::start(&[], "");
-    register(&g);
+    register(&g, port);
     let s1 = ok(&g, &["approve", "--note", "persisted"]);
     // A second gateway on the same data dir is refused while the first runs.
     let out = up_on_same_data_dir(&g);
@@ -322,7 +293,7 @@ fn registry_survives_restart_and_a_second_process_is_refused() {
 #[test]
 fn a_corrupt_registry_file_refuses_to_start_naming_the_file() {
     let mut g = Gateway::start(&[], "");
-    register(&g);
+    register(&g, 9); // never approved: the endpoint is not contacted
     assert!(g.proc.terminate().success());
     let mdb = g.dir.path().join("data/lmdb/data.mdb");
     let len = std::fs::metadata(&mdb).unwrap().len();

@@ -1,0 +1,78 @@
+//! The drift watcher: lists every served capability's tools and withholds each pinned tool whose upstream
+//! definition no longer matches the approved one (calls get `tool_definition_changed`), serving it again
+//! when the upstream returns to the approved definition.
+//!
+//! It runs on the admin thread: at each activation, when an upstream says its tool list changed, and every
+//! `pinning.recheck_interval`. An upstream that cannot be reached keeps its tools' last verdicts; calls to
+//! it fail on their own with `upstream_unavailable`.
+
+use std::sync::Arc;
+
+use crate::gateway::Shared;
+use crate::probe::{ProbeLimits, Target};
+use crate::served::Served;
+use crate::upstream::{ClientLimits, Pool};
+
+pub async fn run(shared: Arc<Shared>, client: ClientLimits, probe: ProbeLimits) {
+    let pool = Pool::new(client);
+    let doorbell = shared.served.recheck_requests();
+    let interval = shared.config.pinning.recheck_interval.0;
+    loop {
+        // A doorbell or the interval, whichever first.
+        let _ = monoio::time::timeout(interval, doorbell.recv_async()).await;
+        let served = shared.served.current();
+        check(&pool, &shared, &served, probe).await;
+    }
+}
+
+/// Compare one snapshot's pins with what its upstreams list now.
+async fn check(pool: &Pool, shared: &Shared, served: &Served, probe: ProbeLimits) {
+    let Some(pins) = &served.pins else {
+        return;
+    };
+    if pins.is_empty() {
+        return;
+    }
+    let slots = shared.served.slots_from(0);
+    for u in &served.upstreams {
+        let Some(slot) = slots.get(u.slot) else {
+            continue;
+        };
+        let target = Target {
+            pool,
+            slot: u.slot,
+            capability: &u.name,
+            url: &slot.url,
+            limits: probe,
+        };
+        let live = match target.list_tools().await {
+            Ok(l) => l,
+            Err(e) => {
+                crate::warn!("pin check capability={} skipped: {e}", u.name);
+                continue;
+            }
+        };
+        for (i, pinned) in pins.of_capability(&u.name) {
+            let now = live.iter().find(|t| t.name == pinned.name);
+            let drifted = now != Some(pinned);
+            if pins.set_drifted(i, drifted) {
+                if drifted {
+                    crate::warn!(
+                        "snapshot={} tool={}__{} {} upstream: withheld until a snapshot approves the change",
+                        served.label,
+                        u.name,
+                        pinned.name,
+                        if now.is_some() { "changed" } else { "removed" }
+                    );
+                } else {
+                    crate::info!(
+                        "snapshot={} tool={}__{} matches its approved definition again: served",
+                        served.label,
+                        u.name,
+                        pinned.name
+                    );
+                }
+            }
+        }
+    }
+}

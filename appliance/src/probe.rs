@@ -1,0 +1,215 @@
+//! Lists an MCP server's tools as an agent would, in whichever revision it speaks: for pinning at approval
+//! and for the drift watcher that compares live definitions with the pinned ones.
+
+use portcullis_pipeline::control::{PinnedTool, TOOLS_PER_CAPABILITY_MAX};
+use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
+use portcullis_pipeline::Revision;
+use simd_json::prelude::*;
+use simd_json::OwnedValue as Value;
+
+use crate::config::UpstreamUrl;
+use crate::gateway::{
+    gateway_info, legacy_headers, modern_headers, modern_meta, params_with_meta, read_response,
+};
+use crate::upstream::Pool;
+
+/// Pages of `tools/list` followed before giving up on an upstream whose cursor never ends.
+const PAGES_MAX: usize = 1000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeLimits {
+    pub parse: ParseLimits,
+    pub event_bytes_max: usize,
+}
+
+impl ProbeLimits {
+    pub fn from_config(l: &crate::config::Limits) -> ProbeLimits {
+        ProbeLimits {
+            parse: ParseLimits {
+                json_depth_max: l.json_depth_max,
+            },
+            event_bytes_max: l.upstream_body_bytes_max,
+        }
+    }
+}
+
+/// One capability's upstream, reached through a pool slot of the caller's.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub pool: &'a Pool,
+    pub slot: usize,
+    pub capability: &'a str,
+    pub url: &'a UpstreamUrl,
+    pub limits: ProbeLimits,
+}
+
+impl Target<'_> {
+    async fn post(
+        &self,
+        headers: &[(&str, String)],
+        req: Request,
+    ) -> Result<(u16, Option<String>, jsonrpc::Response), String> {
+        let method = req.method.clone();
+        let body = jsonrpc::encode(&Message::Request(req));
+        let mut resp = self
+            .pool
+            .send(self.slot, self.url, "POST", headers, &body)
+            .await
+            .map_err(|e| format!("{method}: {}", e.reason().message()))?;
+        let status = resp.status;
+        let session = resp.header("mcp-session-id").map(str::to_owned);
+        if status != 200 {
+            let _ = resp.read_all(self.pool).await;
+            return Err(format!("{method}: HTTP {status}"));
+        }
+        let r = read_response(
+            self.pool,
+            &mut resp,
+            &self.limits.parse,
+            self.limits.event_bytes_max,
+        )
+        .await
+        .map_err(|e| format!("{method}: {}", e.message()))?;
+        Ok((status, session, r))
+    }
+
+    async fn speaks_modern(&self) -> bool {
+        let req = Request {
+            id: Id::String("portcullis-probe".into()),
+            method: "server/discover".into(),
+            params: Some(params_with_meta(None, modern_meta(&Value::object(), None))),
+        };
+        match self
+            .post(&modern_headers("server/discover", None), req)
+            .await
+        {
+            Ok((_, _, r)) => r.outcome.ok().is_some_and(|v| {
+                v.get("supportedVersions")
+                    .and_then(|a| a.as_array())
+                    .is_some_and(|a| {
+                        a.iter()
+                            .any(|v| v.as_str() == Some(Revision::V2026_07_28.as_str()))
+                    })
+            }),
+            Err(_) => false,
+        }
+    }
+
+    /// Open a 2025-11-25 session; returns its id (if the server gave one).
+    async fn initialize(&self) -> Result<Option<String>, String> {
+        let mut params = simd_json::owned::Object::new();
+        params.insert(
+            "protocolVersion".into(),
+            Value::from(Revision::V2025_11_25.as_str()),
+        );
+        params.insert("capabilities".into(), Value::object());
+        params.insert("clientInfo".into(), gateway_info());
+        let req = Request {
+            id: Id::Number(0),
+            method: "initialize".into(),
+            params: Some(Value::from(params)),
+        };
+        let (_, session, r) = self.post(&legacy_headers(None), req).await?;
+        r.outcome
+            .map_err(|e| format!("initialize: error {}: {}", e.code, e.message))?;
+        let note = jsonrpc::encode(&Message::Notification(jsonrpc::Notification {
+            method: "notifications/initialized".into(),
+            params: None,
+        }));
+        if let Ok(mut r) = self
+            .pool
+            .send(
+                self.slot,
+                self.url,
+                "POST",
+                &legacy_headers(session.as_deref()),
+                &note,
+            )
+            .await
+        {
+            let _ = r.read_all(self.pool).await;
+        }
+        Ok(session)
+    }
+
+    async fn close(&self, session: &str) {
+        if let Ok(mut r) = self
+            .pool
+            .send(
+                self.slot,
+                self.url,
+                "DELETE",
+                &legacy_headers(Some(session)),
+                b"",
+            )
+            .await
+        {
+            let _ = r.read_all(self.pool).await;
+        }
+    }
+
+    /// Every tool the upstream lists, in its order, read into pinnable definitions.
+    pub async fn list_tools(&self) -> Result<Vec<PinnedTool>, String> {
+        let modern = self.speaks_modern().await;
+        let session = if modern {
+            None
+        } else {
+            self.initialize().await?
+        };
+        let out = self.pages(modern, session.as_deref()).await;
+        if let Some(s) = &session {
+            self.close(s).await;
+        }
+        out
+    }
+
+    async fn pages(&self, modern: bool, session: Option<&str>) -> Result<Vec<PinnedTool>, String> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for page in 0..PAGES_MAX {
+            let mut params = simd_json::owned::Object::new();
+            if let Some(c) = cursor.take() {
+                params.insert("cursor".into(), c);
+            }
+            let mut params = Value::from(params);
+            let headers = if modern {
+                params = params_with_meta(Some(params), modern_meta(&Value::object(), None));
+                modern_headers("tools/list", None)
+            } else {
+                legacy_headers(session)
+            };
+            let req = Request {
+                id: Id::Number(page as i64 + 1),
+                method: "tools/list".into(),
+                params: Some(params),
+            };
+            let (_, _, r) = self.post(&headers, req).await?;
+            let result = r
+                .outcome
+                .map_err(|e| format!("tools/list: error {}: {}", e.code, e.message))?;
+            let listed = result
+                .get("tools")
+                .and_then(|t| t.as_array())
+                .ok_or("tools/list: the result has no `tools` array")?;
+            for t in listed {
+                let json = simd_json::to_vec(t).map_err(|e| e.to_string())?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+                tools.push(PinnedTool::from_listed(self.capability, &v)?);
+                if tools.len() > TOOLS_PER_CAPABILITY_MAX {
+                    return Err(format!("lists more than {TOOLS_PER_CAPABILITY_MAX} tools"));
+                }
+            }
+            cursor = result.get("nextCursor").filter(|c| c.is_str()).cloned();
+            if cursor.is_none() {
+                let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+                names.sort_unstable();
+                if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(format!("lists two tools named `{}`", w[0]));
+                }
+                return Ok(tools);
+            }
+        }
+        Err(format!("tools/list: still paging after {PAGES_MAX} pages"))
+    }
+}

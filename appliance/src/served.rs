@@ -1,0 +1,302 @@
+//! What the data plane serves: the active approved snapshot compiled for serving (or, in static mode, the
+//! config's upstreams), handed to the cores without a lock on their hot path.
+//!
+//! Activation compiles a snapshot once into a `Served` and publishes it behind a generation counter; each
+//! core compares the counter (one atomic load) at the start of a request and takes the new `Arc` only when
+//! it moved. A request keeps the `Served` it started with until it ends, so in-flight requests finish on
+//! the snapshot they started on and a swap drops nothing.
+//!
+//! Upstreams are numbered by *slot*: an append-only number per (name, endpoint), stable across snapshots,
+//! that keys each core's connection pool, what it learned about the upstream's revisions, and the agents'
+//! upstream sessions. A snapshot that moves a capability to another endpoint gets a new slot, so nothing
+//! learned about the old endpoint is applied to the new one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use portcullis_pipeline::control::{PinnedTool, Snapshot};
+use portcullis_pipeline::mcp::Naming;
+use portcullis_pipeline::DenyReason;
+
+use crate::config::{parse_http_url, UpstreamUrl};
+
+/// One upstream endpoint as the cores know it.
+#[derive(Clone, Debug)]
+pub struct SlotDef {
+    pub name: String,
+    pub url: UpstreamUrl,
+}
+
+/// An upstream this snapshot serves.
+#[derive(Clone, Debug)]
+pub struct ServedUpstream {
+    pub name: String,
+    pub slot: usize,
+}
+
+/// A snapshot compiled for serving.
+#[derive(Debug)]
+pub struct Served {
+    /// The `portcullis-snapshot` response header: `v3 blake3:<hex>`, `none` (nothing approved yet) or
+    /// `static` (config upstreams, no control plane).
+    pub label: String,
+    pub version: Option<u64>,
+    pub upstreams: Vec<ServedUpstream>,
+    /// The approved tool definitions; `None` in static mode, where tools are listed live.
+    pub pins: Option<Pins>,
+}
+
+/// The approved tools of one snapshot, with what the drift watcher found about each.
+#[derive(Debug, Default)]
+pub struct Pins {
+    tools: Vec<Pin>,
+    /// capability → upstream tool name → index into `tools`.
+    index: HashMap<String, HashMap<String, usize>>,
+    /// Set while the upstream describes the tool differently from its pin.
+    drifted: Box<[AtomicBool]>,
+}
+
+#[derive(Debug)]
+pub struct Pin {
+    pub tool: PinnedTool,
+    /// The MCP `Tool` object agents see, encoded once at activation so that listing 10,000 tools is a
+    /// concatenation.
+    pub listed: Box<[u8]>,
+}
+
+impl Pins {
+    pub fn new(tools: &[PinnedTool], naming: &Naming) -> Pins {
+        let mut index: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let tools: Vec<Pin> = tools
+            .iter()
+            .map(|t| {
+                let shown = t.to_listed(&naming.name(&t.capability, &t.name));
+                Pin {
+                    tool: t.clone(),
+                    listed: serde_json::to_vec(&shown).unwrap_or_default().into(),
+                }
+            })
+            .collect();
+        for (i, p) in tools.iter().enumerate() {
+            index
+                .entry(p.tool.capability.clone())
+                .or_default()
+                .insert(p.tool.name.clone(), i);
+        }
+        let drifted = tools.iter().map(|_| AtomicBool::new(false)).collect();
+        Pins {
+            tools,
+            index,
+            drifted,
+        }
+    }
+
+    /// May `capability`'s tool `name` be called now?
+    pub fn check(&self, capability: &str, name: &str) -> Result<(), DenyReason> {
+        let i = self
+            .index
+            .get(capability)
+            .and_then(|m| m.get(name))
+            .ok_or(DenyReason::ToolNotFound)?;
+        if self.drifted[*i].load(Ordering::Relaxed) {
+            return Err(DenyReason::ToolDefinitionChanged);
+        }
+        Ok(())
+    }
+
+    /// The encoded `Tool` objects to list: every pinned tool whose upstream has not changed it.
+    pub fn listed(&self) -> impl Iterator<Item = &[u8]> {
+        self.tools
+            .iter()
+            .zip(self.drifted.iter())
+            .filter(|(_, d)| !d.load(Ordering::Relaxed))
+            .map(|(p, _)| &*p.listed)
+    }
+
+    /// The pins of one capability, with their indexes.
+    pub fn of_capability<'a>(&'a self, capability: &str) -> Vec<(usize, &'a PinnedTool)> {
+        let mut v: Vec<(usize, &PinnedTool)> = self
+            .index
+            .get(capability)
+            .map(|m| m.values().map(|&i| (i, &self.tools[i].tool)).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|(i, _)| *i);
+        v
+    }
+
+    /// Record whether tool `i` differs upstream; returns whether that changed anything.
+    pub fn set_drifted(&self, i: usize, drifted: bool) -> bool {
+        self.drifted
+            .get(i)
+            .is_some_and(|d| d.swap(drifted, Ordering::Relaxed) != drifted)
+    }
+
+    pub fn is_drifted(&self, i: usize) -> bool {
+        self.drifted
+            .get(i)
+            .is_some_and(|d| d.load(Ordering::Relaxed))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+}
+
+impl Served {
+    /// Nothing approved yet: no upstreams, nothing to list, every call refused.
+    pub fn nothing_approved() -> Served {
+        Served {
+            label: "none".into(),
+            version: None,
+            upstreams: Vec::new(),
+            pins: Some(Pins::default()),
+        }
+    }
+
+    /// Compile an approved snapshot (already verified) for serving. Capabilities that serve MCP become
+    /// upstreams; an endpoint the data plane cannot reach yet (https) is left out, loudly.
+    /// Snapshots always name tools `CAPABILITY__tool` (`naming: passthrough` is for static mode).
+    pub fn from_snapshot(snapshot: &Snapshot, hash: &str, published: &Published) -> Served {
+        let naming = Naming::Prefixed;
+        let mut upstreams = Vec::new();
+        for c in &snapshot.content.capabilities {
+            if !c.spec.serves_mcp() {
+                continue;
+            }
+            match parse_http_url(&c.spec.endpoint) {
+                Ok(url) => upstreams.push(ServedUpstream {
+                    name: c.spec.name.clone(),
+                    slot: published.slot(&c.spec.name, url),
+                }),
+                Err(e) => crate::error!(
+                    "snapshot={} capability={} not served: {e}",
+                    snapshot.header.version,
+                    c.spec.name
+                ),
+            }
+        }
+        let pins = Pins::new(&snapshot.content.tools, &naming);
+        Served {
+            label: format!("v{} blake3:{hash}", snapshot.header.version),
+            version: Some(snapshot.header.version),
+            upstreams,
+            pins: Some(pins),
+        }
+    }
+
+    /// Static mode: the config's upstreams, listed live, no control plane.
+    pub fn static_upstreams(upstreams: &[(String, UpstreamUrl)], published: &Published) -> Served {
+        Served {
+            label: "static".into(),
+            version: None,
+            upstreams: upstreams
+                .iter()
+                .map(|(name, url)| ServedUpstream {
+                    name: name.clone(),
+                    slot: published.slot(name, url.clone()),
+                })
+                .collect(),
+            pins: None,
+        }
+    }
+
+    /// The slot of the served upstream called `name`.
+    pub fn upstream(&self, name: &str) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .map(|u| u.slot)
+    }
+}
+
+/// The current `Served`, the slot table, and the drift watcher's doorbell; shared by every core, the admin
+/// thread and the watcher.
+#[derive(Debug)]
+pub struct Published {
+    /// Whether snapshots are served (false in static mode: activations are stored but not served).
+    managed: bool,
+    generation: AtomicU64,
+    current: RwLock<Arc<Served>>,
+    slots: Mutex<Vec<SlotDef>>,
+    recheck_tx: flume::Sender<()>,
+    recheck_rx: flume::Receiver<()>,
+}
+
+impl Published {
+    pub fn new(managed: bool) -> Published {
+        let (recheck_tx, recheck_rx) = flume::bounded(1);
+        Published {
+            managed,
+            generation: AtomicU64::new(0),
+            current: RwLock::new(Arc::new(Served::nothing_approved())),
+            slots: Mutex::new(Vec::new()),
+            recheck_tx,
+            recheck_rx,
+        }
+    }
+
+    pub fn managed(&self) -> bool {
+        self.managed
+    }
+
+    /// The slot of (name, url), allocating one the first time.
+    pub fn slot(&self, name: &str, url: UpstreamUrl) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = slots.iter().position(|s| s.name == name && s.url == url) {
+            return i;
+        }
+        slots.push(SlotDef {
+            name: name.to_owned(),
+            url,
+        });
+        slots.len() - 1
+    }
+
+    /// Slots from `from` on (a core extends its copy with these when the generation moves).
+    pub fn slots_from(&self, from: usize) -> Vec<SlotDef> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .get(from..)
+            .map(<[SlotDef]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Served> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Make `served` what new requests get, and have the watcher check its pins at once.
+    pub fn publish(&self, served: Served) {
+        crate::info!(
+            "serving snapshot={} upstreams={} pinned_tools={}",
+            served.label,
+            served.upstreams.len(),
+            served.pins.as_ref().map_or(0, Pins::len)
+        );
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(served);
+        // Release: a core that sees the new generation also sees the new `current` and its slots.
+        self.generation.fetch_add(1, Ordering::Release);
+        self.ask_recheck();
+    }
+
+    /// Ask the drift watcher to list the upstreams' tools now (coalesced with a pending request).
+    pub fn ask_recheck(&self) {
+        let _ = self.recheck_tx.try_send(());
+    }
+
+    pub fn recheck_requests(&self) -> flume::Receiver<()> {
+        self.recheck_rx.clone()
+    }
+}

@@ -22,6 +22,9 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis policy add ID (--file F | --text T) [--description D]
     portcullis capability|agent|policy list | show NAME | edit NAME --field V... | remove NAME | history NAME
     portcullis agent key issue|list AGENT    portcullis agent key revoke AGENT KEY_ID
+    portcullis apply -f FILE [--dry-run] [--approve [--note N]]
+                               (YAML desired state: capabilities, agents, policies; records not in
+                               the file are removed; a policy may give `file:` instead of `text:`)
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
     portcullis signing-key
@@ -45,12 +48,17 @@ struct Args {
 }
 
 /// Flags that take no value.
-const BARE_FLAGS: &[&str] = &["no-activate"];
+const BARE_FLAGS: &[&str] = &["no-activate", "dry-run", "approve"];
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
     let mut a = Args::default();
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
+        if arg == "-f" {
+            let v = it.next().ok_or("-f needs a file")?;
+            a.fields.push(("file".into(), v));
+            continue;
+        }
         let Some(name) = arg.strip_prefix("--") else {
             a.words.push(arg);
             continue;
@@ -245,7 +253,7 @@ const KINDS: &[(&str, KindInfo)] = &[
 /// Run a control-plane command. `Ok(false)` when `cmd` is not one.
 pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
     let is_cli = KINDS.iter().any(|(k, _)| *k == cmd)
-        || matches!(cmd, "approve" | "snapshot" | "signing-key");
+        || matches!(cmd, "approve" | "apply" | "snapshot" | "signing-key");
     if !is_cli {
         return Ok(false);
     }
@@ -262,6 +270,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
             )?;
             (v, Shape::Snapshot)
         }
+        "apply" => apply(&c, &a)?,
         "snapshot" => snapshot(&c, &a)?,
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         _ => records(&c, cmd, &a)?,
@@ -289,6 +298,8 @@ enum Shape {
     Table(&'static [&'static str]),
     Record,
     Snapshot,
+    /// `apply`: what changed (or would), kind by kind, then the snapshot if one was approved.
+    Plan,
 }
 
 /// What a command prints: the API's answer and how to lay it out.
@@ -401,6 +412,51 @@ fn apply_fields(rec: &mut Map<String, Value>, k: &KindInfo, a: &Args) -> Result<
     Ok(())
 }
 
+/// `apply -f FILE`: send the desired state (policies' `file:` read relative to FILE), print the plan,
+/// and approve afterwards with `--approve`.
+fn apply(c: &Client, a: &Args) -> Result<Output, String> {
+    let path = PathBuf::from(field(a, "file").ok_or("apply needs -f FILE")?);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut state: Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: not YAML: {e}", path.display()))?;
+    if state.is_null() {
+        state = json!({});
+    }
+    let base = path.parent().map(PathBuf::from).unwrap_or_default();
+    if let Some(policies) = state.get_mut("policies").and_then(Value::as_array_mut) {
+        for (i, p) in policies.iter_mut().enumerate() {
+            let Some(obj) = p.as_object_mut() else {
+                continue;
+            };
+            if let Some(file) = obj.remove("file") {
+                let f = base.join(
+                    file.as_str()
+                        .ok_or(format!("policies[{i}].file: not a path"))?,
+                );
+                let t = std::fs::read_to_string(&f)
+                    .map_err(|e| format!("policies[{i}].file {}: {e}", f.display()))?;
+                obj.insert("text".into(), Value::from(t));
+            }
+        }
+    }
+    let dry_run = a.flags.iter().any(|f| f == "dry-run");
+    let plan = c.ok(
+        "POST",
+        "/admin/v1/apply",
+        Some(&json!({"state": state, "dry_run": dry_run})),
+    )?;
+    if a.flags.iter().any(|f| f == "approve") && !dry_run {
+        let note = field(a, "note").unwrap_or_default();
+        let snapshot = c.ok(
+            "POST",
+            "/admin/v1/approve",
+            Some(&json!({"note": note, "activate": true})),
+        )?;
+        return Ok((json!({"plan": plan, "snapshot": snapshot}), Shape::Plan));
+    }
+    Ok((json!({ "plan": plan }), Shape::Plan))
+}
+
 fn snapshot(c: &Client, a: &Args) -> Result<Output, String> {
     let verb = word(a, 0, "a verb (list, show, diff, activate)")?;
     Ok(match verb.as_str() {
@@ -509,5 +565,30 @@ fn print(out: &Output, as_json: bool) {
             );
         }
         Shape::Record => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Shape::Plan => {
+            let plan = &v["plan"];
+            let verb = if plan["applied"] == true {
+                ""
+            } else {
+                "(dry run) would be "
+            };
+            for kind in ["capabilities", "agents", "policies"] {
+                let k = &plan[kind];
+                for (mark, what) in [("+", "created"), ("~", "updated"), ("-", "removed")] {
+                    for name in k[what].as_array().into_iter().flatten() {
+                        println!("{mark} {kind} {} {verb}{what}", cell(name));
+                    }
+                }
+                println!("  {kind}: {} unchanged", k["unchanged"]);
+            }
+            if v["snapshot"].is_object() {
+                let s = &v["snapshot"];
+                println!(
+                    "approved snapshot {} hash={}",
+                    s["version"],
+                    cell(&s["hash"])
+                );
+            }
+        }
     }
 }

@@ -258,6 +258,10 @@ impl ControlPlane {
                 };
                 self.approve(actor, req, now).await
             }
+            ("POST", ["apply"]) => match parse_body::<ApplyRequest>(body) {
+                Ok(req) => result(200, r.apply(req.state, actor, now, req.dry_run)),
+                Err(a) => a,
+            },
             ("GET", ["snapshots"]) => result(200, r.snapshots()),
             ("GET", ["snapshots", v]) => match v.parse::<u64>() {
                 Ok(v) => result(
@@ -367,6 +371,15 @@ struct ApproveRequest {
     note: String,
     #[serde(default)]
     activate: Option<bool>,
+}
+
+/// `POST /admin/v1/apply`: the desired registry, and whether to only say what would change.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyRequest {
+    state: control::DesiredState,
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// Decode a request body, naming the offending field's path in the error.

@@ -300,6 +300,19 @@ impl Policy {
     }
 }
 
+/// The registry as a declarative document wants it (`portcullis apply -f`): every record listed, nothing
+/// else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredState {
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+}
+
 /// A tool definition as approved: what discovery shows and what calls are checked against. Everything
 /// an agent (or its model) reads to decide whether and how to call the tool is pinned; `_meta` and icons
 /// are not, being presentation the upstream may vary freely.

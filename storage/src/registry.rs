@@ -13,8 +13,8 @@ use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use portcullis_pipeline::control::{
-    self, Agent, Approval, ApproveError, Capability, Draft, FieldError, PinnedTool, Policy, Record,
-    RecordMeta, Snapshot, SnapshotHeader,
+    self, Agent, Approval, ApproveError, Capability, DesiredState, Draft, FieldError, PinnedTool,
+    Policy, Record, RecordMeta, Snapshot, SnapshotHeader,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -109,12 +109,32 @@ impl RegistryError {
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
+/// What `apply` did, or would do, to each kind of record.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApplyPlan {
+    pub capabilities: KindPlan,
+    pub agents: KindPlan,
+    pub policies: KindPlan,
+    /// False for a dry run.
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KindPlan {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
+
 /// A record kind the registry keeps: its table and key.
 pub trait Kind: Clone + Serialize + DeserializeOwned {
     /// Which of the registry's record tables holds this kind.
     const TABLE: RecordTable;
     /// For messages: "capability", "agent", "policy".
     const NAME: &'static str;
+    /// The key of the list in a desired-state document: "capabilities", "agents", "policies".
+    const PLURAL: &'static str;
     fn key(&self) -> &str;
     fn normalize(&mut self) -> std::result::Result<(), FieldError>;
 }
@@ -128,10 +148,11 @@ pub enum RecordTable {
 }
 
 macro_rules! kind {
-    ($t:ty, $table:ident, $name:literal, $key:ident) => {
+    ($t:ty, $table:ident, $name:literal, $plural:literal, $key:ident) => {
         impl Kind for $t {
             const TABLE: RecordTable = RecordTable::$table;
             const NAME: &'static str = $name;
+            const PLURAL: &'static str = $plural;
             fn key(&self) -> &str {
                 &self.$key
             }
@@ -141,9 +162,9 @@ macro_rules! kind {
         }
     };
 }
-kind!(Capability, Capabilities, "capability", name);
-kind!(Agent, Agents, "agent", name);
-kind!(Policy, Policies, "policy", id);
+kind!(Capability, Capabilities, "capability", "capabilities", name);
+kind!(Agent, Agents, "agent", "agents", name);
+kind!(Policy, Policies, "policy", "policies", id);
 
 /// How `put` treats an existing record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,14 +369,30 @@ impl Registry {
     /// new version.
     pub fn put<T: Kind + PartialEq>(
         &self,
-        mut spec: T,
+        spec: T,
         how: Put,
         by: &str,
         now_ms: u64,
     ) -> Result<Record<T>> {
-        spec.normalize().map_err(RegistryError::Invalid)?;
         let mut w = self.write()?;
-        let existing = self.get_in::<T>(&w, spec.key())?;
+        let (rec, changed) = self.put_in(&mut w, spec, how, by, now_ms)?;
+        if changed {
+            w.commit().map_err(self.err())?;
+        }
+        Ok(rec)
+    }
+
+    /// `put` inside a caller's transaction; also says whether anything was written.
+    fn put_in<T: Kind + PartialEq>(
+        &self,
+        w: &mut RwTxn<'_>,
+        mut spec: T,
+        how: Put,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<(Record<T>, bool)> {
+        spec.normalize().map_err(RegistryError::Invalid)?;
+        let existing = self.get_in::<T>(w, spec.key())?;
         let meta = match (&existing, how) {
             (Some(_), Put::Create) => {
                 return Err(RegistryError::AlreadyExists {
@@ -369,7 +406,7 @@ impl Registry {
                     key: spec.key().to_owned(),
                 })
             }
-            (Some(old), _) if old.spec == spec => return Ok(old.clone()),
+            (Some(old), _) if old.spec == spec => return Ok((old.clone(), false)),
             (Some(old), _) => old.meta.next(by, now_ms),
             (None, _) => RecordMeta::first(by, now_ms),
         };
@@ -377,40 +414,117 @@ impl Registry {
         let bytes = encode(&rec);
         let err = self.err();
         self.table::<T>()
-            .put(&mut w, rec.spec.key(), &bytes)
+            .put(w, rec.spec.key(), &bytes)
             .map_err(&err)?;
         let hkey = format!("{}/{}/{:020}", T::NAME, rec.spec.key(), rec.meta.version);
-        self.tables
-            .history
-            .put(&mut w, &hkey, &bytes)
-            .map_err(&err)?;
-        w.commit().map_err(&err)?;
-        Ok(rec)
+        self.tables.history.put(w, &hkey, &bytes).map_err(&err)?;
+        Ok((rec, true))
     }
 
     /// Remove a record from the draft (approved snapshots keep it). Removing an agent revokes its keys.
     pub fn remove<T: Kind>(&self, key: &str, by: &str, now_ms: u64) -> Result<()> {
         let mut w = self.write()?;
+        self.remove_in::<T>(&mut w, key, by, now_ms)?;
+        w.commit().map_err(self.err())
+    }
+
+    fn remove_in<T: Kind>(
+        &self,
+        w: &mut RwTxn<'_>,
+        key: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<()> {
         let err = self.err();
-        let Some(old) = self.get_in::<T>(&w, key)? else {
+        let Some(old) = self.get_in::<T>(w, key)? else {
             return Err(RegistryError::NotFound {
                 kind: T::NAME,
                 key: key.to_owned(),
             });
         };
-        self.table::<T>().delete(&mut w, key).map_err(&err)?;
+        self.table::<T>().delete(w, key).map_err(&err)?;
         let hkey = format!("{}/{key}/{:020}", T::NAME, old.meta.version + 1);
         let tomb = serde_json::json!({"removed_by": by, "removed_at": now_ms});
         self.tables
             .history
-            .put(&mut w, &hkey, &encode(&tomb))
+            .put(w, &hkey, &encode(&tomb))
             .map_err(&err)?;
         // An agent's keys die with it.
         if T::TABLE == RecordTable::Agents {
-            self.revoke_all_in(&mut w, key, by, now_ms)?;
+            self.revoke_all_in(w, key, by, now_ms)?;
         }
-        w.commit().map_err(&err)?;
         Ok(())
+    }
+
+    /// Make the registry's drafts equal `desired` (declarative apply): records in it are created or
+    /// updated, records not in it are removed; all in one transaction, so a bad record anywhere changes
+    /// nothing. With `dry_run` the plan is computed and the transaction thrown away.
+    pub fn apply(
+        &self,
+        desired: DesiredState,
+        by: &str,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<ApplyPlan> {
+        let mut w = self.write()?;
+        let plan = ApplyPlan {
+            capabilities: self.apply_kind(&mut w, desired.capabilities, by, now_ms)?,
+            agents: self.apply_kind(&mut w, desired.agents, by, now_ms)?,
+            policies: self.apply_kind(&mut w, desired.policies, by, now_ms)?,
+            applied: !dry_run,
+        };
+        if dry_run {
+            w.abort();
+        } else {
+            w.commit().map_err(self.err())?;
+        }
+        Ok(plan)
+    }
+
+    fn apply_kind<T: Kind + PartialEq>(
+        &self,
+        w: &mut RwTxn<'_>,
+        desired: Vec<T>,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<KindPlan> {
+        let mut plan = KindPlan::default();
+        let mut keys = std::collections::BTreeSet::new();
+        for (i, spec) in desired.into_iter().enumerate() {
+            let key = spec.key().to_owned();
+            if !keys.insert(key.clone()) {
+                return Err(RegistryError::Invalid(FieldError {
+                    field: format!("{}[{i}]", T::PLURAL),
+                    message: format!("`{key}` appears twice"),
+                }));
+            }
+            let existed = self.get_in::<T>(w, &key)?.is_some();
+            let (_, changed) =
+                self.put_in(w, spec, Put::Upsert, by, now_ms)
+                    .map_err(|e| match e {
+                        RegistryError::Invalid(f) => RegistryError::Invalid(FieldError {
+                            field: format!("{}[{i}].{}", T::PLURAL, f.field),
+                            message: f.message,
+                        }),
+                        other => other,
+                    })?;
+            match (existed, changed) {
+                (false, _) => plan.created.push(key),
+                (true, true) => plan.updated.push(key),
+                (true, false) => plan.unchanged += 1,
+            }
+        }
+        let stale: Vec<String> = self
+            .list_in::<T>(w)?
+            .into_iter()
+            .map(|r| r.spec.key().to_owned())
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for key in stale {
+            self.remove_in::<T>(w, &key, by, now_ms)?;
+            plan.removed.push(key);
+        }
+        Ok(plan)
     }
 
     /// Every stored version of a record, oldest first (removals appear as `{"removed_by", "removed_at"}`).

@@ -214,3 +214,73 @@ fn approval_names_a_capability_whose_tools_cannot_be_listed() {
     assert!(e.contains("tools_unavailable") && e.contains("gone"), "{e}");
     assert_eq!(ok(&g, &["snapshot", "list"]), json!([]));
 }
+
+#[test]
+fn apply_makes_the_registry_match_a_file_and_serves_it() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    let dir = g.dir.path();
+    std::fs::write(
+        dir.join("support.cedar"),
+        "permit(principal in Group::\"support\", action == Action::\"call\", resource)\n  when { resource.risk == \"low\" };\n",
+    )
+    .unwrap();
+    let desired = |risk: &str, with_agent: bool| {
+        let mut y = format!(
+            "capabilities:\n  - name: alpha\n    kind: mcp\n    owner: team\n    risk: {risk}\n    environment: prod\n    endpoint: http://127.0.0.1:{pa}/mcp\n    tags: [internal]\npolicies:\n  - id: support-low\n    description: support calls low-risk tools\n    file: support.cedar\n"
+        );
+        if with_agent {
+            y.push_str("agents:\n  - name: helper\n    owner: bob\n    surface: cursor\n    environment: prod\n    credential_mode: service\n    groups: [support]\n");
+        }
+        let f = dir.join("desired.yaml");
+        std::fs::write(&f, y).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+
+    // A dry run says what would change and changes nothing.
+    let f = desired("low", true);
+    let plan = ok(&g, &["apply", "-f", &f, "--dry-run"]);
+    assert_eq!(plan["plan"]["applied"], json!(false));
+    assert_eq!(plan["plan"]["capabilities"]["created"], json!(["alpha"]));
+    assert_eq!(plan["plan"]["agents"]["created"], json!(["helper"]));
+    assert_eq!(ok(&g, &["capability", "list"]), json!([]));
+
+    // Applied and approved in one command: the agent's calls flow through the official SDK.
+    let done = ok(&g, &["apply", "-f", &f, "--approve", "--note", "from git"]);
+    assert_eq!(done["plan"]["applied"], json!(true));
+    assert_eq!(done["snapshot"]["version"], json!(1));
+    assert_eq!(done["snapshot"]["policy_ids"], json!(["support-low"]));
+    let v = ts_client(
+        "v2",
+        &g.url(),
+        "2025-11-25",
+        "call",
+        &["--tool", "alpha__echo", "--args", r#"{"text":"declared"}"#],
+    );
+    assert_eq!(v["text"], json!("declared"), "{v}");
+
+    // Re-applying the same file changes nothing; a changed file updates and removes.
+    let again = ok(&g, &["apply", "-f", &f]);
+    assert_eq!(again["plan"]["capabilities"]["unchanged"], json!(1));
+    assert_eq!(again["plan"]["agents"]["unchanged"], json!(1));
+    let f = desired("high", false);
+    let plan = ok(&g, &["apply", "-f", &f, "--approve"]);
+    assert_eq!(plan["plan"]["capabilities"]["updated"], json!(["alpha"]));
+    assert_eq!(plan["plan"]["agents"]["removed"], json!(["helper"]));
+    assert_eq!(plan["snapshot"]["version"], json!(2));
+
+    // A bad record anywhere in the file changes nothing and names its place.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("capabilities:\n  - name: alpha\n    kind: mcp\n    owner: team\n    risk: low\n    environment: prod\n    endpoint: http://127.0.0.1:{pa}/mcp\n  - name: alpha\n    kind: mcp\n    owner: team\n    risk: low\n    environment: prod\n    endpoint: http://127.0.0.1:{pa}/mcp\n"),
+    )
+    .unwrap();
+    let e = fails(&g, &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(e.contains("capabilities[1]") && e.contains("twice"), "{e}");
+    assert_eq!(
+        ok(&g, &["capability", "show", "alpha"])["spec"]["risk"],
+        json!("high")
+    );
+    assert_eq!(ok(&g, &["policy", "list"]).as_array().unwrap().len(), 1);
+}

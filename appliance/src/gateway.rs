@@ -852,10 +852,8 @@ impl Core {
             outcome: Ok(result),
         });
         let shell = jsonrpc::encode(&msg);
-        // The result is encoded after the id, and a string id cannot hold an unescaped `"tools":[]`, so the
-        // last occurrence is the result's own empty list.
-        const EMPTY: &[u8] = b"\"tools\":[]";
-        let Some(at) = shell.windows(EMPTY.len()).rposition(|w| w == EMPTY) else {
+        let body = sv.pins.as_ref().and_then(|p| p.splice_tools_list(&shell));
+        let Some(body) = body else {
             return self
                 .refuse(
                     conn,
@@ -866,18 +864,6 @@ impl Core {
                 )
                 .await;
         };
-        let split = at + EMPTY.len() - 1;
-        let mut body = Vec::with_capacity(shell.len() + 64 * 1024);
-        body.extend_from_slice(&shell[..split]);
-        if let Some(pins) = &sv.pins {
-            for (i, t) in pins.listed().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(t);
-            }
-        }
-        body.extend_from_slice(&shell[split..]);
         inc(&self.metrics.shared.counters.responses_ok);
         let resp = Response::new(200).header("content-type", "application/json");
         conn.full(resp, &body, false).await

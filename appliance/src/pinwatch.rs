@@ -20,6 +20,7 @@ pub async fn run(shared: Arc<Shared>, client: ClientLimits, probe: ProbeLimits) 
     loop {
         // A doorbell or the interval, whichever first.
         let _ = monoio::time::timeout(interval, doorbell.recv_async()).await;
+        shared.served.collect_retired();
         let served = shared.served.current();
         check(&pool, &shared, &served, probe).await;
     }

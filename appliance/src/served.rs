@@ -114,6 +114,26 @@ impl Pins {
             .map(|(p, _)| &*p.listed)
     }
 
+    /// A `tools/list` response body: `shell` is the encoded response with an empty `"tools":[]` in its
+    /// result (after the id, so a string id cannot contain an unescaped copy), which receives the listed
+    /// tools. `None` if the shell has no such list.
+    pub fn splice_tools_list(&self, shell: &[u8]) -> Option<Vec<u8>> {
+        const EMPTY: &[u8] = b"\"tools\":[]";
+        let at = shell.windows(EMPTY.len()).rposition(|w| w == EMPTY)?;
+        let split = at + EMPTY.len() - 1;
+        let size: usize = self.tools.iter().map(|p| p.listed.len() + 1).sum();
+        let mut body = Vec::with_capacity(shell.len() + size);
+        body.extend_from_slice(&shell[..split]);
+        for (i, t) in self.listed().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(t);
+        }
+        body.extend_from_slice(&shell[split..]);
+        Some(body)
+    }
+
     /// The pins of one capability, with their indexes.
     pub fn of_capability<'a>(&'a self, capability: &str) -> Vec<(usize, &'a PinnedTool)> {
         let mut v: Vec<(usize, &PinnedTool)> = self
@@ -223,6 +243,9 @@ pub struct Published {
     generation: AtomicU64,
     current: RwLock<Arc<Served>>,
     slots: Mutex<Vec<SlotDef>>,
+    /// Replaced `Served`s, kept until no core holds them so that the last reference, and the cost of
+    /// freeing thousands of pins, is always dropped here rather than on a core's request path.
+    retired: Mutex<Vec<Arc<Served>>>,
     recheck_tx: flume::Sender<()>,
     recheck_rx: flume::Receiver<()>,
 }
@@ -235,6 +258,7 @@ impl Published {
             generation: AtomicU64::new(0),
             current: RwLock::new(Arc::new(Served::nothing_approved())),
             slots: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             recheck_tx,
             recheck_rx,
         }
@@ -285,10 +309,26 @@ impl Published {
             served.upstreams.len(),
             served.pins.as_ref().map_or(0, Pins::len)
         );
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(served);
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(served),
+        );
         // Release: a core that sees the new generation also sees the new `current` and its slots.
         self.generation.fetch_add(1, Ordering::Release);
         self.ask_recheck();
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.push(old);
+        self.release_retired(&mut retired);
+    }
+
+    /// Free retired snapshots no core holds any more (called by the publisher and the watcher).
+    pub fn collect_retired(&self) {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        self.release_retired(&mut retired);
+    }
+
+    fn release_retired(&self, retired: &mut Vec<Arc<Served>>) {
+        retired.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Ask the drift watcher to list the upstreams' tools now (coalesced with a pending request).

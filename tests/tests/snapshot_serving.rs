@@ -284,3 +284,63 @@ fn apply_makes_the_registry_match_a_file_and_serves_it() {
     );
     assert_eq!(ok(&g, &["policy", "list"]).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn activations_under_load_fail_no_request() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    ok(&g, &["approve"]);
+    ok(&g, &["capability", "edit", "alpha", "--risk", "medium"]);
+    ok(&g, &["approve"]);
+    let port = g.plain_port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = stop.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                    n += 1;
+                    let r = modern(
+                        port,
+                        n,
+                        "tools/call",
+                        json!({"name": "alpha__add", "arguments": {"a": w, "b": n}}),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    let m = r.message();
+                    assert_eq!(
+                        m["result"]["structuredContent"]["result"],
+                        json!(w + n),
+                        "{m}"
+                    );
+                    seen.insert(r.header("portcullis-snapshot").unwrap().to_owned());
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..10 {
+        // Let requests run between activations, so that each snapshot serves some.
+        let before = done.load(std::sync::atomic::Ordering::Relaxed);
+        wait_for("requests between activations", || {
+            done.load(std::sync::atomic::Ordering::Relaxed) >= before + 8
+        });
+        ok(
+            &g,
+            &["snapshot", "activate", if i % 2 == 0 { "1" } else { "2" }],
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeSet::new();
+    for w in workers {
+        seen.extend(w.join().unwrap());
+    }
+    // Requests were served from both snapshots, and every one succeeded.
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

@@ -1,0 +1,199 @@
+//! The control plane's costs the issue sets targets for: approving 1,000 tools and 1,000 policies (compile,
+//! validate, hash, sign, one LMDB transaction), compiling a 10,000-tool snapshot for serving (activation),
+//! publishing it to the cores, and answering `tools/list` for 10,000 pinned tools.
+//!
+//! `cargo bench --profile ci -p portcullis-bench --bench control`
+
+#![allow(clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use portcullis::served::{Published, Served};
+use portcullis_pipeline::control::{
+    Agent, Capability, CapabilityKind, CredentialMode, PinnedTool, Policy, Risk, Status,
+};
+use portcullis_pipeline::jsonrpc::{self, Id, Message};
+use portcullis_storage::registry::{FetchedTools, Put};
+use portcullis_storage::{DataDir, Registry, SigningKey};
+use serde_json::json;
+
+fn capability(name: &str, description: &str) -> Capability {
+    Capability {
+        name: name.into(),
+        kind: CapabilityKind::Mcp,
+        owner: "team".into(),
+        risk: Risk::Low,
+        environment: "prod".into(),
+        endpoint: "http://127.0.0.1:9/mcp".into(),
+        tags: vec!["internal".into()],
+        description: description.into(),
+        status: Status::Active,
+    }
+}
+
+fn tools(capability: &str, n: usize) -> Vec<PinnedTool> {
+    (0..n)
+        .map(|i| {
+            PinnedTool::from_listed(
+                capability,
+                &json!({
+                    "name": format!("tool_{i}"),
+                    "description": format!("Tool number {i} of {capability}: does one thing well."),
+                    "inputSchema": {"type": "object", "properties": {
+                        "query": {"type": "string", "maxLength": 256},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 100}
+                    }, "required": ["query"]}
+                }),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn fetched(r: &Registry, per_capability: usize) -> Vec<FetchedTools> {
+    r.list::<Capability>()
+        .unwrap()
+        .into_iter()
+        .map(|c| FetchedTools {
+            tools: tools(&c.spec.name, per_capability),
+            capability: c.spec.name,
+            version: c.meta.version,
+        })
+        .collect()
+}
+
+fn approve(c: &mut Criterion) {
+    let root = std::env::temp_dir().join(format!("pc-bench-approve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = DataDir::open(&root).unwrap();
+    let key = SigningKey::load_or_create(&dir).unwrap();
+    let r = Registry::open(&root.join("lmdb"), 1 << 30, key).unwrap();
+    for i in 0..10 {
+        r.put(capability(&format!("cap{i}"), ""), Put::Create, "bench", 1)
+            .unwrap();
+    }
+    for i in 0..100 {
+        r.put(
+            Agent {
+                name: format!("agent{i}"),
+                owner: "o".into(),
+                surface: "service".into(),
+                environment: "prod".into(),
+                credential_mode: CredentialMode::Service,
+                groups: vec![format!("g{}", i % 10)],
+                status: Status::Active,
+            },
+            Put::Create,
+            "bench",
+            1,
+        )
+        .unwrap();
+    }
+    for i in 0..1000 {
+        r.put(
+            Policy {
+                id: format!("p{i}"),
+                description: String::new(),
+                text: format!(
+                    "permit(principal in Group::\"g{}\", action == Action::\"call\", resource in Capability::\"cap{}\") when {{ resource.risk == \"low\" && context.hour >= {} }};",
+                    i % 10,
+                    i % 10,
+                    i % 24
+                ),
+            },
+            Put::Create,
+            "bench",
+            1,
+        )
+        .unwrap();
+    }
+    let n = std::cell::Cell::new(0u64);
+    c.bench_function("approve/1000_tools_1000_policies_100_agents", |b| {
+        b.iter_batched(
+            || {
+                // Each approval must change something, or it is refused as `nothing_changed`.
+                n.set(n.get() + 1);
+                r.put(
+                    capability("cap0", &format!("edit {}", n.get())),
+                    Put::Upsert,
+                    "bench",
+                    n.get(),
+                )
+                .unwrap();
+                fetched(&r, 100)
+            },
+            |f| r.approve("bench", "", n.get(), true, &f).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn serving(c: &mut Criterion) {
+    let root = std::env::temp_dir().join(format!("pc-bench-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = DataDir::open(&root).unwrap();
+    let key = SigningKey::load_or_create(&dir).unwrap();
+    let r = Registry::open(&root.join("lmdb"), 1 << 30, key).unwrap();
+    for i in 0..10 {
+        r.put(capability(&format!("cap{i}"), ""), Put::Create, "bench", 1)
+            .unwrap();
+    }
+    let info = r.approve("bench", "", 1, true, &fetched(&r, 1000)).unwrap();
+    let (_, snapshot) = r.snapshot(info.header.version).unwrap();
+    assert_eq!(snapshot.content.tools.len(), 10_000);
+    let published = Published::new(true);
+
+    c.bench_function("activation/read_verify_decode_10k_tools", |b| {
+        b.iter(|| r.snapshot(info.header.version).unwrap())
+    });
+    c.bench_function("activation/compile_for_serving_10k_tools", |b| {
+        b.iter(|| Served::from_snapshot(&snapshot, &info.hash, &published))
+    });
+    // The admin thread's part of an activation: swap in the compiled snapshot (the replaced one is
+    // retired, freed later off every core's path).
+    c.bench_function("activation/publish_swap", |b| {
+        b.iter_batched(
+            || Served::from_snapshot(&snapshot, &info.hash, &published),
+            |s| published.publish(s),
+            BatchSize::PerIteration,
+        )
+    });
+    // A core's part: notice the generation moved and take the new snapshot (its old reference is never
+    // the last one, so dropping it frees nothing here).
+    let held = published.current();
+    c.bench_function("activation/core_pickup", |b| {
+        b.iter(|| {
+            let g = published.generation();
+            (g, published.current())
+        })
+    });
+    drop(held);
+
+    let served = published.current();
+    let pins = served.pins.as_ref().unwrap();
+    let msg = Message::Response(jsonrpc::Response {
+        id: Some(Id::Number(7)),
+        outcome: Ok(portcullis_pipeline::mcp::list_result(
+            portcullis_pipeline::mcp::ListKind::Tools,
+            Vec::new(),
+        )),
+    });
+    c.bench_function("tools_list/10k_pinned_tools", |b| {
+        b.iter(|| {
+            let shell = jsonrpc::encode(&msg);
+            pins.splice_tools_list(&shell).unwrap()
+        })
+    });
+    let body = pins.splice_tools_list(&jsonrpc::encode(&msg)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 10_000);
+    eprintln!("tools/list body for 10k tools: {} bytes", body.len());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = approve, serving
+}
+criterion_main!(benches);

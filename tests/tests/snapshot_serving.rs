@@ -344,3 +344,73 @@ fn activations_under_load_fail_no_request() {
     // Requests were served from both snapshots, and every one succeeded.
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[test]
+fn concurrent_approvals_are_serialized_and_consistent() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| cli(&g, &["approve", "--note", "race"])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one approval has something to approve"
+    );
+    let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("nothing_changed"),
+        "{}",
+        String::from_utf8_lossy(&lost.stderr)
+    );
+    let list = ok(&g, &["snapshot", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["active"], json!(true));
+}
+
+#[test]
+fn a_tampered_snapshot_is_refused_and_not_served() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let mut g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    ok(
+        &g,
+        &[
+            "capability",
+            "edit",
+            "alpha",
+            "--description",
+            "marker-qqqq",
+        ],
+    );
+    ok(&g, &["approve"]);
+    assert!(g.proc.terminate().success());
+    // Change the approved content in the LMDB file behind the gateway's back (every copy of the marker,
+    // so the JSON stays valid and only the hash and signature can tell).
+    let mdb = g.dir.path().join("data/lmdb/data.mdb");
+    let mut bytes = std::fs::read(&mdb).unwrap();
+    let needle = b"marker-qqqq";
+    let mut hits = 0;
+    for i in 0..bytes.len().saturating_sub(needle.len()) {
+        if &bytes[i..i + needle.len()] == needle {
+            bytes[i + needle.len() - 1] = b'z';
+            hits += 1;
+        }
+    }
+    assert!(hits >= 1);
+    std::fs::write(&mdb, &bytes).unwrap();
+
+    let g = g.restart();
+    // Fail closed: nothing is served from a snapshot that does not verify.
+    let (tools, header) = listed(&g);
+    assert_eq!(header, "none");
+    assert!(tools.is_empty(), "{tools:?}");
+    let e = fails(&g, &["snapshot", "show", "1"]);
+    assert!(e.contains("snapshot_tampered"), "{e}");
+    assert!(fails(&g, &["snapshot", "activate", "1"]).contains("snapshot_tampered"));
+}

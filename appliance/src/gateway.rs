@@ -954,13 +954,7 @@ impl Core {
         if let Some(m) = self.upstream_eras.borrow()[up].modern {
             return Ok(m);
         }
-        let meta = modern_meta(&Value::object(), None);
-        let req = Request {
-            id: Id::String("portcullis-discover".into()),
-            method: "server/discover".into(),
-            params: Some(params_with_meta(None, meta)),
-        };
-        let body = jsonrpc::encode(&Message::Request(req));
+        let body = jsonrpc::encode(&Message::Request(discover_request()));
         let headers = modern_headers("server/discover", None);
         let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
         let rev = if resp.status == 200 {
@@ -969,14 +963,7 @@ impl Core {
                     outcome: Ok(result),
                     ..
                 }) => {
-                    let modern = result
-                        .get("supportedVersions")
-                        .and_then(|v| v.as_array())
-                        .is_some_and(|a| {
-                            a.iter()
-                                .any(|v| v.as_str() == Some(Revision::V2026_07_28.as_str()))
-                        });
-                    if modern {
+                    if offers_modern(&result) {
                         Revision::V2026_07_28
                     } else {
                         Revision::V2025_11_25
@@ -1060,22 +1047,7 @@ impl Core {
         up: usize,
         capabilities: Option<&Value>,
     ) -> Result<UpstreamBinding, DenyReason> {
-        let mut params = simd_json::owned::Object::new();
-        params.insert(
-            "protocolVersion".into(),
-            Value::from(Revision::V2025_11_25.as_str()),
-        );
-        params.insert(
-            "capabilities".into(),
-            capabilities.cloned().unwrap_or_else(Value::object),
-        );
-        params.insert("clientInfo".into(), gateway_info());
-        let req = Request {
-            id: Id::Number(0),
-            method: "initialize".into(),
-            params: Some(Value::from(params)),
-        };
-        let body = jsonrpc::encode(&Message::Request(req));
+        let body = jsonrpc::encode(&Message::Request(initialize_request(capabilities)));
         let headers = legacy_headers(None);
         let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
         if resp.status != 200 {
@@ -1092,10 +1064,7 @@ impl Core {
         if r.outcome.is_err() {
             return Err(DenyReason::UpstreamProtocolError);
         }
-        let note = jsonrpc::encode(&Message::Notification(jsonrpc::Notification {
-            method: "notifications/initialized".into(),
-            params: None,
-        }));
+        let note = initialized_notification();
         let mut r = self
             .send_upstream(up, "POST", &legacy_headers(session_id.as_deref()), &note)
             .await?;
@@ -1627,6 +1596,52 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
         rest.split(':').next().unwrap_or("")
     };
     matches!(host, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// The gateway's `server/discover` to an upstream, asking which revisions it speaks.
+pub(crate) fn discover_request() -> Request {
+    Request {
+        id: Id::String("portcullis-discover".into()),
+        method: "server/discover".into(),
+        params: Some(params_with_meta(None, modern_meta(&Value::object(), None))),
+    }
+}
+
+/// Whether a `server/discover` result lists 2026-07-28 among its versions.
+pub(crate) fn offers_modern(result: &Value) -> bool {
+    result
+        .get("supportedVersions")
+        .and_then(|v| v.as_array())
+        .is_some_and(|a| {
+            a.iter()
+                .any(|v| v.as_str() == Some(Revision::V2026_07_28.as_str()))
+        })
+}
+
+/// The gateway's 2025-11-25 `initialize` to an upstream, with the agent's capabilities if it has any.
+pub(crate) fn initialize_request(capabilities: Option<&Value>) -> Request {
+    let mut params = simd_json::owned::Object::new();
+    params.insert(
+        "protocolVersion".into(),
+        Value::from(Revision::V2025_11_25.as_str()),
+    );
+    params.insert(
+        "capabilities".into(),
+        capabilities.cloned().unwrap_or_else(Value::object),
+    );
+    params.insert("clientInfo".into(), gateway_info());
+    Request {
+        id: Id::Number(0),
+        method: "initialize".into(),
+        params: Some(Value::from(params)),
+    }
+}
+
+pub(crate) fn initialized_notification() -> Vec<u8> {
+    jsonrpc::encode(&Message::Notification(jsonrpc::Notification {
+        method: "notifications/initialized".into(),
+        params: None,
+    }))
 }
 
 pub(crate) fn gateway_info() -> Value {

@@ -3,13 +3,13 @@
 
 use portcullis_pipeline::control::{PinnedTool, TOOLS_PER_CAPABILITY_MAX};
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
-use portcullis_pipeline::Revision;
 use simd_json::prelude::*;
 use simd_json::OwnedValue as Value;
 
 use crate::config::UpstreamUrl;
 use crate::gateway::{
-    gateway_info, legacy_headers, modern_headers, modern_meta, params_with_meta, read_response,
+    discover_request, initialize_request, initialized_notification, legacy_headers, modern_headers,
+    modern_meta, offers_modern, params_with_meta, read_response,
 };
 use crate::upstream::Pool;
 
@@ -48,7 +48,7 @@ impl Target<'_> {
         &self,
         headers: &[(&str, String)],
         req: Request,
-    ) -> Result<(u16, Option<String>, jsonrpc::Response), String> {
+    ) -> Result<(Option<String>, jsonrpc::Response), String> {
         let method = req.method.clone();
         let body = jsonrpc::encode(&Message::Request(req));
         let mut resp = self
@@ -70,52 +70,27 @@ impl Target<'_> {
         )
         .await
         .map_err(|e| format!("{method}: {}", e.message()))?;
-        Ok((status, session, r))
+        Ok((session, r))
     }
 
     async fn speaks_modern(&self) -> bool {
-        let req = Request {
-            id: Id::String("portcullis-probe".into()),
-            method: "server/discover".into(),
-            params: Some(params_with_meta(None, modern_meta(&Value::object(), None))),
-        };
         match self
-            .post(&modern_headers("server/discover", None), req)
+            .post(&modern_headers("server/discover", None), discover_request())
             .await
         {
-            Ok((_, _, r)) => r.outcome.ok().is_some_and(|v| {
-                v.get("supportedVersions")
-                    .and_then(|a| a.as_array())
-                    .is_some_and(|a| {
-                        a.iter()
-                            .any(|v| v.as_str() == Some(Revision::V2026_07_28.as_str()))
-                    })
-            }),
+            Ok((_, r)) => r.outcome.ok().is_some_and(|v| offers_modern(&v)),
             Err(_) => false,
         }
     }
 
     /// Open a 2025-11-25 session; returns its id (if the server gave one).
     async fn initialize(&self) -> Result<Option<String>, String> {
-        let mut params = simd_json::owned::Object::new();
-        params.insert(
-            "protocolVersion".into(),
-            Value::from(Revision::V2025_11_25.as_str()),
-        );
-        params.insert("capabilities".into(), Value::object());
-        params.insert("clientInfo".into(), gateway_info());
-        let req = Request {
-            id: Id::Number(0),
-            method: "initialize".into(),
-            params: Some(Value::from(params)),
-        };
-        let (_, session, r) = self.post(&legacy_headers(None), req).await?;
+        let (session, r) = self
+            .post(&legacy_headers(None), initialize_request(None))
+            .await?;
         r.outcome
             .map_err(|e| format!("initialize: error {}: {}", e.code, e.message))?;
-        let note = jsonrpc::encode(&Message::Notification(jsonrpc::Notification {
-            method: "notifications/initialized".into(),
-            params: None,
-        }));
+        let note = initialized_notification();
         if let Ok(mut r) = self
             .pool
             .send(
@@ -183,7 +158,7 @@ impl Target<'_> {
                 method: "tools/list".into(),
                 params: Some(params),
             };
-            let (_, _, r) = self.post(&headers, req).await?;
+            let (_, r) = self.post(&headers, req).await?;
             let result = r
                 .outcome
                 .map_err(|e| format!("tools/list: error {}: {}", e.code, e.message))?;

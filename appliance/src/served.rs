@@ -152,12 +152,6 @@ impl Pins {
             .is_some_and(|d| d.swap(drifted, Ordering::Relaxed) != drifted)
     }
 
-    pub fn is_drifted(&self, i: usize) -> bool {
-        self.drifted
-            .get(i)
-            .is_some_and(|d| d.load(Ordering::Relaxed))
-    }
-
     pub fn len(&self) -> usize {
         self.tools.len()
     }

@@ -61,8 +61,9 @@ fn fetched(r: &Registry, per_capability: usize) -> Vec<FetchedTools> {
         .collect()
 }
 
-fn approve(c: &mut Criterion) {
-    let root = std::env::temp_dir().join(format!("pc-bench-approve-{}", std::process::id()));
+/// A fresh registry in a temp dir with ten MCP capabilities, `cap0`..`cap9`.
+fn registry(tag: &str) -> (Registry, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("pc-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let dir = DataDir::open(&root).unwrap();
     let key = SigningKey::load_or_create(&dir).unwrap();
@@ -71,6 +72,11 @@ fn approve(c: &mut Criterion) {
         r.put(capability(&format!("cap{i}"), ""), Put::Create, "bench", 1)
             .unwrap();
     }
+    (r, root)
+}
+
+fn approve(c: &mut Criterion) {
+    let (r, root) = registry("approve");
     for i in 0..100 {
         r.put(
             Agent {
@@ -129,15 +135,7 @@ fn approve(c: &mut Criterion) {
 }
 
 fn serving(c: &mut Criterion) {
-    let root = std::env::temp_dir().join(format!("pc-bench-serve-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let dir = DataDir::open(&root).unwrap();
-    let key = SigningKey::load_or_create(&dir).unwrap();
-    let r = Registry::open(&root.join("lmdb"), 1 << 30, key).unwrap();
-    for i in 0..10 {
-        r.put(capability(&format!("cap{i}"), ""), Put::Create, "bench", 1)
-            .unwrap();
-    }
+    let (r, root) = registry("serve");
     let info = r.approve("bench", "", 1, true, &fetched(&r, 1000)).unwrap();
     let (_, snapshot) = r.snapshot(info.header.version).unwrap();
     assert_eq!(snapshot.content.tools.len(), 10_000);

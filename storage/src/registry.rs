@@ -498,8 +498,7 @@ impl Registry {
                     message: format!("`{key}` appears twice"),
                 }));
             }
-            let existed = self.get_in::<T>(w, &key)?.is_some();
-            let (_, changed) =
+            let (rec, changed) =
                 self.put_in(w, spec, Put::Upsert, by, now_ms)
                     .map_err(|e| match e {
                         RegistryError::Invalid(f) => RegistryError::Invalid(FieldError {
@@ -508,10 +507,11 @@ impl Registry {
                         }),
                         other => other,
                     })?;
-            match (existed, changed) {
-                (false, _) => plan.created.push(key),
-                (true, true) => plan.updated.push(key),
-                (true, false) => plan.unchanged += 1,
+            // A written record at version 1 is new (a re-created one starts at 1 again).
+            match (changed, rec.meta.version) {
+                (false, _) => plan.unchanged += 1,
+                (true, 1) => plan.created.push(key),
+                (true, _) => plan.updated.push(key),
             }
         }
         let stale: Vec<String> = self

@@ -27,7 +27,9 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
                                the file are removed; a policy may give `file:` instead of `text:`)
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
-    portcullis signing-key
+    portcullis signing-key | tls-fingerprint    (what a data plane needs to follow this control plane)
+    portcullis data-planes                      (data planes following this control plane)
+    portcullis sync                             (on a data plane: how following its control plane goes)
 
     Common options: --admin URL (default http://127.0.0.1:8444), --token-file F (default
     DATA_DIR/admin.token; or PORTCULLIS_ADMIN_TOKEN), --data-dir D (default ./portcullis-data),
@@ -253,7 +255,16 @@ const KINDS: &[(&str, KindInfo)] = &[
 /// Run a control-plane command. `Ok(false)` when `cmd` is not one.
 pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
     let is_cli = KINDS.iter().any(|(k, _)| *k == cmd)
-        || matches!(cmd, "approve" | "apply" | "snapshot" | "signing-key");
+        || matches!(
+            cmd,
+            "approve"
+                | "apply"
+                | "snapshot"
+                | "signing-key"
+                | "tls-fingerprint"
+                | "data-planes"
+                | "sync"
+        );
     if !is_cli {
         return Ok(false);
     }
@@ -273,6 +284,12 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
         "apply" => apply(&c, &a)?,
         "snapshot" => snapshot(&c, &a)?,
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
+        "tls-fingerprint" => (c.ok("GET", "/admin/v1/tls", None)?, Shape::Record),
+        "sync" => (c.ok("GET", "/admin/v1/sync", None)?, Shape::Record),
+        "data-planes" => (
+            c.ok("GET", "/admin/v1/data-planes", None)?,
+            Shape::Table(&["node", "address", "last_seen_ms", "serving_seq", "refused"]),
+        ),
         _ => records(&c, cmd, &a)?,
     };
     print(&out, a.json);

@@ -90,6 +90,37 @@ pub struct Config {
     pub node_id: u16,
     /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
     pub driver: Driver,
+    /// Hybrid mode: follow a remote control plane's snapshots instead of approving locally.
+    pub follow: Option<Follow>,
+}
+
+/// Hybrid mode, loaded from `follow:` (or `up --control-plane URL --trust-key KEY ...`): this appliance is
+/// a data plane that serves what a remote control plane activates, and nothing approved locally.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Follow {
+    /// `https://host:port` of the control plane's sync listener (its `listen.sync`).
+    pub control_plane: String,
+    /// The control plane's snapshot signing key (`portcullis signing-key` there): 64 hex digits. Only
+    /// snapshots and activations signed with it are taken.
+    pub trust_key: String,
+    /// File holding the control plane's sync token (its `DATA_DIR/sync.token`); read at start.
+    pub token_file: PathBuf,
+    /// SHA-256 fingerprint of the control plane's TLS certificate, as it prints at start: pins that
+    /// certificate (for the self-signed one it generates).
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
+    /// PEM file of CA certificates that verify the control plane's certificate (and its name), instead.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Longest a poll waits for the next activation before asking again. Shorter costs more requests;
+    /// longer delays noticing a silently dropped connection.
+    #[serde(default = "default_poll_wait")]
+    pub poll_wait: Dur,
+}
+
+fn default_poll_wait() -> Dur {
+    Dur(Duration::from_secs(25))
 }
 
 /// On-disk stores, loaded from `storage:`.
@@ -158,6 +189,7 @@ impl Default for Config {
             pinning: Pinning::default(),
             node_id: 0,
             driver: Driver::Auto,
+            follow: None,
         }
     }
 }
@@ -173,6 +205,9 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// Origins allowed in an `Origin` header (DNS-rebinding defence); loopback origins always pass.
     pub allowed_origins: Vec<String>,
+    /// Control plane in hybrid deployments: where data planes pull signed snapshots (HTTPS with the MCP
+    /// listener's certificate, `DATA_DIR/sync.token` as bearer). Off by default.
+    pub sync: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -182,6 +217,7 @@ impl Default for Listen {
             mcp_plain: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 8444)),
             allowed_origins: Vec::new(),
+            sync: None,
         }
     }
 }
@@ -276,6 +312,18 @@ pub fn parse_http_url(url: &str) -> Result<UpstreamUrl, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// upstream URLs are supported so far".to_owned())?;
+    parse_authority_path(rest, 80)
+}
+
+/// An `https://host[:port][/path]` URL (port 443 when left out).
+pub fn parse_https_url(url: &str) -> Result<UpstreamUrl, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| "must be an https:// URL".to_owned())?;
+    parse_authority_path(rest, 443)
+}
+
+fn parse_authority_path(rest: &str, default_port: u16) -> Result<UpstreamUrl, String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -285,7 +333,7 @@ pub fn parse_http_url(url: &str) -> Result<UpstreamUrl, String> {
             h.to_owned(),
             p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?,
         ),
-        _ => (authority.to_owned(), 80),
+        _ => (authority.to_owned(), default_port),
     };
     if host.is_empty() {
         return Err("missing host".to_owned());
@@ -324,7 +372,8 @@ impl Config {
         Ok(c)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Check the whole configuration (done by `load`; again after command-line flags change it).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.mcp_tls.is_none() && self.listen.mcp_plain.is_none() {
             return Err(invalid(
                 "listen",
@@ -404,8 +453,59 @@ impl Config {
                 return Err(invalid(k, "must be greater than 0"));
             }
         }
+        if let Some(f) = &self.follow {
+            self.validate_follow(f)?;
+        }
         Ok(())
     }
+
+    fn validate_follow(&self, f: &Follow) -> Result<(), ConfigError> {
+        parse_https_url(&f.control_plane).map_err(|e| invalid("follow.control_plane", e))?;
+        if portcullis_storage::signing::parse_public_key(&f.trust_key).is_none() {
+            return Err(invalid(
+                "follow.trust_key",
+                "must be 64 hex digits (`portcullis signing-key` on the control plane)",
+            ));
+        }
+        match (&f.tls_fingerprint, &f.tls_ca_file) {
+            (Some(fp), None) if parse_fingerprint(fp).is_none() => {
+                return Err(invalid(
+                    "follow.tls_fingerprint",
+                    "must be a SHA-256 fingerprint: 64 hex digits, colons allowed",
+                ))
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(invalid(
+                    "follow",
+                    "set exactly one of tls_fingerprint (pin the control plane's certificate) and tls_ca_file",
+                ))
+            }
+        }
+        let wait = f.poll_wait.0;
+        if wait < Duration::from_secs(1) || wait > Duration::from_secs(300) {
+            return Err(invalid("follow.poll_wait", "must be between 1s and 300s"));
+        }
+        if !self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "a data plane following a control plane serves its snapshots, not static upstreams",
+            ));
+        }
+        if self.listen.sync.is_some() {
+            return Err(invalid(
+                "listen.sync",
+                "a data plane following a control plane cannot itself be followed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A SHA-256 certificate fingerprint: 64 hex digits, optionally separated by colons.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    portcullis_storage::signing::parse_hex(&hex)
 }
 
 #[cfg(test)]
@@ -462,5 +562,27 @@ mod tests {
         );
         assert_eq!(parse_http_url("http://example").unwrap().port, 80);
         assert!(parse_http_url("http://h:1/a b").is_err());
+        assert_eq!(parse_https_url("https://cp.example").unwrap().port, 443);
+        assert!(parse_https_url("http://cp.example").is_err());
+    }
+
+    #[test]
+    fn follow_needs_a_key_a_pin_and_no_static_upstreams() {
+        let key = "ab".repeat(32);
+        let fp = ["AB"; 32].join(":");
+        let ok = format!(
+            "follow:\n  control_plane: https://cp:8445\n  trust_key: {key}\n  token_file: /t\n  tls_fingerprint: '{fp}'\n"
+        );
+        let c = Config::from_yaml(&ok).unwrap();
+        assert_eq!(c.follow.unwrap().poll_wait.0, Duration::from_secs(25));
+        assert!(err(&ok.replace(&key, "abc")).contains("follow.trust_key"));
+        assert!(err(&ok.replace("https://", "http://")).contains("follow.control_plane"));
+        assert!(err(&ok.replace(&fp, "AB:CD")).contains("follow.tls_fingerprint"));
+        assert!(err(&format!("{ok}  tls_ca_file: /ca.pem\n")).contains("exactly one"));
+        assert!(err(&format!(
+            "{ok}upstreams:\n  - {{name: a, url: 'http://h:1/'}}\n"
+        ))
+        .contains("upstreams"));
+        assert!(err(&format!("{ok}listen:\n  sync: 127.0.0.1:1\n")).contains("listen.sync"));
     }
 }

@@ -19,9 +19,12 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::parse_http_url;
+use crate::follow::FollowStatus;
 use crate::probe::{ProbeLimits, Target};
 use crate::served::{Published, Served};
+use crate::sync::{Beacon, DataPlanes};
 use crate::upstream::{ClientLimits, Pool};
+use portcullis_storage::registry::{Followed, Offer};
 
 const TOKEN_FILE: &str = "admin.token";
 /// Prefix of agent API keys, so a leaked key is recognisable (secret scanners, logs).
@@ -32,9 +35,18 @@ pub const API_KEY_PREFIX: &str = "pcak_";
 pub struct ControlPlane {
     pub registry: Registry,
     token_hash: blake3::Hash,
+    /// What data planes present to pull snapshots (`listen.sync`); `None` when nothing may follow.
+    sync_token_hash: Option<blake3::Hash>,
     published: Arc<Published>,
     client: ClientLimits,
     probe: ProbeLimits,
+    /// Rung on every activation, for the data planes' long polls.
+    pub beacon: Beacon,
+    pub data_planes: DataPlanes,
+    /// In hybrid mode, how following the remote control plane goes.
+    following: Option<Arc<FollowStatus>>,
+    /// SHA-256 of the listeners' TLS certificate, for data planes to pin.
+    tls_fingerprint: Option<String>,
 }
 
 /// An answer: status and JSON body.
@@ -58,7 +70,7 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Answer {
     )
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -72,9 +84,18 @@ fn random_hex(n: usize) -> Result<String, String> {
 
 /// Load the admin token, generating it on first start. Returns the token and whether it is new.
 pub fn load_or_create_token(dir: &DataDir) -> Result<(String, bool), String> {
+    load_or_create_secret(dir, TOKEN_FILE, "admin token")
+}
+
+/// Load a bearer token kept in the data dir (0600), generating 256 random bits on first start.
+pub fn load_or_create_secret(
+    dir: &DataDir,
+    file: &str,
+    what: &str,
+) -> Result<(String, bool), String> {
     let mut err = None;
     let ([t], created) = dir
-        .read_or_create([TOKEN_FILE], || match random_hex(32) {
+        .read_or_create([file], || match random_hex(32) {
             Ok(t) => [format!("{t}\n").into_bytes()],
             Err(e) => {
                 err = Some(e);
@@ -88,8 +109,8 @@ pub fn load_or_create_token(dir: &DataDir) -> Result<(String, bool), String> {
     let token = String::from_utf8_lossy(&t).trim().to_owned();
     if token.len() < 32 {
         return Err(format!(
-            "{}: admin token shorter than 32 characters; delete the file to generate a new one",
-            dir.file(TOKEN_FILE).display()
+            "{}: {what} shorter than 32 characters; delete the file to generate a new one",
+            dir.file(file).display()
         ));
     }
     Ok((token, created))
@@ -110,10 +131,53 @@ impl ControlPlane {
         ControlPlane {
             registry,
             token_hash: blake3::hash(admin_token.as_bytes()),
+            sync_token_hash: None,
             published,
             client,
             probe,
+            beacon: Beacon::default(),
+            data_planes: DataPlanes::default(),
+            following: None,
+            tls_fingerprint: None,
         }
+    }
+
+    pub fn with_tls_fingerprint(mut self, fingerprint: &str) -> ControlPlane {
+        self.tls_fingerprint = Some(fingerprint.to_owned());
+        self
+    }
+
+    /// Let data planes presenting `token` pull snapshots.
+    pub fn with_sync_token(mut self, token: &str) -> ControlPlane {
+        self.sync_token_hash = Some(blake3::hash(token.as_bytes()));
+        self
+    }
+
+    /// Hybrid mode: this appliance follows a remote control plane, reporting through `status`.
+    pub fn following(mut self, status: Arc<FollowStatus>) -> ControlPlane {
+        self.following = Some(status);
+        self
+    }
+
+    pub fn follow_status(&self) -> Option<&Arc<FollowStatus>> {
+        self.following.as_ref()
+    }
+
+    /// Constant-time check of a data plane's sync token (see `authorized`).
+    pub fn sync_authorized(&self, authorization: Option<&str>) -> bool {
+        match (self.sync_token_hash, bearer(authorization)) {
+            (Some(h), Some(presented)) => blake3::hash(presented.as_bytes()) == h,
+            _ => false,
+        }
+    }
+
+    /// Take an offer from the control plane this data plane follows and serve it when it is new.
+    pub fn follow_offer(&self, offer: &Offer) -> Result<Followed, RegistryError> {
+        let f = self.registry.follow(offer)?;
+        if f.changed {
+            self.serve(f.info.header.version);
+        }
+        Ok(f)
     }
 
     /// Serve the active snapshot, if there is one and this appliance serves snapshots. A snapshot that
@@ -127,6 +191,8 @@ impl ControlPlane {
     }
 
     fn serve(&self, version: u64) {
+        // Followers get every activation, even one this appliance does not serve itself.
+        self.beacon.ring();
         if !self.published.managed() {
             crate::warn!(
                 "snapshot {version} activated but not served: the config lists static `upstreams`"
@@ -197,13 +263,7 @@ impl ControlPlane {
     /// Constant-time check of a presented bearer token: both sides are hashed and `blake3::Hash`
     /// compares in constant time, so neither the length nor the content of the token leaks.
     fn authorized(&self, authorization: Option<&str>) -> bool {
-        let Some(presented) = authorization.and_then(|a| {
-            a.strip_prefix("Bearer ")
-                .or_else(|| a.strip_prefix("bearer "))
-        }) else {
-            return false;
-        };
-        blake3::hash(presented.trim().as_bytes()) == self.token_hash
+        bearer(authorization).is_some_and(|p| blake3::hash(p.as_bytes()) == self.token_hash)
     }
 
     /// Serve one admin request (`path` without its query).
@@ -237,7 +297,32 @@ impl ControlPlane {
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let now = now_ms();
         let r = &self.registry;
+        if let Some(f) = &self.following {
+            if method != "GET" {
+                return error(
+                    409,
+                    RegistryError::Follower.code(),
+                    format!(
+                        "this data plane follows the control plane at {}: make changes there",
+                        f.control_plane()
+                    ),
+                );
+            }
+        }
         match (method, parts.as_slice()) {
+            ("GET", ["sync"]) => match &self.following {
+                Some(f) => answer(200, &f.snapshot()),
+                None => error(
+                    404,
+                    "not_found",
+                    "this appliance does not follow a control plane (see GET /admin/v1/data-planes)",
+                ),
+            },
+            ("GET", ["data-planes"]) => answer(200, &self.data_planes.list()),
+            ("GET", ["tls"]) => match &self.tls_fingerprint {
+                Some(fp) => answer(200, &json!({"fingerprint_sha256": fp})),
+                None => error(404, "not_found", "no TLS listener is configured"),
+            },
             (_, ["capabilities", tail @ ..]) => {
                 self.records::<Capability>(method, tail, body, actor, now)
             }
@@ -392,6 +477,16 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
     })
 }
 
+/// The token of an `Authorization: Bearer` header.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
 fn not_allowed(allow: &str) -> Answer {
     error(405, "method_not_allowed", format!("allowed: {allow}"))
 }
@@ -411,7 +506,13 @@ fn registry_error(e: &RegistryError) -> Answer {
         RegistryError::Approve(ApproveError::NothingChanged { .. }) => 409,
         RegistryError::Approve(ApproveError::ToolsUnavailable { .. }) => 409,
         RegistryError::Approve(_) => 422,
-        RegistryError::BadSnapshot { .. } => 409,
+        RegistryError::BadSnapshot { .. }
+        | RegistryError::Follower
+        | RegistryError::BadActivation
+        | RegistryError::StaleActivation { .. }
+        | RegistryError::ActivationMismatch { .. }
+        | RegistryError::SnapshotConflict { .. } => 409,
+        RegistryError::SignerMismatch { .. } => 500,
         RegistryError::MapFull { .. } => 507,
         RegistryError::Open { .. } | RegistryError::Corrupt { .. } | RegistryError::Lmdb(_) => 500,
     };

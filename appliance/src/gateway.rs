@@ -684,7 +684,9 @@ impl Core {
             return false;
         }
         inc(&self.metrics.shared.counters.responses_ok);
+        let mut quiet_since = std::time::Instant::now();
         loop {
+            // Checked often, not only at keep-alives: a drain must not wait out an idle stream.
             if self
                 .shared
                 .draining
@@ -692,15 +694,18 @@ impl Core {
             {
                 break;
             }
-            match monoio::time::timeout(LISTEN_KEEPALIVE, rx.recv_async()).await {
+            match monoio::time::timeout(LISTEN_DRAIN_CHECK, rx.recv_async()).await {
                 Ok(Ok(msg)) => {
                     let framed = sse_message(&msg);
                     if !conn.stream_data(framed).await {
                         return false;
                     }
+                    quiet_since = std::time::Instant::now();
                 }
                 Ok(Err(_)) => unreachable!("`tx` is held by this loop"),
+                Err(_) if quiet_since.elapsed() < LISTEN_KEEPALIVE => {}
                 Err(_) => {
+                    quiet_since = std::time::Instant::now();
                     // Keep intermediaries from timing the stream out, and notice a session that ended.
                     if !conn.stream_data(b": keep-alive\n\n".to_vec()).await {
                         return false;
@@ -1554,6 +1559,8 @@ pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
 const LISTEN_QUEUE_LEN: usize = 64;
 /// Interval of SSE comments on an idle GET stream.
 const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often an idle GET stream looks at the drain flag.
+const LISTEN_DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What of an upstream's out-of-request stream reaches the agent, renamed into the gateway's namespace.
 fn rewrite_stream_message(naming: &mcp::Naming, upstream: &str, msg: Message) -> Option<Message> {

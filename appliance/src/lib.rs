@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod follow;
 pub mod gateway;
 pub mod h2srv;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod pinwatch;
 pub mod probe;
 pub mod runtime;
 pub mod served;
+pub mod sync;
 pub mod tls;
 pub mod upstream;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::config::{parse_http_url, Config};
 use portcullis::control::{self, ControlPlane};
+use portcullis::follow::{FollowStatus, Follower};
 use portcullis::gateway::Shared;
 use portcullis::probe::ProbeLimits;
 use portcullis::runtime::{self, CoreSetup};
@@ -26,18 +27,29 @@ portcullis — MCP gateway appliance
 
 USAGE:
     portcullis up [--config FILE] [--data-dir DIR] [--cores N]
+                  [--control-plane URL --trust-key KEY --control-plane-token FILE
+                   (--control-plane-fingerprint SHA256 | --control-plane-ca PEM)]
     portcullis check-config --config FILE
     portcullis version
 
 `up` with no arguments starts on embedded defaults: data dir ./portcullis-data (created 0700), MCP over
 HTTPS at https://127.0.0.1:8443/mcp with a self-signed certificate generated on first start, admin and
 health on http://127.0.0.1:8444 (/healthz, /readyz, /metrics).
+
+With --control-plane it is a data plane (hybrid mode): it serves the snapshots that control plane
+activates, verified with KEY (the control plane's `portcullis signing-key`), and keeps serving the last
+good one while the control plane is unreachable. The flags set the config file's `follow:` keys.
 ";
 
 struct UpArgs {
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     cores: Option<usize>,
+    control_plane: Option<String>,
+    trust_key: Option<String>,
+    token_file: Option<PathBuf>,
+    fingerprint: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -71,6 +83,17 @@ fn run() -> Result<(), String> {
         config: None,
         data_dir: None,
         cores: None,
+        control_plane: None,
+        trust_key: None,
+        token_file: None,
+        fingerprint: None,
+        ca_file: None,
+    };
+    let text = |p: &mut lexopt::Parser| -> Result<String, String> {
+        p.value()
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map_err(|_| "argument is not UTF-8".to_owned())
     };
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -87,6 +110,11 @@ fn run() -> Result<(), String> {
                         .map_err(|e: lexopt::Error| e.to_string())?,
                 )
             }
+            Long("control-plane") => args.control_plane = Some(text(&mut parser)?),
+            Long("trust-key") => args.trust_key = Some(text(&mut parser)?),
+            Long("control-plane-token") => args.token_file = Some(text(&mut parser)?.into()),
+            Long("control-plane-fingerprint") => args.fingerprint = Some(text(&mut parser)?),
+            Long("control-plane-ca") => args.ca_file = Some(text(&mut parser)?.into()),
             Long("help") | Short('h') => {
                 eprint!("{USAGE}");
                 return Ok(());
@@ -109,14 +137,83 @@ fn run() -> Result<(), String> {
     }
 }
 
+/// `up --control-plane ...` flags into the config's `follow:` section (flags win over the file).
+fn apply_follow_flags(config: &mut Config, args: &UpArgs) -> Result<(), String> {
+    let any = args.control_plane.is_some()
+        || args.trust_key.is_some()
+        || args.token_file.is_some()
+        || args.fingerprint.is_some()
+        || args.ca_file.is_some();
+    if !any {
+        return Ok(());
+    }
+    let mut f = match config.follow.take() {
+        Some(f) => f,
+        None => {
+            let missing = |what: &str| format!("--control-plane needs {what}");
+            portcullis::config::Follow {
+                control_plane: args.control_plane.clone().ok_or_else(|| {
+                    "--trust-key and the other --control-plane-* flags need --control-plane URL"
+                        .to_owned()
+                })?,
+                trust_key: args
+                    .trust_key
+                    .clone()
+                    .ok_or_else(|| missing("--trust-key KEY"))?,
+                token_file: args
+                    .token_file
+                    .clone()
+                    .ok_or_else(|| missing("--control-plane-token FILE"))?,
+                tls_fingerprint: None,
+                tls_ca_file: None,
+                poll_wait: portcullis::config::Dur(Duration::from_secs(25)),
+            }
+        }
+    };
+    if let Some(v) = &args.control_plane {
+        f.control_plane = v.clone();
+    }
+    if let Some(v) = &args.trust_key {
+        f.trust_key = v.clone();
+    }
+    if let Some(v) = &args.token_file {
+        f.token_file = v.clone();
+    }
+    if args.fingerprint.is_some() || args.ca_file.is_some() {
+        f.tls_fingerprint = args.fingerprint.clone();
+        f.tls_ca_file = args.ca_file.clone();
+    }
+    config.follow = Some(f);
+    config.validate().map_err(|e| e.to_string())
+}
+
+/// This appliance's name towards a control plane: the host name and the start of its own key, so two
+/// data planes on one host differ.
+fn node_name(public_key_hex: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(40)
+        .collect();
+    let key = &public_key_hex[..public_key_hex.len().min(12)];
+    if host.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{host}-{key}")
+    }
+}
+
 fn up(args: UpArgs) -> Result<(), String> {
     let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(d) = args.data_dir {
+    if let Some(d) = args.data_dir.clone() {
         config.data_dir = d;
     }
     if let Some(c) = args.cores {
         config.cores = c;
     }
+    apply_follow_flags(&mut config, &args)?;
     let available = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -128,44 +225,83 @@ fn up(args: UpArgs) -> Result<(), String> {
     let data = DataDir::open(&config.data_dir).map_err(|e| e.to_string())?;
     let _lock = data.lock().map_err(|e| e.to_string())?;
     let signing = SigningKey::load_or_create(&data).map_err(|e| e.to_string())?;
-    let registry = Registry::open(&data.file("lmdb"), config.storage.lmdb_map_bytes, signing)
-        .map_err(|e| e.to_string())?;
+    let trust = config
+        .follow
+        .as_ref()
+        .and_then(|f| portcullis_storage::signing::parse_public_key(&f.trust_key));
+    let registry = Registry::open(
+        &data.file("lmdb"),
+        config.storage.lmdb_map_bytes,
+        signing,
+        trust,
+    )
+    .map_err(|e| e.to_string())?;
     let (admin_token, token_created) = control::load_or_create_token(&data)?;
     info!(
         "registry open at {} signing_key={}",
         data.file("lmdb").display(),
         registry.public_key_hex()
     );
+    let node = node_name(&registry.public_key_hex());
     // Static `upstreams` in the config bypass the control plane (a lab mode); otherwise the data plane
     // serves the active approved snapshot and nothing before one is approved.
     let published = Arc::new(Published::new(config.upstreams.is_empty()));
-    let control = Arc::new(ControlPlane::new(
+    let mut control = ControlPlane::new(
         registry,
         &admin_token,
         published.clone(),
         ClientLimits::from_config(&config.limits),
         ProbeLimits::from_config(&config.limits),
-    ));
+    );
     drop(admin_token);
-
-    let tls = match config.listen.mcp_tls {
-        Some(addr) => {
-            let m = tls::load_or_generate(&data).map_err(|e| e.to_string())?;
-            let verb = if m.created { "generated" } else { "loaded" };
+    if config.listen.sync.is_some() {
+        let (t, created) =
+            control::load_or_create_secret(&data, portcullis::sync::TOKEN_FILE, "sync token")?;
+        control = control.with_sync_token(&t);
+        if created {
             info!(
-                "tls certificate {verb} in {} sha256={}",
-                data.path().display(),
-                m.fingerprint_sha256
+                "sync token generated in {}",
+                data.file(portcullis::sync::TOKEN_FILE).display()
             );
-            println!("MCP endpoint: https://{addr}/mcp");
-            println!(
-                "TLS certificate SHA-256 fingerprint: {}",
-                m.fingerprint_sha256
-            );
-            Some(m.config)
+        }
+    }
+    let follower = match &config.follow {
+        Some(f) => {
+            let follower = Follower::new(
+                f,
+                config.limits.upstream_connect_timeout.0,
+                config.storage.lmdb_map_bytes,
+                node.clone(),
+            )?;
+            let status = Arc::new(FollowStatus::new(&f.control_plane));
+            control = control.following(status.clone());
+            Some((follower, status))
         }
         None => None,
     };
+
+    let tls_material = if config.listen.mcp_tls.is_some() || config.listen.sync.is_some() {
+        let m = tls::load_or_generate(&data).map_err(|e| e.to_string())?;
+        let verb = if m.created { "generated" } else { "loaded" };
+        info!(
+            "tls certificate {verb} in {} sha256={}",
+            data.path().display(),
+            m.fingerprint_sha256
+        );
+        println!(
+            "TLS certificate SHA-256 fingerprint: {}",
+            m.fingerprint_sha256
+        );
+        control = control.with_tls_fingerprint(&m.fingerprint_sha256);
+        Some(m.config)
+    } else {
+        None
+    };
+    let control = Arc::new(control);
+    let tls = config.listen.mcp_tls.and(tls_material.clone());
+    if let Some(addr) = config.listen.mcp_tls {
+        println!("MCP endpoint: https://{addr}/mcp");
+    }
     if let Some(addr) = config.listen.mcp_plain {
         println!("MCP endpoint (plain HTTP): http://{addr}/mcp");
     }
@@ -179,6 +315,8 @@ fn up(args: UpArgs) -> Result<(), String> {
         })
         .collect();
     if published.managed() {
+        // A data plane starts on the last good snapshot it followed, whether or not the control plane
+        // is reachable now.
         control.serve_active();
     } else {
         for (name, url) in &upstreams {
@@ -214,6 +352,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         started: Instant::now(),
     });
 
+    let control_for_follower = control.clone();
     let core_list: admin::CoreList = Arc::new(OnceLock::new());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     {
@@ -221,13 +360,42 @@ fn up(args: UpArgs) -> Result<(), String> {
         let core_list = core_list.clone();
         std::thread::Builder::new()
             .name("portcullis-admin".into())
-            .spawn(move || admin::run(admin_addr, shared, core_list, n_cores, control, bound_tx))
+            .spawn(move || {
+                admin::run(
+                    admin_addr,
+                    shared,
+                    core_list,
+                    n_cores,
+                    control,
+                    tls_material,
+                    bound_tx,
+                )
+            })
             .map_err(|e| e.to_string())?;
     }
     bound_rx
         .recv()
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("admin listener {admin_addr}: {e}"))?;
+    if let Some(addr) = shared.config.listen.sync {
+        println!(
+            "Sync for data planes: https://{addr}{} (bearer token in {})",
+            portcullis::sync::PATH,
+            data.file(portcullis::sync::TOKEN_FILE).display()
+        );
+    }
+    if let Some((follower, status)) = follower {
+        println!(
+            "Following control plane {} as node {node}",
+            status.control_plane()
+        );
+        let stop = term.clone();
+        let control = control_for_follower;
+        std::thread::Builder::new()
+            .name("portcullis-follow".into())
+            .spawn(move || follower.run(control, status, stop))
+            .map_err(|e| e.to_string())?;
+    }
     println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics, admin API under /admin/)");
     println!(
         "Admin token {}: {}",

@@ -67,7 +67,7 @@ fn registry(tag: &str) -> (Registry, std::path::PathBuf) {
     let _ = std::fs::remove_dir_all(&root);
     let dir = DataDir::open(&root).unwrap();
     let key = SigningKey::load_or_create(&dir).unwrap();
-    let r = Registry::open(&root.join("lmdb"), 1 << 30, key).unwrap();
+    let r = Registry::open(&root.join("lmdb"), 1 << 30, key, None).unwrap();
     for i in 0..10 {
         r.put(capability(&format!("cap{i}"), ""), Put::Create, "bench", 1)
             .unwrap();

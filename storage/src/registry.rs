@@ -19,7 +19,7 @@ use portcullis_pipeline::control::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::signing::{self, BlobError, SigningKey};
+use crate::signing::{self, Activation, BlobError, SigningKey};
 
 /// Default map size: 1 GiB of address space (not disk); records and snapshots of thousands of tools fit
 /// many times over. Configurable because LMDB cannot grow past it without a restart.
@@ -51,6 +51,29 @@ pub enum RegistryError {
         version: u64,
         error: BlobError,
     },
+    /// The data dir holds snapshots signed by another key than the one this appliance now trusts.
+    SignerMismatch {
+        path: PathBuf,
+        stored: String,
+        trusted: String,
+    },
+    /// This registry follows a remote control plane: snapshots are approved and activated there.
+    Follower,
+    /// An offered activation statement does not verify under the trusted key.
+    BadActivation,
+    /// An offered activation is older than the last one followed: a replay, or a rebuilt control plane.
+    StaleActivation {
+        offered: u64,
+        current: u64,
+    },
+    /// The offered snapshot is not the one its activation statement names.
+    ActivationMismatch {
+        message: String,
+    },
+    /// The offered snapshot has a version this data plane already holds with different content.
+    SnapshotConflict {
+        version: u64,
+    },
     /// A stored record or snapshot does not decode: written by a newer version, or damaged.
     Corrupt {
         what: String,
@@ -79,6 +102,28 @@ impl fmt::Display for RegistryError {
             RegistryError::BadSnapshot { version, error } => {
                 write!(f, "snapshot {version} is refused: {error}")
             }
+            RegistryError::SignerMismatch { path, stored, trusted } => write!(
+                f,
+                "{} holds snapshots signed by {stored}, but this appliance trusts {trusted}. A data dir serves one signer: start with the trust key it was used with, or with a fresh data dir",
+                path.display()
+            ),
+            RegistryError::Follower => f.write_str(
+                "this data plane follows a remote control plane: approve and activate snapshots there",
+            ),
+            RegistryError::BadActivation => f.write_str(
+                "the activation statement's signature does not verify with the trusted public key",
+            ),
+            RegistryError::StaleActivation { offered, current } => write!(
+                f,
+                "activation {offered} is older than activation {current} already followed: a replayed statement, or a rebuilt control plane (to follow a rebuilt one, start this data plane with a fresh data dir)"
+            ),
+            RegistryError::ActivationMismatch { message } => {
+                write!(f, "the snapshot is not the one its activation names: {message}")
+            }
+            RegistryError::SnapshotConflict { version } => write!(
+                f,
+                "snapshot {version} is already held with different content; snapshots are immutable, so the offer is refused"
+            ),
             RegistryError::Corrupt { what, message } => write!(f, "{what} does not decode: {message}"),
             RegistryError::Lmdb(m) => write!(f, "LMDB: {m}"),
         }
@@ -101,6 +146,12 @@ impl RegistryError {
             RegistryError::Approve(ApproveError::Inconsistent { .. }) => "inconsistent",
             RegistryError::Approve(ApproveError::ToolsUnavailable { .. }) => "tools_unavailable",
             RegistryError::BadSnapshot { .. } => "snapshot_tampered",
+            RegistryError::SignerMismatch { .. } => "signer_mismatch",
+            RegistryError::Follower => "follower_read_only",
+            RegistryError::BadActivation => "activation_signature_invalid",
+            RegistryError::StaleActivation { .. } => "activation_stale",
+            RegistryError::ActivationMismatch { .. } => "activation_mismatch",
+            RegistryError::SnapshotConflict { .. } => "snapshot_conflict",
             RegistryError::Corrupt { .. } => "registry_corrupt",
             RegistryError::Lmdb(_) => "registry_error",
         }
@@ -211,11 +262,30 @@ pub struct FetchedTools {
     pub tools: Vec<PinnedTool>,
 }
 
+/// The active snapshot as a control plane offers it to its data planes: the signed statement naming it
+/// and the blob as stored.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    pub activation: Activation,
+    pub signature: [u8; 64],
+    pub blob: Vec<u8>,
+}
+
+/// What following an offer did.
+#[derive(Clone, Debug)]
+pub struct Followed {
+    pub info: SnapshotInfo,
+    /// False when the offer was what this data plane already served.
+    pub changed: bool,
+}
+
 pub struct Registry {
     env: Env,
     path: PathBuf,
     map_bytes: usize,
     key: SigningKey,
+    /// The key snapshots must verify under: this data dir's own key, or a remote control plane's.
+    trust: [u8; 32],
     tables: Tables,
 }
 
@@ -238,7 +308,8 @@ struct Tables {
     snapshots: Database<U64<BE>, Bytes>,
     /// version → header JSON, for cheap listing.
     snapshot_headers: Database<U64<BE>, Bytes>,
-    /// `latest`, `active` → version (8 bytes BE).
+    /// `latest`, `active` → version, `activation` → activation sequence (8 bytes BE each); `signer` →
+    /// the public key the stored snapshots are signed with (32 bytes).
     meta: Database<Str, Bytes>,
 }
 
@@ -262,8 +333,14 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Registry {
-    /// Open (creating on first start) the registry under `dir` with `map_bytes` of map.
-    pub fn open(dir: &Path, map_bytes: usize, key: SigningKey) -> Result<Registry> {
+    /// Open (creating on first start) the registry under `dir` with `map_bytes` of map. Snapshots verify
+    /// under `trust` when given (a data plane following a remote control plane), else under `key`.
+    pub fn open(
+        dir: &Path,
+        map_bytes: usize,
+        key: SigningKey,
+        trust: Option<[u8; 32]>,
+    ) -> Result<Registry> {
         let path = dir.to_path_buf();
         std::fs::create_dir_all(&path).map_err(|e| RegistryError::Open {
             path: path.clone(),
@@ -289,10 +366,11 @@ impl Registry {
             .create_database::<U64<BE>, Bytes>(&mut w, Some("snapshot_headers"))
             .map_err(&err)?;
         w.commit().map_err(&err)?;
-        Ok(Registry {
+        let registry = Registry {
             env,
             path,
             map_bytes,
+            trust: trust.unwrap_or_else(|| key.public()),
             key,
             tables: Tables {
                 capabilities,
@@ -304,7 +382,43 @@ impl Registry {
                 snapshot_headers,
                 meta,
             },
-        })
+        };
+        let r = registry.read()?;
+        let stored = registry.signer_in(&r)?;
+        drop(r);
+        match stored {
+            Some(s) if s != registry.trust => Err(RegistryError::SignerMismatch {
+                path: registry.path.clone(),
+                stored: signing::hex(&s),
+                trusted: signing::hex(&registry.trust),
+            }),
+            _ => Ok(registry),
+        }
+    }
+
+    /// Whether snapshots come from a remote control plane rather than this registry's own approvals.
+    pub fn is_follower(&self) -> bool {
+        self.trust != self.key.public()
+    }
+
+    /// The key the stored snapshots are signed with; a data dir from before it was recorded holds only its
+    /// own approvals.
+    fn signer_in(&self, txn: &RoTxn<'_>) -> Result<Option<[u8; 32]>> {
+        if let Some(b) = self.tables.meta.get(txn, "signer").map_err(self.err())? {
+            return <[u8; 32]>::try_from(b)
+                .map(Some)
+                .map_err(|_| RegistryError::Corrupt {
+                    what: "the registry's signer".into(),
+                    message: format!("{} bytes, not 32", b.len()),
+                });
+        }
+        let any = self
+            .tables
+            .snapshots
+            .first(txn)
+            .map_err(self.err())?
+            .is_some();
+        Ok(any.then(|| self.key.public()))
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -690,6 +804,9 @@ impl Registry {
         activate: bool,
         fetched: &[FetchedTools],
     ) -> Result<SnapshotInfo> {
+        if self.is_follower() {
+            return Err(RegistryError::Follower);
+        }
         let mut w = self.write()?;
         let err = self.err();
         let capabilities = self.list_in::<Capability>(&w)?;
@@ -754,11 +871,12 @@ impl Registry {
             .meta
             .put(&mut w, "latest", &version.to_be_bytes())
             .map_err(&err)?;
+        self.tables
+            .meta
+            .put(&mut w, "signer", &self.key.public())
+            .map_err(&err)?;
         if activate {
-            self.tables
-                .meta
-                .put(&mut w, "active", &version.to_be_bytes())
-                .map_err(&err)?;
+            self.set_active(&mut w, version, None)?;
         }
         w.commit().map_err(&err)?;
         Ok(SnapshotInfo {
@@ -808,7 +926,7 @@ impl Registry {
                 kind: "snapshot",
                 key: version.to_string(),
             })?;
-        let opened = signing::open_blob(blob, &self.key.public())
+        let opened = signing::open_blob(blob, &self.trust)
             .map_err(|error| RegistryError::BadSnapshot { version, error })?;
         let snapshot: Snapshot = decode(|| format!("snapshot {version}"), opened.body)?;
         if snapshot.header.version != version {
@@ -833,16 +951,168 @@ impl Registry {
     /// Make an approved snapshot the active one (rollback is activating an older version). The blob is
     /// verified first: a tampered snapshot is never activated.
     pub fn activate(&self, version: u64) -> Result<SnapshotInfo> {
+        if self.is_follower() {
+            return Err(RegistryError::Follower);
+        }
         let (mut info, _) = self.snapshot(version)?;
         let mut w = self.write()?;
-        let err = self.err();
-        self.tables
-            .meta
-            .put(&mut w, "active", &version.to_be_bytes())
-            .map_err(&err)?;
-        w.commit().map_err(&err)?;
+        self.set_active(&mut w, version, None)?;
+        w.commit().map_err(self.err())?;
         info.active = true;
         Ok(info)
+    }
+
+    /// Point `active` at `version` and advance the activation sequence (to `seq` when following, else by
+    /// one), in the caller's transaction.
+    fn set_active(&self, w: &mut RwTxn<'_>, version: u64, seq: Option<u64>) -> Result<()> {
+        let err = self.err();
+        let seq = match seq {
+            Some(s) => s,
+            None => self.seq_in(w)? + 1,
+        };
+        self.tables
+            .meta
+            .put(w, "active", &version.to_be_bytes())
+            .map_err(&err)?;
+        self.tables
+            .meta
+            .put(w, "activation", &seq.to_be_bytes())
+            .map_err(&err)
+    }
+
+    /// The activation sequence number of the active snapshot (0 before any activation).
+    pub fn activation_seq(&self) -> Result<u64> {
+        let r = self.read()?;
+        self.seq_in(&r)
+    }
+
+    fn seq_in(&self, txn: &RoTxn<'_>) -> Result<u64> {
+        // A data dir from before activations were counted has activated once if anything is active.
+        Ok(match self.meta_version(txn, "activation")? {
+            Some(s) => s,
+            None => self.meta_version(txn, "active")?.map_or(0, |_| 1),
+        })
+    }
+
+    /// The active snapshot with a statement naming it, signed now, for the data planes that follow this
+    /// control plane. `None` before the first activation, and on a follower (it has no key to sign with
+    /// that its own followers would trust).
+    pub fn offer(&self) -> Result<Option<Offer>> {
+        if self.is_follower() {
+            return Ok(None);
+        }
+        let r = self.read()?;
+        let Some(version) = self.meta_version(&r, "active")? else {
+            return Ok(None);
+        };
+        let seq = self.seq_in(&r)?;
+        let blob = self
+            .tables
+            .snapshots
+            .get(&r, &version)
+            .map_err(self.err())?
+            .ok_or(RegistryError::NotFound {
+                kind: "snapshot",
+                key: version.to_string(),
+            })?;
+        // Never hand out what would not verify here: the follower would refuse it anyway.
+        let opened = signing::open_blob(blob, &self.trust)
+            .map_err(|error| RegistryError::BadSnapshot { version, error })?;
+        let activation = Activation {
+            seq,
+            version,
+            hash: opened.hash,
+        };
+        Ok(Some(Offer {
+            signature: self.key.sign_activation(&activation),
+            activation,
+            blob: blob.to_vec(),
+        }))
+    }
+
+    /// Take an offer from the control plane this registry trusts: verify the statement and the blob (hash,
+    /// signature, that the blob is the one named), refuse anything older than what was followed last,
+    /// then store the snapshot and make it active in one transaction. A refused offer changes nothing.
+    pub fn follow(&self, offer: &Offer) -> Result<Followed> {
+        let a = &offer.activation;
+        a.verify(&offer.signature, &self.trust)
+            .map_err(|_| RegistryError::BadActivation)?;
+        let opened = signing::open_blob(&offer.blob, &self.trust).map_err(|error| {
+            RegistryError::BadSnapshot {
+                version: a.version,
+                error,
+            }
+        })?;
+        if opened.hash != a.hash {
+            return Err(RegistryError::ActivationMismatch {
+                message: format!(
+                    "it names hash {} but the snapshot hashes to {}",
+                    signing::hex(&a.hash),
+                    signing::hex(&opened.hash)
+                ),
+            });
+        }
+        let snapshot: Snapshot = decode(|| format!("snapshot {}", a.version), opened.body)?;
+        if snapshot.header.version != a.version {
+            return Err(RegistryError::ActivationMismatch {
+                message: format!(
+                    "it names version {} but the snapshot is version {}",
+                    a.version, snapshot.header.version
+                ),
+            });
+        }
+        let mut w = self.write()?;
+        let err = self.err();
+        let current = self.seq_in(&w)?;
+        let active = self.meta_version(&w, "active")?;
+        let info = |active| SnapshotInfo {
+            header: snapshot.header.clone(),
+            hash: signing::hex(&opened.hash),
+            active,
+        };
+        if a.seq == current && active == Some(a.version) {
+            return Ok(Followed {
+                info: info(true),
+                changed: false,
+            });
+        }
+        if a.seq <= current {
+            return Err(RegistryError::StaleActivation {
+                offered: a.seq,
+                current,
+            });
+        }
+        match self.tables.snapshots.get(&w, &a.version).map_err(&err)? {
+            Some(held) if signing::blob_hash(held) != Some(&opened.hash[..]) => {
+                return Err(RegistryError::SnapshotConflict { version: a.version })
+            }
+            Some(_) => {}
+            None => {
+                self.tables
+                    .snapshots
+                    .put(&mut w, &a.version, &offer.blob)
+                    .map_err(&err)?;
+                self.tables
+                    .snapshot_headers
+                    .put(&mut w, &a.version, &encode(&snapshot.header))
+                    .map_err(&err)?;
+                let latest = self.meta_version(&w, "latest")?.unwrap_or(0);
+                self.tables
+                    .meta
+                    .put(&mut w, "latest", &latest.max(a.version).to_be_bytes())
+                    .map_err(&err)?;
+            }
+        }
+        self.tables
+            .meta
+            .put(&mut w, "signer", &self.trust)
+            .map_err(&err)?;
+        self.set_active(&mut w, a.version, Some(a.seq))?;
+        w.commit().map_err(&err)?;
+        Ok(Followed {
+            info: info(true),
+            changed: true,
+        })
     }
 
     /// Flip bits of a stored blob byte, as an attacker with write access to the file could.
@@ -891,7 +1161,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let dir = DataDir::open(&root).unwrap();
         let key = SigningKey::load_or_create(&dir).unwrap();
-        (Registry::open(&root.join("lmdb"), map, key).unwrap(), root)
+        (
+            Registry::open(&root.join("lmdb"), map, key, None).unwrap(),
+            root,
+        )
     }
 
     fn cap(name: &str) -> Capability {
@@ -1013,6 +1286,110 @@ mod tests {
         ));
         assert_eq!(r.active_version().unwrap(), Some(1));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A follower registry trusting `cp`'s key, in its own data dir.
+    fn follower(tag: &str, cp: &Registry) -> (Registry, PathBuf) {
+        let root = std::env::temp_dir().join(format!("pc-reg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::open(&root).unwrap();
+        let key = SigningKey::load_or_create(&dir).unwrap();
+        let r = Registry::open(
+            &root.join("lmdb"),
+            DEFAULT_MAP_BYTES,
+            key,
+            Some(cp.public_key()),
+        )
+        .unwrap();
+        (r, root)
+    }
+
+    #[test]
+    fn a_follower_takes_only_signed_newer_offers_and_keeps_the_last_good_one() {
+        let (cp, cp_root) = reg("cp", DEFAULT_MAP_BYTES);
+        let (dp, dp_root) = follower("dp", &cp);
+        assert!(dp.is_follower() && !cp.is_follower());
+        assert!(cp.offer().unwrap().is_none(), "nothing active yet");
+        cp.put(cap("docs"), Put::Create, "a", 1).unwrap();
+        cp.approve("a", "one", 2, true, &fetched(&cp)).unwrap();
+        let first = cp.offer().unwrap().unwrap();
+        assert_eq!((first.activation.seq, first.activation.version), (1, 1));
+
+        let f = dp.follow(&first).unwrap();
+        assert!(f.changed && f.info.active);
+        assert_eq!(dp.active_version().unwrap(), Some(1));
+        assert_eq!(dp.snapshot(1).unwrap().1, cp.snapshot(1).unwrap().1);
+        assert!(!dp.follow(&first).unwrap().changed, "same offer again");
+        assert!(matches!(
+            dp.approve("x", "", 3, true, &[]),
+            Err(RegistryError::Follower)
+        ));
+        assert!(matches!(dp.activate(1), Err(RegistryError::Follower)));
+
+        cp.put(cap("more"), Put::Create, "a", 3).unwrap();
+        cp.approve("a", "two", 4, true, &fetched(&cp)).unwrap();
+        cp.activate(1).unwrap(); // rollback: activation 3 names version 1
+        let second = cp.offer().unwrap().unwrap();
+        assert_eq!((second.activation.seq, second.activation.version), (3, 1));
+
+        // Every refusal leaves the last good snapshot active.
+        let mut bad_sig = second.clone();
+        bad_sig.signature[0] ^= 1;
+        let mut tampered = second.clone();
+        *tampered.blob.last_mut().unwrap() ^= 0x20;
+        let mut mislabeled = second.clone();
+        mislabeled.activation.version = 2;
+        mislabeled.signature = cp.key.sign_activation(&mislabeled.activation);
+        for (offer, code) in [
+            (&bad_sig, "activation_signature_invalid"),
+            (&tampered, "snapshot_tampered"),
+            (&mislabeled, "activation_mismatch"),
+        ] {
+            assert_eq!(dp.follow(offer).unwrap_err().code(), code);
+            assert_eq!(dp.activation_seq().unwrap(), 1);
+        }
+        // An offer signed by another control plane's key.
+        let (other, other_root) = reg("other-cp", DEFAULT_MAP_BYTES);
+        other.put(cap("docs"), Put::Create, "a", 1).unwrap();
+        other.approve("a", "", 2, true, &fetched(&other)).unwrap();
+        assert_eq!(
+            dp.follow(&other.offer().unwrap().unwrap())
+                .unwrap_err()
+                .code(),
+            "activation_signature_invalid"
+        );
+
+        assert!(dp.follow(&second).unwrap().changed);
+        assert_eq!(dp.activation_seq().unwrap(), 3);
+        // Replaying the first statement (validly signed, but older) is refused.
+        assert!(matches!(
+            dp.follow(&first),
+            Err(RegistryError::StaleActivation {
+                offered: 1,
+                current: 3
+            })
+        ));
+        assert_eq!(dp.active_version().unwrap(), Some(1));
+
+        // Reopened with another trust key, the data dir refuses to start.
+        drop(dp);
+        let dir = DataDir::open(&dp_root).unwrap();
+        let key = SigningKey::load_or_create(&dir).unwrap();
+        let err = Registry::open(
+            &dp_root.join("lmdb"),
+            DEFAULT_MAP_BYTES,
+            key,
+            Some(other.public_key()),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "signer_mismatch", "{err}");
+        // ...and as a self-hosted control plane too: its snapshots are not its own.
+        let key = SigningKey::load_or_create(&dir).unwrap();
+        let err = Registry::open(&dp_root.join("lmdb"), DEFAULT_MAP_BYTES, key, None).unwrap_err();
+        assert_eq!(err.code(), "signer_mismatch");
+        for root in [cp_root, dp_root, other_root] {
+            let _ = std::fs::remove_dir_all(&root);
+        }
     }
 
     #[test]

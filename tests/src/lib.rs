@@ -271,6 +271,8 @@ pub struct Gateway {
     pub tls_port: u16,
     pub admin_port: u16,
     pub dir: TempDir,
+    /// The `up` arguments after `--config` and `--data-dir`, kept for `restart`.
+    pub args: Vec<String>,
 }
 
 /// Upstreams for a gateway config: (name, port); the URL is `http://127.0.0.1:PORT/mcp`.
@@ -294,15 +296,32 @@ impl Gateway {
     }
 
     pub fn start_with(upstreams: &[(&str, u16)], extra: &str, args: &[&str]) -> Gateway {
-        let dir = TempDir::new("gw");
+        Self::start_in(TempDir::new("gw"), "", upstreams, extra, args)
+    }
+
+    /// Start with its files in `dir` (its data dir is `dir/data`, which may be prepared beforehand) and
+    /// `listen` lines (e.g. `"  sync: 127.0.0.1:PORT\n"`) added to the `listen:` block.
+    pub fn start_in(
+        dir: TempDir,
+        listen: &str,
+        upstreams: &[(&str, u16)],
+        extra: &str,
+        args: &[&str],
+    ) -> Gateway {
         let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
         let config = format!(
-            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{}{extra}",
+            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{listen}{}{extra}",
             upstreams_yaml(upstreams)
         );
         let cfg = dir.path().join("portcullis.yaml");
         std::fs::write(&cfg, config).unwrap();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         Self::launch(dir, (plain_port, tls_port, admin_port), args)
+    }
+
+    /// The data dir.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Start again on the same config, ports and data dir (after `proc.terminate()`).
@@ -313,15 +332,16 @@ impl Gateway {
             tls_port,
             admin_port,
             dir,
+            args,
         } = self;
         drop(proc);
-        Self::launch(dir, (plain_port, tls_port, admin_port), &["--cores", "2"])
+        Self::launch(dir, (plain_port, tls_port, admin_port), args)
     }
 
     fn launch(
         dir: TempDir,
         (plain_port, tls_port, admin_port): (u16, u16, u16),
-        args: &[&str],
+        args: Vec<String>,
     ) -> Gateway {
         let cfg = dir.path().join("portcullis.yaml");
         let mut cmd = Command::new(gateway_bin());
@@ -330,7 +350,7 @@ impl Gateway {
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(args);
+            .args(&args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -348,6 +368,7 @@ impl Gateway {
             tls_port,
             admin_port,
             dir,
+            args,
         };
         gw.wait_ready();
         gw

@@ -1,0 +1,475 @@
+//! Hybrid mode's data plane: follow a remote control plane's active snapshot (see `sync` for the wire).
+//!
+//! One plain thread long-polls the control plane over HTTPS with blocking I/O: it is one request at a
+//! time, off every core, and a blocked read costs nothing but its own stack. Each offer is verified and
+//! stored by `Registry::follow` before it is served, so what is served survives a restart of this data
+//! plane with the control plane gone. When the control plane cannot be reached the data plane keeps
+//! serving what it has and retries with backoff; a refused offer is logged, counted, shown at
+//! `GET /admin/v1/sync`, and reported to the control plane in the next poll.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use serde::Serialize;
+
+use crate::config::{parse_fingerprint, parse_https_url, Follow, UpstreamUrl};
+use crate::control::{now_ms, ControlPlane};
+use crate::sync;
+
+/// Header bytes of a sync response, at most.
+const HEAD_MAX: usize = 16 << 10;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// How following goes, for `GET /admin/v1/sync` and `/metrics`.
+#[derive(Debug)]
+pub struct FollowStatus {
+    control_plane: String,
+    state: Mutex<FollowState>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FollowState {
+    pub control_plane: String,
+    /// `connecting` until the first answer, then `following` or `unreachable`.
+    pub state: &'static str,
+    pub last_contact_ms: Option<u64>,
+    pub last_error: Option<String>,
+    /// The activation served: sequence, snapshot version and hash.
+    pub serving: Option<Serving>,
+    pub refused: Option<Refused>,
+    pub refusals_total: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Serving {
+    pub seq: u64,
+    pub version: u64,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Refused {
+    pub seq: u64,
+    pub version: u64,
+    pub code: &'static str,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+impl FollowStatus {
+    pub fn new(control_plane: &str) -> FollowStatus {
+        FollowStatus {
+            control_plane: control_plane.to_owned(),
+            state: Mutex::new(FollowState {
+                control_plane: control_plane.to_owned(),
+                state: "connecting",
+                ..FollowState::default()
+            }),
+        }
+    }
+
+    pub fn control_plane(&self) -> &str {
+        &self.control_plane
+    }
+
+    pub fn snapshot(&self) -> FollowState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FollowState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Prometheus lines for the follower.
+    pub fn metrics(&self) -> String {
+        let s = self.lock();
+        format!(
+            "# HELP portcullis_follow_up Whether the last poll of the control plane got an answer.\n# TYPE portcullis_follow_up gauge\nportcullis_follow_up {}\n# HELP portcullis_follow_refused_total Snapshot offers refused (signature, hash, replay).\n# TYPE portcullis_follow_refused_total counter\nportcullis_follow_refused_total {}\n# HELP portcullis_follow_activation Activation sequence served from the control plane.\n# TYPE portcullis_follow_activation gauge\nportcullis_follow_activation {}\n",
+            u8::from(s.state == "following"),
+            s.refusals_total,
+            s.serving.as_ref().map_or(0, |v| v.seq)
+        )
+    }
+}
+
+/// Everything the follower thread needs, checked at start.
+#[derive(Debug)]
+pub struct Follower {
+    url: UpstreamUrl,
+    token: String,
+    tls: Arc<ClientConfig>,
+    wait: Duration,
+    connect_timeout: Duration,
+    /// Largest snapshot accepted: what the registry's map could hold.
+    body_max: usize,
+    node: String,
+}
+
+impl Follower {
+    pub fn new(
+        f: &Follow,
+        connect_timeout: Duration,
+        body_max: usize,
+        node: String,
+    ) -> Result<Follower, String> {
+        let url = parse_https_url(&f.control_plane)?;
+        let token = std::fs::read_to_string(&f.token_file)
+            .map_err(|e| format!("follow.token_file {}: {e}", f.token_file.display()))?
+            .trim()
+            .to_owned();
+        if token.len() < 32 {
+            return Err(format!(
+                "follow.token_file {}: shorter than 32 characters; copy the control plane's DATA_DIR/sync.token",
+                f.token_file.display()
+            ));
+        }
+        Ok(Follower {
+            url,
+            token,
+            tls: client_config(f)?,
+            wait: f.poll_wait.0,
+            connect_timeout,
+            body_max,
+            node,
+        })
+    }
+
+    /// Poll until `stop` is set (checked between polls; the process exits without waiting for one).
+    pub fn run(self, cp: Arc<ControlPlane>, status: Arc<FollowStatus>, stop: Arc<AtomicBool>) {
+        let mut backoff = BACKOFF_MIN;
+        let mut refused: Option<(u64, &'static str)> = None;
+        let mut reachable = None;
+        while !stop.load(Ordering::SeqCst) {
+            let seq = cp.registry.activation_seq().unwrap_or(0);
+            // Until the control plane has answered, ask without waiting: the state shown to operators
+            // (and a first offer) should not take a whole long poll to appear.
+            let wait = if reachable == Some(true) {
+                self.wait
+            } else {
+                Duration::ZERO
+            };
+            let outcome = self.poll(seq, refused, wait);
+            let ok = outcome.is_ok();
+            if reachable != Some(ok) {
+                match &outcome {
+                    Ok(_) => crate::info!("following control plane {}", status.control_plane),
+                    Err(e) => crate::warn!(
+                        "control plane {} unreachable: {e}; serving the last good snapshot",
+                        status.control_plane
+                    ),
+                }
+                reachable = Some(ok);
+            }
+            {
+                let mut s = status.lock();
+                s.state = if ok { "following" } else { "unreachable" };
+                match &outcome {
+                    Ok(_) => {
+                        s.last_contact_ms = Some(now_ms());
+                        s.last_error = None;
+                    }
+                    Err(e) => s.last_error = Some(e.clone()),
+                }
+            }
+            match outcome {
+                Ok(Some(offer)) => {
+                    let a = offer.activation;
+                    match cp.follow_offer(&offer) {
+                        Ok(f) => {
+                            refused = None;
+                            if f.changed {
+                                crate::info!(
+                                    "control plane activation {}: serving snapshot v{} blake3:{}",
+                                    a.seq,
+                                    a.version,
+                                    f.info.hash
+                                );
+                            }
+                            status.lock().serving = Some(Serving {
+                                seq: a.seq,
+                                version: a.version,
+                                hash: f.info.hash,
+                            });
+                        }
+                        Err(e) => {
+                            crate::error!(
+                                "refused snapshot v{} (activation {}) from {}: {e}; still serving the last good snapshot",
+                                a.version,
+                                a.seq,
+                                status.control_plane
+                            );
+                            refused = Some((a.seq, e.code()));
+                            let mut s = status.lock();
+                            s.refusals_total += 1;
+                            s.refused = Some(Refused {
+                                seq: a.seq,
+                                version: a.version,
+                                code: e.code(),
+                                message: e.to_string(),
+                                at_ms: now_ms(),
+                            });
+                            drop(s);
+                            // The next poll names the refusal, so the control plane holds it until
+                            // something newer: no tight loop, but do not hammer a confused peer either.
+                            std::thread::sleep(BACKOFF_MIN);
+                        }
+                    }
+                    backoff = BACKOFF_MIN;
+                }
+                Ok(None) => backoff = BACKOFF_MIN,
+                Err(_) => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One long poll: `Ok(Some)` an offer, `Ok(None)` nothing new, `Err` why the control plane did not
+    /// answer usefully.
+    fn poll(
+        &self,
+        seq: u64,
+        refused: Option<(u64, &str)>,
+        wait: Duration,
+    ) -> Result<Option<portcullis_storage::registry::Offer>, String> {
+        let addr = (self.url.host.as_str(), self.url.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {}: {e}", self.url.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.url.host))?;
+        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        // The control plane holds the poll up to `wait`; past that plus a margin the link is dead.
+        let io_timeout = wait + Duration::from_secs(15);
+        tcp.set_read_timeout(Some(io_timeout)).ok();
+        tcp.set_write_timeout(Some(io_timeout)).ok();
+        let name = ServerName::try_from(self.url.host.clone())
+            .map_err(|e| format!("control plane host {}: {e}", self.url.host))?;
+        let conn = ClientConnection::new(self.tls.clone(), name).map_err(|e| e.to_string())?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        let base = self.url.path.trim_end_matches('/');
+        let mut target = format!("{base}{}?seq={seq}&wait={}", sync::PATH, wait.as_secs());
+        let mut extra = String::new();
+        if let Some((r, code)) = refused {
+            target.push_str(&format!("&refused={r}"));
+            extra = format!("{}: {code}\r\n", sync::REFUSED_HEADER);
+        }
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nhost: {}:{}\r\nauthorization: Bearer {}\r\n{}: {}\r\n{extra}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
+            self.url.host,
+            self.url.port,
+            self.token,
+            sync::NODE_HEADER,
+            self.node,
+            crate::gateway::VERSION
+        );
+        tls.write_all(req.as_bytes())
+            .and_then(|()| tls.flush())
+            .map_err(|e| format!("sending to {addr}: {e}"))?;
+        let (status, activation, body) = read_response(&mut tls, self.body_max)
+            .map_err(|e| format!("reading from {addr}: {e}"))?;
+        match status {
+            200 => {
+                let header = activation
+                    .ok_or_else(|| format!("200 without `{}`", sync::ACTIVATION_HEADER))?;
+                sync::parse_offer(&header, body)
+                    .map(Some)
+                    .ok_or_else(|| format!("malformed `{}`: {header}", sync::ACTIVATION_HEADER))
+            }
+            204 => Ok(None),
+            other => Err(format!(
+                "HTTP {other}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            )),
+        }
+    }
+}
+
+/// Read one HTTP/1.1 response (the server sends `content-length`): status, the activation header and
+/// the body, which may not exceed `body_max`.
+fn read_response(s: &mut impl Read, body_max: usize) -> io::Result<(u16, Option<String>, Vec<u8>)> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 << 10];
+    let (status, activation, length, head_len) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad("connection closed before the response head"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf).map_err(|e| bad(&e.to_string()))? {
+            httparse::Status::Partial if buf.len() > HEAD_MAX => {
+                return Err(bad("response head too large"))
+            }
+            httparse::Status::Partial => continue,
+            httparse::Status::Complete(head_len) => {
+                let get = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::to_owned)
+                };
+                let length = match get("content-length") {
+                    Some(l) => l
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("bad content-length"))?,
+                    None => 0,
+                };
+                break (
+                    resp.code.unwrap_or(0),
+                    get(sync::ACTIVATION_HEADER),
+                    length,
+                    head_len,
+                );
+            }
+        }
+    };
+    if length > body_max {
+        return Err(bad(&format!(
+            "body of {length} bytes exceeds the registry map ({body_max} bytes)"
+        )));
+    }
+    let mut body = buf.split_off(head_len);
+    body.truncate(length);
+    let have = body.len();
+    body.resize(length, 0);
+    s.read_exact(&mut body[have..])?;
+    Ok((status, activation, body))
+}
+
+/// TLS to the control plane: its certificate pinned by fingerprint, or verified by the given CAs.
+fn client_config(f: &Follow) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = match (&f.tls_fingerprint, &f.tls_ca_file) {
+        (Some(fp), _) => {
+            let pin = parse_fingerprint(fp).ok_or("follow.tls_fingerprint: not a fingerprint")?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
+                .with_no_client_auth()
+        }
+        (None, Some(path)) => builder
+            .with_root_certificates(roots(path)?)
+            .with_no_client_auth(),
+        (None, None) => return Err("follow: set tls_fingerprint or tls_ca_file".into()),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut store = rustls::RootCertStore::empty();
+    let what = |e: &dyn std::fmt::Display| format!("follow.tls_ca_file {}: {e}", path.display());
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
+        store
+            .add(cert.map_err(|e| what(&e))?)
+            .map_err(|e| what(&e))?;
+    }
+    if store.is_empty() {
+        return Err(what(&"no certificates"));
+    }
+    Ok(store)
+}
+
+/// Accepts exactly the certificate with the pinned SHA-256 fingerprint (the control plane's self-signed
+/// one), and still checks that the handshake is signed by that certificate's key.
+#[derive(Debug)]
+struct Pinned {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        if digest.as_ref() == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_read_by_length_and_bounded() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nportcullis-activation: seq=1\r\n\r\nhello";
+        let (status, act, body) = read_response(&mut &raw[..], 100).unwrap();
+        assert_eq!(
+            (status, act.as_deref(), body.as_slice()),
+            (200, Some("seq=1"), &b"hello"[..])
+        );
+        assert!(read_response(&mut &raw[..], 4).is_err(), "over the bound");
+        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhello";
+        assert!(read_response(&mut &short[..], 100).is_err(), "truncated");
+        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(read_response(&mut &empty[..], 100).unwrap().0, 204);
+    }
+}

@@ -174,6 +174,17 @@ impl Core {
         served
     }
 
+    /// Moves whenever what agents may list changes: the published snapshot, or a pinned tool withheld or
+    /// given back.
+    fn list_version(&self) -> (u64, u64) {
+        let served = self.served();
+        let generation = self.served.borrow().0;
+        (
+            generation,
+            served.pins.as_ref().map_or(0, |p| p.drift_epoch()),
+        )
+    }
+
     /// The name of an upstream slot, for logs and for namespacing what it sends.
     fn slot_name(&self, up: usize) -> String {
         self.slots
@@ -685,7 +696,29 @@ impl Core {
         }
         inc(&self.metrics.shared.counters.responses_ok);
         let mut quiet_since = std::time::Instant::now();
+        let mut lists = self.list_version();
         loop {
+            // An activation, a rollback or a withheld tool changes what this agent may list: say so, as
+            // an MCP server whose lists changed does (the gateway advertises `listChanged`).
+            let now = self.list_version();
+            if now != lists {
+                let mut methods = vec!["notifications/tools/list_changed"];
+                if now.0 != lists.0 {
+                    methods.push("notifications/prompts/list_changed");
+                    methods.push("notifications/resources/list_changed");
+                }
+                lists = now;
+                for method in methods {
+                    let n = Message::Notification(jsonrpc::Notification {
+                        method: method.into(),
+                        params: None,
+                    });
+                    if !conn.stream_data(sse_message(&n)).await {
+                        return false;
+                    }
+                }
+                quiet_since = std::time::Instant::now();
+            }
             // Checked often, not only at keep-alives: a drain must not wait out an idle stream.
             if self
                 .shared

@@ -55,6 +55,8 @@ pub struct Pins {
     index: HashMap<String, HashMap<String, usize>>,
     /// Set while the upstream describes the tool differently from its pin.
     drifted: Box<[AtomicBool]>,
+    /// Moves whenever a drift flag flips, so open streams can tell agents their tool list changed.
+    epoch: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,7 @@ impl Pins {
             tools,
             index,
             drifted,
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -147,9 +150,19 @@ impl Pins {
 
     /// Record whether tool `i` differs upstream; returns whether that changed anything.
     pub fn set_drifted(&self, i: usize, drifted: bool) -> bool {
-        self.drifted
+        let changed = self
+            .drifted
             .get(i)
-            .is_some_and(|d| d.swap(drifted, Ordering::Relaxed) != drifted)
+            .is_some_and(|d| d.swap(drifted, Ordering::Relaxed) != drifted);
+        if changed {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// How many times a tool was withheld or given back: changes whenever `listed` does.
+    pub fn drift_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -647,3 +647,16 @@ pub fn modern(port: u16, id: u64, method: &str, params: Value) -> RawResponse {
     }
     post(port, &h, &modern_body(id, method, params))
 }
+
+/// Read a raw stream until `needle` appears (30 s at most); everything read so far.
+pub fn wait_for_event(s: &mut TcpStream, needle: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(n > 0, "stream ended before `{needle}`: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}

@@ -135,21 +135,6 @@ fn typescript_v2_client_in_both_revisions() {
     );
 }
 
-/// Read SSE `data:` lines from a chunked GET stream until one contains `needle` (or 30 s pass).
-fn wait_for_event(s: &mut std::net::TcpStream, needle: &str) -> String {
-    use std::io::Read;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains(needle) {
-        let n = s.read(&mut buf).unwrap_or(0);
-        assert!(n > 0, "stream ended before `{needle}`: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    seen
-}
-
 #[test]
 fn list_changed_reaches_the_sessions_get_stream() {
     use std::io::Write;

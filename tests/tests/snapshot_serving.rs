@@ -414,3 +414,38 @@ fn a_tampered_snapshot_is_refused_and_not_served() {
     assert!(e.contains("snapshot_tampered"), "{e}");
     assert!(fails(&g, &["snapshot", "activate", "1"]).contains("snapshot_tampered"));
 }
+
+#[test]
+fn a_sessions_get_stream_hears_that_activation_changed_its_lists() {
+    use std::io::Write;
+    let (_a, pa) = py_server("alpha", &[]);
+    let (_b, pb) = py_server("beta", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    ok(&g, &["approve", "--note", "alpha"]);
+
+    let sid = initialize(g.plain_port);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+    )
+    .unwrap();
+    let head = wait_for_event(&mut s, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A new snapshot changes what the agent may list: tools, prompts and resources.
+    add_capability(&g, "beta", pb);
+    ok(&g, &["approve", "--note", "and beta"]);
+    let seen = wait_for_event(&mut s, "notifications/resources/list_changed");
+    assert!(
+        seen.contains("notifications/tools/list_changed")
+            && seen.contains("notifications/prompts/list_changed"),
+        "{seen}"
+    );
+    // ...and so does a rollback.
+    ok(&g, &["snapshot", "activate", "1"]);
+    wait_for_event(&mut s, "notifications/tools/list_changed");
+    let (tools, _) = listed(&g);
+    assert!(!tools.iter().any(|t| t.starts_with("beta__")), "{tools:?}");
+}

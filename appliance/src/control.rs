@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::config::parse_http_url;
 use crate::follow::FollowStatus;
-use crate::probe::{ProbeLimits, Target};
+use crate::probe::{self, join_bounded, ProbeLimits, Target};
 use crate::served::{Published, Served};
 use crate::sync::{Beacon, DataPlanes};
 use crate::upstream::{ClientLimits, Pool};
@@ -216,36 +216,52 @@ impl ControlPlane {
             Err(e) => return registry_error(&e),
         };
         let pool = Pool::new(self.client);
-        let mut fetched = Vec::new();
-        for (slot, c) in capabilities
+        let mcp: Vec<_> = capabilities
             .iter()
             .filter(|c| c.spec.serves_mcp())
+            .collect();
+        let probes = mcp
+            .iter()
             .enumerate()
+            .map(|(slot, c)| {
+                let pool = &pool;
+                let limits = self.probe;
+                async move {
+                    let url =
+                        parse_http_url(&c.spec.endpoint).map_err(|e| format!("endpoint: {e}"))?;
+                    let target = Target {
+                        pool,
+                        slot,
+                        capability: &c.spec.name,
+                        url: &url,
+                        limits,
+                    };
+                    target
+                        .list_tools()
+                        .await
+                        .map_err(|e| format!("listing its tools failed: {e}"))
+                }
+            })
+            .collect();
+        let mut fetched = Vec::new();
+        for (c, listed) in mcp
+            .iter()
+            .zip(join_bounded(probes, probe::CONCURRENCY).await)
         {
-            let unavailable = |message: String| {
-                registry_error(&RegistryError::Approve(ApproveError::ToolsUnavailable {
-                    capability: c.spec.name.clone(),
-                    message,
-                }))
-            };
-            let url = match parse_http_url(&c.spec.endpoint) {
-                Ok(u) => u,
-                Err(e) => return unavailable(format!("endpoint: {e}")),
-            };
-            let target = Target {
-                pool: &pool,
-                slot,
-                capability: &c.spec.name,
-                url: &url,
-                limits: self.probe,
-            };
-            match target.list_tools().await {
+            match listed {
                 Ok(tools) => fetched.push(FetchedTools {
                     capability: c.spec.name.clone(),
                     version: c.meta.version,
                     tools,
                 }),
-                Err(e) => return unavailable(format!("listing its tools failed: {e}")),
+                Err(message) => {
+                    return registry_error(&RegistryError::Approve(
+                        ApproveError::ToolsUnavailable {
+                            capability: c.spec.name.clone(),
+                            message,
+                        },
+                    ))
+                }
             }
         }
         let activate = req.activate.unwrap_or(true);

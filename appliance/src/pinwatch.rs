@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::gateway::Shared;
-use crate::probe::{ProbeLimits, Target};
+use crate::probe::{join_bounded, ProbeLimits, Target, CONCURRENCY};
 use crate::served::Served;
 use crate::upstream::{ClientLimits, Pool};
 
@@ -35,18 +35,23 @@ async fn check(pool: &Pool, shared: &Shared, served: &Served, probe: ProbeLimits
         return;
     }
     let slots = shared.served.slots_from(0);
-    for u in &served.upstreams {
-        let Some(slot) = slots.get(u.slot) else {
-            continue;
-        };
-        let target = Target {
-            pool,
-            slot: u.slot,
-            capability: &u.name,
-            url: &slot.url,
-            limits: probe,
-        };
-        let live = match target.list_tools().await {
+    let checks = served
+        .upstreams
+        .iter()
+        .filter_map(|u| slots.get(u.slot).map(|slot| (u, slot)))
+        .map(|(u, slot)| async move {
+            let target = Target {
+                pool,
+                slot: u.slot,
+                capability: &u.name,
+                url: &slot.url,
+                limits: probe,
+            };
+            (u, target.list_tools().await)
+        })
+        .collect();
+    for (u, listed) in join_bounded(checks, CONCURRENCY).await {
+        let live = match listed {
             Ok(l) => l,
             Err(e) => {
                 crate::warn!("pin check capability={} skipped: {e}", u.name);

@@ -188,3 +188,73 @@ impl Target<'_> {
         Err(format!("tools/list: still paging after {PAGES_MAX} pages"))
     }
 }
+
+/// Capabilities listed at once by an approval or a pin check: enough that a slow upstream does not hold up
+/// the rest, few enough not to storm a shared backend.
+pub const CONCURRENCY: usize = 16;
+
+/// Run `futures` on this thread, at most `limit` at a time, and return their outputs in order.
+pub async fn join_bounded<F: std::future::Future>(futures: Vec<F>, limit: usize) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut running = 0;
+        for (slot, done) in pending.iter_mut().zip(out.iter_mut()) {
+            if running >= limit {
+                break;
+            }
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *done = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => running += 1,
+                }
+            }
+        }
+        if running == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod join_tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use super::join_bounded;
+
+    #[test]
+    fn runs_at_most_limit_at_once_and_keeps_order() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let (now, peak) = (Cell::new(0), Cell::new(0));
+        let out = rt.block_on(async {
+            let futs = (0..10u64)
+                .map(|i| {
+                    let (now, peak) = (&now, &peak);
+                    async move {
+                        now.set(now.get() + 1);
+                        peak.set(peak.get().max(now.get()));
+                        monoio::time::sleep(Duration::from_millis(20 - 2 * i)).await;
+                        now.set(now.get() - 1);
+                        i
+                    }
+                })
+                .collect();
+            join_bounded(futs, 3).await
+        });
+        assert_eq!(out, (0..10).collect::<Vec<_>>());
+        assert_eq!(peak.get(), 3);
+    }
+}

@@ -199,12 +199,15 @@ impl ControlPlane {
             );
             return;
         }
-        match self.registry.snapshot(version) {
-            Ok((info, snapshot)) => self.published.publish(Served::from_snapshot(
-                &snapshot,
-                &info.hash,
-                &self.published,
-            )),
+        let compiled = self
+            .registry
+            .snapshot(version)
+            .map_err(|e| e.to_string())
+            .and_then(|(info, snapshot)| {
+                Served::from_snapshot(&snapshot, &info.hash, &self.published)
+            });
+        match compiled {
+            Ok(served) => self.published.publish(served),
             Err(e) => crate::error!("snapshot {version} not served: {e}"),
         }
     }

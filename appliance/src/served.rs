@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use portcullis_pipeline::control::cedar::{self, PolicySet};
 use portcullis_pipeline::control::{PinnedTool, Snapshot};
 use portcullis_pipeline::mcp::Naming;
 use portcullis_pipeline::DenyReason;
@@ -45,6 +46,9 @@ pub struct Served {
     pub upstreams: Vec<ServedUpstream>,
     /// The approved tool definitions; `None` in static mode, where tools are listed live.
     pub pins: Option<Pins>,
+    /// The snapshot's Cedar policies, parsed once at activation for every core to evaluate (empty in
+    /// static mode and before the first approval).
+    pub policies: PolicySet,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -182,13 +186,32 @@ impl Served {
             version: None,
             upstreams: Vec::new(),
             pins: Some(Pins::default()),
+            policies: PolicySet::new(),
         }
     }
 
     /// Compile an approved snapshot (already verified) for serving. Capabilities that serve MCP become
     /// upstreams; an endpoint the data plane cannot reach yet (https) is left out, loudly.
     /// Snapshots always name tools `CAPABILITY__tool` (`naming: passthrough` is for static mode).
-    pub fn from_snapshot(snapshot: &Snapshot, hash: &str, published: &Published) -> Served {
+    /// Compile a snapshot for serving. Fails (and the caller keeps serving what it had) only if its
+    /// policies do not parse, which approval rules out for snapshots this version approved.
+    pub fn from_snapshot(
+        snapshot: &Snapshot,
+        hash: &str,
+        published: &Published,
+    ) -> Result<Served, String> {
+        let policies = cedar::policy_set(&snapshot.content.policies).map_err(|problems| {
+            let first = problems
+                .first()
+                .map(|p| {
+                    format!(
+                        "policy `{}` {}:{}: {}",
+                        p.policy_id, p.line, p.column, p.message
+                    )
+                })
+                .unwrap_or_default();
+            format!("{} policy problem(s), first: {first}", problems.len())
+        })?;
         let naming = Naming::Prefixed;
         let mut upstreams = Vec::new();
         for c in &snapshot.content.capabilities {
@@ -208,12 +231,13 @@ impl Served {
             }
         }
         let pins = Pins::new(&snapshot.content.tools, &naming);
-        Served {
+        Ok(Served {
             label: format!("v{} blake3:{hash}", snapshot.header.version),
             version: Some(snapshot.header.version),
             upstreams,
             pins: Some(pins),
-        }
+            policies,
+        })
     }
 
     /// Static mode: the config's upstreams, listed live, no control plane.
@@ -229,6 +253,7 @@ impl Served {
                 })
                 .collect(),
             pins: None,
+            policies: PolicySet::new(),
         }
     }
 

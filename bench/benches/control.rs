@@ -145,13 +145,13 @@ fn serving(c: &mut Criterion) {
         b.iter(|| r.snapshot(info.header.version).unwrap())
     });
     c.bench_function("activation/compile_for_serving_10k_tools", |b| {
-        b.iter(|| Served::from_snapshot(&snapshot, &info.hash, &published))
+        b.iter(|| Served::from_snapshot(&snapshot, &info.hash, &published).unwrap())
     });
     // The admin thread's part of an activation: swap in the compiled snapshot (the replaced one is
     // retired, freed later off every core's path).
     c.bench_function("activation/publish_swap", |b| {
         b.iter_batched(
-            || Served::from_snapshot(&snapshot, &info.hash, &published),
+            || Served::from_snapshot(&snapshot, &info.hash, &published).unwrap(),
             |s| published.publish(s),
             BatchSize::PerIteration,
         )

@@ -637,7 +637,8 @@ pub fn diff(old: &SnapshotContent, new: &SnapshotContent) -> SnapshotDiff {
 pub mod cedar {
     use std::str::FromStr;
 
-    use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+    pub use cedar_policy::PolicySet;
+    use cedar_policy::{PolicyId, Schema, ValidationMode, Validator};
     use miette::Diagnostic;
 
     use super::{Policy, PolicyProblem, Record};
@@ -719,6 +720,28 @@ action call appliesTo { principal: [Agent], resource: [Tool], context: RequestCo
     /// Parse every policy (each must be exactly one static statement) and validate the set strictly
     /// against the schema. Returns every problem found, in policy order.
     pub fn validate(policies: &[Record<Policy>]) -> Vec<PolicyProblem> {
+        let set = match policy_set(policies) {
+            Ok(s) => s,
+            Err(problems) => return problems,
+        };
+        let validator = Validator::new(schema());
+        let result = validator.validate(&set, ValidationMode::Strict);
+        let mut problems = Vec::new();
+        for e in result.validation_errors() {
+            let id = e.policy_id().to_string();
+            let text = policies
+                .iter()
+                .find(|p| p.spec.id == id)
+                .map_or("", |p| p.spec.text.as_str());
+            problems.push(problem(&id, text, e, e.to_string()));
+        }
+        problems
+    }
+
+    /// The policies as one Cedar set, each statement under its policy's id: what activation compiles
+    /// once for every request to evaluate. Parse problems (never in an approved snapshot, whose
+    /// policies were validated) are returned instead.
+    pub fn policy_set(policies: &[Record<Policy>]) -> Result<PolicySet, Vec<PolicyProblem>> {
         let mut problems = Vec::new();
         let mut set = PolicySet::new();
         for p in policies {
@@ -759,20 +782,11 @@ action call appliesTo { principal: [Agent], resource: [Tool], context: RequestCo
                 });
             }
         }
-        if !problems.is_empty() {
-            return problems;
+        if problems.is_empty() {
+            Ok(set)
+        } else {
+            Err(problems)
         }
-        let validator = Validator::new(schema());
-        let result = validator.validate(&set, ValidationMode::Strict);
-        for e in result.validation_errors() {
-            let id = e.policy_id().to_string();
-            let text = policies
-                .iter()
-                .find(|p| p.spec.id == id)
-                .map_or("", |p| p.spec.text.as_str());
-            problems.push(problem(&id, text, e, e.to_string()));
-        }
-        problems
     }
 }
 

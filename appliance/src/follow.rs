@@ -148,6 +148,16 @@ impl Follower {
 
     /// Poll until `stop` is set (checked between polls; the process exits without waiting for one).
     pub fn run(self, cp: Arc<ControlPlane>, status: Arc<FollowStatus>, stop: Arc<AtomicBool>) {
+        // What a restart serves before the control plane answers (or if it says nothing is new).
+        if let Ok(Some(version)) = cp.registry.active_version() {
+            if let Ok((info, _)) = cp.registry.snapshot(version) {
+                status.lock().serving = Some(Serving {
+                    seq: cp.registry.activation_seq().unwrap_or(0),
+                    version,
+                    hash: info.hash,
+                });
+            }
+        }
         let mut backoff = BACKOFF_MIN;
         let mut refused: Option<(u64, &'static str)> = None;
         let mut reachable = None;

@@ -202,6 +202,12 @@ fn a_data_plane_follows_its_control_plane_and_outlives_it() {
     dp.proc.terminate();
     let dp = dp.restart();
     assert_eq!(listed(&dp).1, v1);
+    let status = ok(&dp, &["sync"]);
+    assert_eq!(
+        (&status["serving"]["seq"], &status["serving"]["version"]),
+        (&json!(3), &json!(1)),
+        "{status}"
+    );
     let v = py_client(
         &dp.url(),
         "2025-11-25",

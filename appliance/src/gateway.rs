@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
+use portcullis_pipeline::listen::{self, ListenFilter, UpstreamWant};
 use portcullis_pipeline::mcp::{self, ListKind, Route};
 use portcullis_pipeline::session::{
     Session, SessionError, SessionId, SessionShard, UpstreamBinding,
@@ -546,6 +547,9 @@ impl Core {
         req: Request,
     ) -> bool {
         let modern = agent.is_modern();
+        if modern && req.method == "subscriptions/listen" {
+            return self.subscriptions_listen(conn, sv, agent, req).await;
+        }
         if modern && mcp::removed_in_stateless(&req.method) {
             return self
                 .refuse(
@@ -682,8 +686,12 @@ impl Core {
             session: Box::new(session),
         };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
+        let want = UpstreamWant::all_lists();
         for u in &sv.upstreams {
-            if let Err(r) = self.follow_upstream(&agent, u.slot, tx.clone()).await {
+            if let Err(r) = self
+                .follow_upstream(&agent, u.slot, tx.clone(), &want)
+                .await
+            {
                 crate::warn!("listen upstream={} reason={}", u.name, r.code());
             }
         }
@@ -695,6 +703,94 @@ impl Core {
             return false;
         }
         inc(&self.metrics.shared.counters.responses_ok);
+        match self.relay_out_of_request(conn, &rx, None, Some(id)).await {
+            Relayed::AgentGone => false,
+            Relayed::Ended | Relayed::Draining => {
+                drop(tx);
+                conn.stream_end().await
+            }
+        }
+    }
+
+    /// `subscriptions/listen` from a 2026-07-28 agent: follow each served upstream for what the agent
+    /// asked (the upstream's own `subscriptions/listen`, or a 2025-11-25 upstream's GET stream on an
+    /// upstream session opened for this stream and closed with it), and relay it with the gateway's own
+    /// list changes, filtered and tagged with the subscription id, after the acknowledgement.
+    async fn subscriptions_listen<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        agent: &Agent,
+        req: Request,
+    ) -> bool {
+        let filter = match ListenFilter::parse(&req, &self.shared.naming) {
+            Ok(f) => f,
+            Err(r) => return self.refuse(conn, Some(req.id), true, r.into(), &[]).await,
+        };
+        let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
+        let mut ephemeral = Ephemeral::new();
+        for u in &sv.upstreams {
+            let want = filter.for_upstream(&u.name);
+            if want.is_empty() {
+                continue;
+            }
+            match self.follow_upstream(agent, u.slot, tx.clone(), &want).await {
+                Ok(e) => ephemeral.extend(e),
+                Err(r) => crate::warn!(
+                    "subscriptions/listen upstream={} reason={}",
+                    u.name,
+                    r.code()
+                ),
+            }
+        }
+        let head = Response::new(200)
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .header("x-accel-buffering", "no");
+        let mut open = conn.stream_start(head).await
+            && conn
+                .stream_data(sse_message(&filter.acknowledgement(&req.id)))
+                .await;
+        if open {
+            inc(&self.metrics.shared.counters.responses_ok);
+            open = match self
+                .relay_out_of_request(conn, &rx, Some((&filter, &req.id)), None)
+                .await
+            {
+                Relayed::AgentGone => false,
+                // A graceful end is a result, so the client knows the server closed the subscription.
+                Relayed::Draining | Relayed::Ended => {
+                    conn.stream_data(sse_message(&listen::ended(&req.id))).await
+                        && conn.stream_end().await
+                }
+            };
+        }
+        drop(tx);
+        self.close_ephemeral(ephemeral).await;
+        open
+    }
+
+    /// Relay what upstream streams queue in `rx`, and the gateway's own list changes, onto an open SSE
+    /// stream until the agent goes away, the session (if any) ends, or the gateway drains. With
+    /// `subscription`, only what the agent asked for passes, tagged with the subscription id.
+    async fn relay_out_of_request<R: Reply>(
+        &self,
+        conn: &mut R,
+        rx: &flume::Receiver<Message>,
+        subscription: Option<(&ListenFilter, &Id)>,
+        session: Option<SessionId>,
+    ) -> Relayed {
+        let frame = |msg: Message| -> Option<Vec<u8>> {
+            match (subscription, msg) {
+                (None, msg) => Some(sse_message(&msg)),
+                (Some((filter, id)), Message::Notification(mut n)) if filter.accepts(&n) => {
+                    listen::tag(&mut n, id);
+                    Some(sse_message(&Message::Notification(n)))
+                }
+                // Upstream requests and unrequested notifications never reach a subscription.
+                (Some(_), _) => None,
+            }
+        };
         let mut quiet_since = std::time::Instant::now();
         let mut lists = self.list_version();
         loop {
@@ -702,10 +798,10 @@ impl Core {
             // an MCP server whose lists changed does (the gateway advertises `listChanged`).
             let now = self.list_version();
             if now != lists {
-                let mut methods = vec!["notifications/tools/list_changed"];
+                let mut methods = vec![listen::TOOLS_CHANGED];
                 if now.0 != lists.0 {
-                    methods.push("notifications/prompts/list_changed");
-                    methods.push("notifications/resources/list_changed");
+                    methods.push(listen::PROMPTS_CHANGED);
+                    methods.push(listen::RESOURCES_CHANGED);
                 }
                 lists = now;
                 for method in methods {
@@ -713,11 +809,13 @@ impl Core {
                         method: method.into(),
                         params: None,
                     });
-                    if !conn.stream_data(sse_message(&n)).await {
-                        return false;
+                    if let Some(framed) = frame(n) {
+                        if !conn.stream_data(framed).await {
+                            return Relayed::AgentGone;
+                        }
+                        quiet_since = std::time::Instant::now();
                     }
                 }
-                quiet_since = std::time::Instant::now();
             }
             // Checked often, not only at keep-alives: a drain must not wait out an idle stream.
             if self
@@ -725,65 +823,61 @@ impl Core {
                 .draining
                 .load(std::sync::atomic::Ordering::SeqCst)
             {
-                break;
+                return Relayed::Draining;
             }
             match monoio::time::timeout(LISTEN_DRAIN_CHECK, rx.recv_async()).await {
                 Ok(Ok(msg)) => {
-                    let framed = sse_message(&msg);
-                    if !conn.stream_data(framed).await {
-                        return false;
+                    if let Some(framed) = frame(msg) {
+                        if !conn.stream_data(framed).await {
+                            return Relayed::AgentGone;
+                        }
+                        quiet_since = std::time::Instant::now();
                     }
-                    quiet_since = std::time::Instant::now();
                 }
-                Ok(Err(_)) => unreachable!("`tx` is held by this loop"),
+                Ok(Err(_)) => unreachable!("the caller holds a sender"),
                 Err(_) if quiet_since.elapsed() < LISTEN_KEEPALIVE => {}
                 Err(_) => {
                     quiet_since = std::time::Instant::now();
                     // Keep intermediaries from timing the stream out, and notice a session that ended.
                     if !conn.stream_data(b": keep-alive\n\n".to_vec()).await {
-                        return false;
+                        return Relayed::AgentGone;
                     }
-                    if self.session_touch(id).await.is_err() {
-                        break;
+                    if let Some(id) = session {
+                        if self.session_touch(id).await.is_err() {
+                            return Relayed::Ended;
+                        }
                     }
                 }
             }
         }
-        drop(tx);
-        conn.stream_end().await
     }
 
     /// Open one upstream's out-of-request stream for this agent and relay it into `tx` from a task of its own.
+    /// Returns the upstream sessions opened just for this stream (a stateless agent following a
+    /// 2025-11-25 upstream), for the caller to close when the stream ends.
     async fn follow_upstream(
         &self,
         agent: &Agent,
         up: usize,
         tx: flume::Sender<Message>,
-    ) -> Result<(), DenyReason> {
-        let mut unused = Ephemeral::new();
-        let (rev, sid) = self.exchange_revision(agent, up, &mut unused).await?;
+        want: &UpstreamWant,
+    ) -> Result<Ephemeral, DenyReason> {
+        let mut ephemeral = Ephemeral::new();
+        let (rev, sid) = self.exchange_revision(agent, up, &mut ephemeral).await?;
         let name = self.slot_name(up);
         let mut resp = if rev.is_stateless() {
-            let Agent::Session { session, .. } = agent else {
-                return Ok(());
-            };
             let mut params = simd_json::owned::Object::new();
-            let mut filter = simd_json::owned::Object::new();
-            for k in [
-                "toolsListChanged",
-                "promptsListChanged",
-                "resourcesListChanged",
-            ] {
-                filter.insert(k.into(), Value::from(true));
-            }
-            params.insert("notifications".into(), Value::from(filter));
-            let meta = modern_meta(
-                session
-                    .client_capabilities
-                    .as_ref()
-                    .unwrap_or(&Value::object()),
-                session.client_info.as_ref(),
-            );
+            params.insert("notifications".into(), want.to_filter());
+            let meta = match agent {
+                Agent::Modern { meta } => meta.clone(),
+                Agent::Session { session, .. } => modern_meta(
+                    session
+                        .client_capabilities
+                        .as_ref()
+                        .unwrap_or(&Value::object()),
+                    session.client_info.as_ref(),
+                ),
+            };
             let req = Request {
                 id: Id::String("portcullis-listen".into()),
                 method: "subscriptions/listen".into(),
@@ -798,6 +892,29 @@ impl Core {
             )
             .await?
         } else {
+            // A 2025-11-25 upstream has no filter: it sends what it sends, and the relay filters. Its
+            // resource subscriptions are requests on the same upstream session.
+            for uri in &want.uris {
+                let mut p = simd_json::owned::Object::new();
+                p.insert("uri".into(), Value::from(uri.as_str()));
+                let req = Request {
+                    id: Id::String("portcullis-subscribe".into()),
+                    method: "resources/subscribe".into(),
+                    params: Some(Value::from(p)),
+                };
+                let body = jsonrpc::encode(&Message::Request(req));
+                match self
+                    .send_upstream(up, "POST", &legacy_headers(sid.as_deref()), &body)
+                    .await
+                {
+                    Ok(mut r) => {
+                        let _ = r.read_all(&self.pool).await;
+                    }
+                    Err(r) => {
+                        crate::warn!("resources/subscribe upstream={name} reason={}", r.code())
+                    }
+                }
+            }
             let mut headers = legacy_headers(sid.as_deref());
             headers.retain(|(n, _)| *n != "content-type");
             headers.iter_mut().for_each(|h| {
@@ -810,7 +927,7 @@ impl Core {
         if resp.status != 200 || !resp.is_event_stream() {
             // 405: this upstream offers no stream; nothing to follow.
             let _ = resp.read_all(&self.pool).await;
-            return Ok(());
+            return Ok(ephemeral);
         }
         // The agent holds this stream open as long as it likes; the upstream may be silent for as long.
         resp.set_read_timeout(self.shared.config.limits.session_idle.0);
@@ -845,7 +962,7 @@ impl Core {
                 }
             }
         });
-        Ok(())
+        Ok(ephemeral)
     }
 
     // ---- answers ----
@@ -1590,6 +1707,16 @@ pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
 
 /// Messages queued from upstream streams to one agent's GET stream; at the bound upstream reads wait.
 const LISTEN_QUEUE_LEN: usize = 64;
+/// How a relayed stream ended.
+enum Relayed {
+    /// Writing failed: the agent is gone, nothing more can be sent.
+    AgentGone,
+    /// The agent's session ended.
+    Ended,
+    /// The gateway is shutting down.
+    Draining,
+}
+
 /// Interval of SSE comments on an idle GET stream.
 const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// How often an idle GET stream looks at the drain flag.

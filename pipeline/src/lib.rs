@@ -9,6 +9,7 @@ pub mod chunked;
 pub mod control;
 pub mod frame;
 pub mod jsonrpc;
+pub mod listen;
 pub mod mcp;
 pub mod names;
 pub mod reason;

@@ -78,7 +78,7 @@ impl Naming {
         }
     }
 
-    fn split_uri<'a>(&'a self, uri: &'a str) -> Option<(&'a str, &'a str)> {
+    pub(crate) fn split_uri<'a>(&'a self, uri: &'a str) -> Option<(&'a str, &'a str)> {
         match self {
             Naming::Prefixed => names::split_uri(uri),
             Naming::Passthrough { upstream } => (!uri.is_empty()).then_some((upstream, uri)),

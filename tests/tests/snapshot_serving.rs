@@ -449,3 +449,76 @@ fn a_sessions_get_stream_hears_that_activation_changed_its_lists() {
     let (tools, _) = listed(&g);
     assert!(!tools.iter().any(|t| t.starts_with("beta__")), "{tools:?}");
 }
+
+#[test]
+fn a_stateless_agents_subscription_hears_what_it_asked_for() {
+    use std::io::Write;
+    let (_a, pa) = py_server("alpha", &[]);
+    let (_b, pb) = py_server("beta", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    ok(&g, &["approve", "--note", "alpha"]);
+
+    let body = modern_body(
+        42,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: subscriptions/listen\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let seen = wait_for_event(&mut s, "notifications/subscriptions/acknowledged");
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    let seen = if seen.contains("\"io.modelcontextprotocol/subscriptionId\":42") {
+        seen
+    } else {
+        seen + &wait_for_event(&mut s, "\"io.modelcontextprotocol/subscriptionId\":42")
+    };
+    assert!(seen.contains("\"toolsListChanged\":true"), "{seen}");
+    assert!(!seen.contains("promptsListChanged"), "{seen}");
+
+    // An upstream's announcement reaches the subscription, tagged with the agent's subscription id.
+    let r = modern(
+        g.plain_port,
+        2,
+        "tools/call",
+        json!({"name": "alpha__announce", "arguments": {}}),
+    );
+    assert!(r.text().contains("announced"), "{}", r.text());
+    let seen = wait_for_event(&mut s, "notifications/tools/list_changed");
+    let seen = if seen.contains("subscriptionId\":42") {
+        seen
+    } else {
+        seen + &wait_for_event(&mut s, "subscriptionId\":42")
+    };
+    assert!(!seen.contains("portcullis-listen"), "{seen}");
+
+    // So does the gateway's own: a new snapshot changes the agent's tools; prompts were not asked for.
+    add_capability(&g, "beta", pb);
+    ok(&g, &["approve", "--note", "and beta"]);
+    let seen = wait_for_event(&mut s, "notifications/tools/list_changed");
+    assert!(!seen.contains("prompts/list_changed"), "{seen}");
+
+    // A 2025-11-25 session has no subscriptions/listen.
+    let sid = initialize(g.plain_port);
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        r#"{"jsonrpc":"2.0","id":5,"method":"subscriptions/listen","params":{"notifications":{}}}"#,
+    );
+    assert_eq!(r.json()["error"]["code"], json!(-32601), "{}", r.text());
+
+    // Shutting down ends the subscription with a result, not a dropped connection.
+    let mut g = g;
+    g.proc.terminate();
+    let seen = wait_for_event(&mut s, "\"resultType\":\"complete\"");
+    assert!(seen.contains("\"id\":42"), "{seen}");
+}

@@ -27,8 +27,7 @@ use crate::upstream::{ClientLimits, Pool};
 use portcullis_storage::registry::{Followed, Offer};
 
 const TOKEN_FILE: &str = "admin.token";
-/// Prefix of agent API keys, so a leaked key is recognisable (secret scanners, logs).
-pub const API_KEY_PREFIX: &str = "pcak_";
+use portcullis_pipeline::govern::{KeyEntry, Keys, API_KEY_PREFIX};
 
 /// The registry plus what authenticates its operators, and where activations are published.
 #[derive(Debug)]
@@ -118,6 +117,21 @@ pub fn load_or_create_secret(
 
 pub fn token_path(dir: &DataDir) -> std::path::PathBuf {
     dir.file(TOKEN_FILE)
+}
+
+/// The data plane's view of stored keys: the key id, its agent, and the hash to compare against.
+fn key_table(keys: &[portcullis_storage::registry::ApiKey]) -> Keys {
+    Keys::new(keys.iter().filter_map(|k| {
+        let hash = blake3::Hash::from_hex(&k.hash).ok()?;
+        Some((
+            k.id.clone(),
+            KeyEntry {
+                agent: k.agent.clone(),
+                hash,
+                revoked: k.revoked_at.is_some(),
+            },
+        ))
+    }))
 }
 
 impl ControlPlane {
@@ -285,8 +299,39 @@ impl ControlPlane {
         bearer(authorization).is_some_and(|p| blake3::hash(p.as_bytes()) == self.token_hash)
     }
 
+    /// Publish the registry's API keys to the cores (at start, and after every change through the
+    /// admin API: issuing, revoking, removing an agent, applying a file). On a read failure the cores
+    /// keep the table they had.
+    pub fn publish_keys(&self) {
+        match self.registry.all_keys() {
+            Ok(keys) => {
+                let table = key_table(&keys);
+                crate::info!("agent API keys published keys={}", table.len());
+                self.published.publish_keys(table);
+            }
+            Err(e) => crate::error!("API keys unreadable, the previous key table stays: {e}"),
+        }
+    }
+
     /// Serve one admin request (`path` without its query).
     pub async fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        actor: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        let answer = self
+            .handle_request(method, path, authorization, actor, body)
+            .await;
+        if method != "GET" && answer.status < 300 {
+            self.publish_keys();
+        }
+        answer
+    }
+
+    async fn handle_request(
         &self,
         method: &str,
         path: &str,

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use portcullis_pipeline::govern::{self, Action, Env, Keys, Verdict};
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use portcullis_pipeline::listen::{self, ListenFilter, UpstreamWant};
 use portcullis_pipeline::mcp::{self, ListKind, Route};
@@ -84,6 +85,8 @@ pub struct Core {
     /// This core's copy of the slot table, and the `Served` of the generation it last saw.
     slots: RefCell<Vec<SlotDef>>,
     served: RefCell<(u64, LocalServed)>,
+    /// The API key table of the generation this core last saw.
+    keys: RefCell<(u64, LocalKeys)>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -92,6 +95,51 @@ pub struct Core {
 /// where cloning the `Arc` would bounce one cache line between every core on every request.
 #[allow(clippy::redundant_allocation)]
 type LocalServed = Rc<Arc<Served>>;
+#[allow(clippy::redundant_allocation)]
+type LocalKeys = Rc<Arc<Keys>>;
+
+/// Who is calling, as governance sees it: the registered agent a credential proved, and what the
+/// policies' context reads about the request.
+#[derive(Debug)]
+struct Caller {
+    /// `None` in static mode, where nothing is governed.
+    who: Option<String>,
+    transport: &'static str,
+    client: String,
+    /// UTC hour and weekday (0 = Monday) when the request arrived.
+    hour: i64,
+    weekday: i64,
+}
+
+impl Caller {
+    fn env<'a>(&'a self, agent: &'a Agent) -> Env<'a> {
+        let (revision, age) = match agent {
+            Agent::Modern { .. } => (Revision::V2026_07_28.as_str(), 0),
+            Agent::Session { session, .. } => (
+                session.revision.as_str(),
+                i64::try_from(session.created.elapsed().as_secs()).unwrap_or(i64::MAX),
+            ),
+        };
+        Env {
+            transport: self.transport,
+            revision,
+            client_address: &self.client,
+            session_age_secs: age,
+            hour: self.hour,
+            weekday: self.weekday,
+        }
+    }
+}
+
+/// UTC hour of day and weekday (0 = Monday) of the system clock.
+fn hour_and_weekday() -> (i64, i64) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    // 1970-01-01 was a Thursday (weekday 3 counting from Monday = 0).
+    (((secs % 86_400) / 3600) as i64, ((days + 3) % 7) as i64)
+}
 
 /// Who is asking: a 2026-07-28 agent (stateless) or a 2025-11-25 session.
 enum Agent {
@@ -138,6 +186,10 @@ impl Core {
         };
         let generation = shared.served.generation();
         let served = shared.served.current();
+        let keys = (
+            shared.served.keys_generation(),
+            Rc::new(shared.served.keys()),
+        );
         let slots = shared.served.slots_from(0);
         let n = slots.len();
         Core {
@@ -150,6 +202,7 @@ impl Core {
             upstream_eras: RefCell::new(vec![Eras::default(); n]),
             slots: RefCell::new(slots),
             served: RefCell::new((generation, Rc::new(served))),
+            keys: RefCell::new(keys),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -173,6 +226,45 @@ impl Core {
         self.upstream_eras.borrow_mut().resize(n, Eras::default());
         *self.served.borrow_mut() = (generation, served.clone());
         served
+    }
+
+    /// The API keys accepted now: picked up like `served`, one atomic load when nothing changed.
+    fn keys(&self) -> LocalKeys {
+        let generation = self.shared.served.keys_generation();
+        {
+            let cur = self.keys.borrow();
+            if cur.0 == generation {
+                return cur.1.clone();
+            }
+        }
+        let keys = Rc::new(self.shared.served.keys());
+        *self.keys.borrow_mut() = (generation, keys.clone());
+        keys
+    }
+
+    /// Authenticate a request on `/mcp` and admit its agent against the snapshot it is served from.
+    /// Static mode governs nothing and admits everyone.
+    fn identify(&self, sv: &Served, head: &RequestHead) -> Result<Caller, DenyReason> {
+        let (hour, weekday) = hour_and_weekday();
+        let mut caller = Caller {
+            who: None,
+            transport: head.transport,
+            client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            hour,
+            weekday,
+        };
+        if !self.shared.served.managed() {
+            return Ok(caller);
+        }
+        let agent = match govern::credential(head.header_str("authorization")) {
+            govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
+            govern::Credential::Missing | govern::Credential::Unsupported => {
+                return Err(DenyReason::Unauthenticated)
+            }
+        };
+        sv.governor.admit(&agent)?;
+        caller.who = Some(agent);
+        Ok(caller)
     }
 
     /// Moves whenever what agents may list changes: the published snapshot, or a pinned tool withheld or
@@ -345,6 +437,31 @@ impl Core {
 
     // ---- the HTTP entry point ----
 
+    /// Answer one request on the MCP listener: `/mcp`, and the protected-resource metadata (RFC 9728)
+    /// that a 401 points agents at. Returns whether the connection may be kept alive.
+    pub async fn route<R: Reply>(&self, conn: &mut R, head: &RequestHead, body: Vec<u8>) -> bool {
+        match head.path.split('?').next().unwrap_or("") {
+            "/mcp" => self.handle(conn, head, body).await,
+            PROTECTED_RESOURCE_PATH | PROTECTED_RESOURCE_MCP_PATH if head.method == "GET" => {
+                let doc = serde_json::json!({
+                    "resource": resource_uri(head),
+                    "bearer_methods_supported": ["header"],
+                    "resource_name": "Portcullis MCP gateway",
+                    "authorization_servers": [],
+                });
+                inc(&self.metrics.shared.counters.responses_ok);
+                let resp = Response::new(200)
+                    .header("content-type", "application/json")
+                    .header("cache-control", "max-age=300");
+                conn.full(resp, doc.to_string().as_bytes(), false).await
+            }
+            _ => {
+                self.refuse(conn, None, false, DenyReason::NotFound.into(), &[])
+                    .await
+            }
+        }
+    }
+
     /// Answer one request on `/mcp`. Returns whether the connection may be kept alive. Every response
     /// names the snapshot the request was served from (`portcullis-snapshot`).
     pub async fn handle<R: Reply>(&self, conn: &mut R, head: &RequestHead, body: Vec<u8>) -> bool {
@@ -371,15 +488,31 @@ impl Core {
                     .await;
             }
         }
+        let caller = match self.identify(sv, head) {
+            Ok(c) => c,
+            Err(r) => {
+                let challenge = format!(
+                    "Bearer resource_metadata=\"{}\"",
+                    protected_resource_url(head)
+                );
+                let headers = [("www-authenticate", challenge)];
+                let headers: &[(&'static str, String)] = if r == DenyReason::Unauthenticated {
+                    &headers
+                } else {
+                    &[]
+                };
+                return self.refuse(conn, None, false, r.into(), headers).await;
+            }
+        };
         match head.method.as_str() {
-            "POST" => self.post(conn, sv, head, body).await,
+            "POST" => self.post(conn, sv, head, body, &caller).await,
             "GET" => {
                 if let Err(r) = frame::check_accept_get(head.header("accept")) {
                     return self.refuse(conn, None, false, r.into(), &[]).await;
                 }
-                self.listen(conn, sv, head).await
+                self.listen(conn, sv, head, &caller).await
             }
-            "DELETE" => self.delete(conn, head).await,
+            "DELETE" => self.delete(conn, head, &caller).await,
             _ => {
                 self.refuse(
                     conn,
@@ -393,7 +526,7 @@ impl Core {
         }
     }
 
-    async fn delete<R: Reply>(&self, conn: &mut R, head: &RequestHead) -> bool {
+    async fn delete<R: Reply>(&self, conn: &mut R, head: &RequestHead, caller: &Caller) -> bool {
         let Some(sid) = head.header_str("mcp-session-id") else {
             return self
                 .refuse(conn, None, false, DenyReason::SessionRequired.into(), &[])
@@ -404,6 +537,14 @@ impl Core {
                 .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
                 .await;
         };
+        match self.session_touch(id).await {
+            Ok(s) if s.agent == caller.who => {}
+            _ => {
+                return self
+                    .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                    .await
+            }
+        }
         match self.session_close(id).await {
             None => {
                 self.refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
@@ -423,6 +564,7 @@ impl Core {
         sv: &Served,
         head: &RequestHead,
         mut body: Vec<u8>,
+        caller: &Caller,
     ) -> bool {
         if let Err(r) = frame::check_content_type(head.header("content-type")) {
             return self.refuse(conn, None, false, r.into(), &[]).await;
@@ -459,12 +601,24 @@ impl Core {
                         .refuse(conn, None, false, DenyReason::InvalidRequest.into(), &[])
                         .await;
                 };
-                return self.initialize(conn, req).await;
+                return self.initialize(conn, req, caller).await;
             }
             Era::Modern(_) => Agent::Modern {
                 meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
             },
             Era::Session(sid) => match self.session_touch(sid).await {
+                // A session id is no credential: another agent's session looks like no session.
+                Ok(s) if s.agent != caller.who => {
+                    return self
+                        .refuse(
+                            conn,
+                            id,
+                            false,
+                            DenyReason::SessionAgentMismatch.into(),
+                            &[],
+                        )
+                        .await
+                }
                 Ok(s) => Agent::Session {
                     id: sid,
                     session: Box::new(s),
@@ -482,7 +636,7 @@ impl Core {
             },
         };
         match msg {
-            Message::Request(req) => self.request(conn, sv, &agent, req).await,
+            Message::Request(req) => self.request(conn, sv, &agent, req, caller).await,
             Message::Notification(n) => {
                 if let Agent::Session { id, session } = &agent {
                     if n.method.starts_with("notifications/")
@@ -499,7 +653,7 @@ impl Core {
         }
     }
 
-    async fn initialize<R: Reply>(&self, conn: &mut R, req: Request) -> bool {
+    async fn initialize<R: Reply>(&self, conn: &mut R, req: Request, caller: &Caller) -> bool {
         let params = req.params.as_ref();
         let requested = params
             .and_then(|p| p.get("protocolVersion"))
@@ -511,10 +665,14 @@ impl Core {
             Ok(s) => s,
             Err(r) => return self.refuse(conn, Some(req.id), false, r.into(), &[]).await,
         };
-        let opened =
-            self.sessions
-                .borrow_mut()
-                .open_with(Instant::now(), sid, revision, caps, info);
+        let opened = self.sessions.borrow_mut().open_with(
+            Instant::now(),
+            sid,
+            revision,
+            caps,
+            info,
+            caller.who.clone(),
+        );
         if opened.is_err() {
             return self
                 .refuse(
@@ -545,6 +703,7 @@ impl Core {
         sv: &Served,
         agent: &Agent,
         req: Request,
+        caller: &Caller,
     ) -> bool {
         let modern = agent.is_modern();
         if modern && req.method == "subscriptions/listen" {
@@ -604,7 +763,8 @@ impl Core {
                     .await
             }
             Route::List(ListKind::Tools) if sv.pins.is_some() => {
-                self.reply_pinned_tools(conn, sv, agent, req.id).await
+                self.reply_pinned_tools(conn, sv, agent, req.id, caller)
+                    .await
             }
             Route::List(kind) => {
                 let result = self.merged_list(sv, agent, &req, kind).await;
@@ -615,6 +775,23 @@ impl Core {
                     if req.method == "tools/call" {
                         if let Err(r) = pins.check(upstream, name) {
                             return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
+                        }
+                        if let Some(who) = &caller.who {
+                            if let Err((reason, data, detail)) =
+                                govern_call(sv, who, upstream, name, &req, &caller.env(agent))
+                            {
+                                return self
+                                    .refuse_with(
+                                        conn,
+                                        Some(req.id),
+                                        modern,
+                                        reason.into(),
+                                        &[],
+                                        data,
+                                        detail,
+                                    )
+                                    .await;
+                            }
                         }
                     }
                 }
@@ -641,7 +818,13 @@ impl Core {
     /// resource updates, log messages, upstream-to-agent requests). Legacy upstreams are followed on their
     /// own GET stream with this session's upstream session; 2026-07-28 upstreams by `subscriptions/listen`.
     /// The stream ends when the agent goes away, the session ends, or the gateway drains.
-    async fn listen<R: Reply>(&self, conn: &mut R, sv: &Served, head: &RequestHead) -> bool {
+    async fn listen<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        head: &RequestHead,
+        caller: &Caller,
+    ) -> bool {
         if head
             .header_str("mcp-protocol-version")
             .and_then(Revision::parse)
@@ -669,6 +852,17 @@ impl Core {
                 .await;
         };
         let session = match self.session_touch(id).await {
+            Ok(s) if s.agent != caller.who => {
+                return self
+                    .refuse(
+                        conn,
+                        None,
+                        false,
+                        DenyReason::SessionAgentMismatch.into(),
+                        &[],
+                    )
+                    .await
+            }
             Ok(s) => s,
             Err(SessionError::Expired) => {
                 return self
@@ -994,6 +1188,7 @@ impl Core {
         sv: &Served,
         agent: &Agent,
         id: Id,
+        caller: &Caller,
     ) -> bool {
         let mut result = mcp::list_result(ListKind::Tools, Vec::new());
         if agent.is_modern() {
@@ -1007,7 +1202,20 @@ impl Core {
             outcome: Ok(result),
         });
         let shell = jsonrpc::encode(&msg);
-        let body = sv.pins.as_ref().and_then(|p| p.splice_tools_list(&shell));
+        let env = caller.env(agent);
+        // The same decision basis as a call: a tool this agent may not discover is not listed.
+        let visible = |t: &portcullis_pipeline::control::PinnedTool| match &caller.who {
+            None => true,
+            Some(who) => {
+                sv.governor
+                    .decide(who, Action::Discover, &t.capability, &t.name, None, &env)
+                    .allowed
+            }
+        };
+        let body = sv
+            .pins
+            .as_ref()
+            .and_then(|p| p.splice_tools_list(&shell, visible));
         let Some(body) = body else {
             return self
                 .refuse(
@@ -1034,6 +1242,22 @@ impl Core {
         refusal: Refusal,
         extra_headers: &[(&'static str, String)],
     ) -> bool {
+        self.refuse_with(conn, id, modern, refusal, extra_headers, Vec::new(), None)
+            .await
+    }
+
+    /// `refuse`, with more for `error.data` and a detail appended to `error.message`.
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_with<R: Reply>(
+        &self,
+        conn: &mut R,
+        id: Option<Id>,
+        modern: bool,
+        refusal: Refusal,
+        extra_headers: &[(&'static str, String)],
+        data: Vec<(&'static str, Value)>,
+        detail: Option<String>,
+    ) -> bool {
         let reason = refusal.reason;
         self.metrics.deny(reason);
         let status = if modern && reason == DenyReason::MethodNotFound {
@@ -1043,7 +1267,7 @@ impl Core {
         } else {
             reason.http_status()
         };
-        let mut extra: Vec<(&str, Value)> = Vec::new();
+        let mut extra: Vec<(&str, Value)> = data;
         if let Some(req) = &refusal.requested_version {
             extra.push(("requested", Value::from(req.as_str())));
             extra.push((
@@ -1061,9 +1285,14 @@ impl Core {
             extra.push(("header", Value::from(h)));
         }
         let mut msg = jsonrpc::deny_response(id, reason, &extra);
-        if let (Message::Response(r), Some(h)) = (&mut msg, refusal.header) {
+        if let Message::Response(r) = &mut msg {
             if let Err(e) = &mut r.outcome {
-                e.message = format!("{}: {h}", e.message);
+                if let Some(h) = refusal.header {
+                    e.message = format!("{}: {h}", e.message);
+                }
+                if let Some(d) = detail {
+                    e.message = format!("{}: {d}", e.message);
+                }
             }
         }
         let mut resp = Response::new(status).header("content-type", "application/json");
@@ -1704,6 +1933,109 @@ impl<R: Reply> Reply for Stamped<'_, R> {
 
 /// Response header naming the snapshot a request was served from: `v3 blake3:<hex>`, `none`, `static`.
 pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
+
+/// RFC 9728 protected-resource metadata: the root form, and the form for the resource `/mcp`.
+const PROTECTED_RESOURCE_PATH: &str = "/.well-known/oauth-protected-resource";
+const PROTECTED_RESOURCE_MCP_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
+
+fn origin_of(head: &RequestHead) -> String {
+    let scheme = if head.secure { "https" } else { "http" };
+    let host = head
+        .header_str("host")
+        .or_else(|| head.header_str(":authority"))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+/// This gateway's resource URI as the agent addressed it (RFC 8707 / RFC 9728 `resource`).
+fn resource_uri(head: &RequestHead) -> String {
+    format!("{}/mcp", origin_of(head))
+}
+
+fn protected_resource_url(head: &RequestHead) -> String {
+    format!("{}{PROTECTED_RESOURCE_MCP_PATH}", origin_of(head))
+}
+
+/// simd-json's value as serde_json's (what the schema validator and the policy context read).
+fn to_serde(v: &Value) -> serde_json::Value {
+    use simd_json::StaticNode;
+    match v {
+        Value::Static(StaticNode::Null) => serde_json::Value::Null,
+        Value::Static(StaticNode::Bool(b)) => serde_json::Value::Bool(*b),
+        Value::Static(StaticNode::I64(i)) => serde_json::Value::from(*i),
+        Value::Static(StaticNode::U64(u)) => serde_json::Value::from(*u),
+        Value::Static(StaticNode::F64(f)) => serde_json::Number::from_f64(*f)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::String(s) => serde_json::Value::String(s.to_string()),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(to_serde).collect()),
+        Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.to_string(), to_serde(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// What a refused call carries: the reason, `error.data` fields, a detail for `error.message`.
+type CallRefusal = (DenyReason, Vec<(&'static str, Value)>, Option<String>);
+
+/// Govern one `tools/call` of a pinned tool: Cedar `call` with the arguments, then the pinned input
+/// schema. Nothing reaches the upstream unless both pass.
+fn govern_call(
+    sv: &Served,
+    who: &str,
+    capability: &str,
+    name: &str,
+    req: &Request,
+    env: &Env<'_>,
+) -> Result<(), CallRefusal> {
+    let arguments = req
+        .params
+        .as_ref()
+        .and_then(|p| p.get("arguments"))
+        .map_or_else(|| serde_json::Value::Object(Default::default()), to_serde);
+    let snapshot = Value::from(sv.label.as_str());
+    let Verdict {
+        allowed,
+        policies,
+        detail,
+    } = sv
+        .governor
+        .decide(who, Action::Call, capability, name, Some(&arguments), env);
+    if !allowed {
+        let ids: Vec<Value> = policies.iter().map(|p| Value::from(p.as_str())).collect();
+        return Err((
+            DenyReason::PolicyDenied,
+            vec![
+                ("snapshot", snapshot),
+                ("policies", Value::Array(Box::new(ids))),
+            ],
+            detail.or_else(|| {
+                policies
+                    .is_empty()
+                    .then(|| "no policy permits it".to_owned())
+            }),
+        ));
+    }
+    if let Err(p) = sv.governor.validate(capability, name, &arguments) {
+        let detail = format!("{} ({} at `{}`)", p.message, p.keyword, p.pointer);
+        return Err((
+            DenyReason::SchemaInvalid,
+            vec![
+                ("snapshot", snapshot),
+                ("pointer", Value::from(p.pointer)),
+                ("keyword", Value::from(p.keyword)),
+            ],
+            Some(detail),
+        ));
+    }
+    Ok(())
+}
 
 /// Messages queued from upstream streams to one agent's GET stream; at the bound upstream reads wait.
 const LISTEN_QUEUE_LEN: usize = 64;

@@ -22,7 +22,7 @@ use crate::gateway::Core;
 use crate::http::{Reply, RequestHead, Response};
 
 /// Serve one HTTP/2 connection until it closes, idles out, or the core drains.
-pub async fn serve<S>(core: Rc<Core>, io: S)
+pub async fn serve<S>(core: Rc<Core>, io: S, peer: Option<std::net::SocketAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
@@ -52,7 +52,7 @@ where
                 open.set(open.get() + 1);
                 let (core, open) = (core.clone(), open.clone());
                 monoio::spawn(async move {
-                    handle_stream(&core, req, respond).await;
+                    handle_stream(&core, req, respond, peer).await;
                     open.set(open.get() - 1);
                 });
             }
@@ -74,7 +74,12 @@ where
     }
 }
 
-async fn handle_stream(core: &Core, req: http::Request<RecvStream>, respond: SendResponse<Bytes>) {
+async fn handle_stream(
+    core: &Core,
+    req: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer: Option<std::net::SocketAddr>,
+) {
     let t0 = Instant::now();
     core.in_flight.set(core.in_flight.get() + 1);
     let (parts, mut body) = req.into_parts();
@@ -92,6 +97,9 @@ async fn handle_stream(core: &Core, req: http::Request<RecvStream>, respond: Sen
         close: false,
         content_length: None,
         chunked: false,
+        peer,
+        transport: "h2",
+        secure: true,
     };
     let mut reply = H2Reply {
         respond,
@@ -100,11 +108,7 @@ async fn handle_stream(core: &Core, req: http::Request<RecvStream>, respond: Sen
     let l = &core.shared.config.limits;
     match read_body(&mut body, l.body_bytes_max, l.request_timeout.0).await {
         Ok(bytes) => {
-            if head.path.split('?').next() == Some("/mcp") {
-                core.handle(&mut reply, &head, bytes).await;
-            } else {
-                refuse(core, &mut reply, DenyReason::NotFound).await;
-            }
+            core.route(&mut reply, &head, bytes).await;
         }
         Err(reason) => refuse(core, &mut reply, reason).await,
     }

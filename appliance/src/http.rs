@@ -25,6 +25,12 @@ pub struct RequestHead {
     pub close: bool,
     pub content_length: Option<usize>,
     pub chunked: bool,
+    /// Who connected (the policies' `context.client_address`).
+    pub peer: Option<std::net::SocketAddr>,
+    /// `h1` or `h2` (the policies' `context.transport`).
+    pub transport: &'static str,
+    /// Arrived over TLS.
+    pub secure: bool,
 }
 
 impl RequestHead {
@@ -213,6 +219,9 @@ impl<S: ByteStream> Conn<S> {
             close: version == 0,
             content_length: None,
             chunked: false,
+            peer: None,
+            transport: "h1",
+            secure: false,
         };
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {

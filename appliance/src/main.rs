@@ -318,6 +318,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         // A data plane starts on the last good snapshot it followed, whether or not the control plane
         // is reachable now.
         control.serve_active();
+        control.publish_keys();
     } else {
         for (name, url) in &upstreams {
             info!(

@@ -19,7 +19,7 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pub connections_accepted: AtomicU64,
     pub connections_refused: AtomicU64,
@@ -30,6 +30,22 @@ pub struct Counters {
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub denials: [AtomicU64; DenyReason::ALL.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            responses_ok: AtomicU64::new(0),
+            sessions_opened: AtomicU64::new(0),
+            upstream_requests: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            denials: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// What one core publishes for the scraper.

@@ -174,7 +174,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
         let core = core.clone();
         match &tls {
             None => {
-                monoio::spawn(serve_conn(core, Native(stream), peer));
+                monoio::spawn(serve_conn(core, Native(stream), peer, false));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -185,9 +185,9 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
                     if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(io)).await {
                         if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                             let _open = OpenConnection::new(&core);
-                            crate::h2srv::serve(core.clone(), s).await;
+                            crate::h2srv::serve(core.clone(), s, Some(peer)).await;
                         } else {
-                            serve_conn(core, Polled(s), peer).await;
+                            serve_conn(core, Polled(s), peer, true).await;
                         }
                     }
                 });
@@ -248,12 +248,12 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, _peer: SocketAddr) {
+async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, peer: SocketAddr, secure: bool) {
     let _open = OpenConnection::new(&core);
     let limits = read_limits(&core);
     let mut conn = Conn::new(stream);
     loop {
-        let head = match conn.read_head(&limits).await {
+        let mut head = match conn.read_head(&limits).await {
             Ok(h) => h,
             Err(ReadError::Closed) | Err(ReadError::Io(_)) => break,
             Err(ReadError::Refused(reason)) => {
@@ -265,6 +265,8 @@ async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, _peer: SocketAddr)
                 break;
             }
         };
+        head.peer = Some(peer);
+        head.secure = secure;
         let t0 = Instant::now();
         core.in_flight.set(core.in_flight.get() + 1);
         let keep = serve_request(&core, &mut conn, &head, &limits).await;
@@ -282,7 +284,6 @@ async fn serve_request<S: ByteStream>(
     head: &crate::http::RequestHead,
     limits: &ReadLimits,
 ) -> bool {
-    let path = head.path.split('?').next().unwrap_or("");
     let body = match conn.read_body(head, limits).await {
         Ok(b) => b,
         Err(ReadError::Refused(reason)) => return refuse_http(core, conn, reason, true).await,
@@ -291,8 +292,5 @@ async fn serve_request<S: ByteStream>(
         }
         Err(_) => return false,
     };
-    if path != "/mcp" {
-        return refuse_http(core, conn, DenyReason::NotFound, false).await;
-    }
-    core.handle(conn, head, body).await
+    core.route(conn, head, body).await
 }

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use portcullis_pipeline::control::cedar::{self, PolicySet};
+use portcullis_pipeline::control::cedar;
 use portcullis_pipeline::control::{PinnedTool, Snapshot};
+use portcullis_pipeline::govern::{Governor, Keys};
 use portcullis_pipeline::mcp::Naming;
 use portcullis_pipeline::DenyReason;
 
@@ -46,9 +47,10 @@ pub struct Served {
     pub upstreams: Vec<ServedUpstream>,
     /// The approved tool definitions; `None` in static mode, where tools are listed live.
     pub pins: Option<Pins>,
-    /// The snapshot's Cedar policies, parsed once at activation for every core to evaluate (empty in
-    /// static mode and before the first approval).
-    pub policies: PolicySet,
+    /// The snapshot's agents, tools and Cedar policies compiled for deciding, once at activation, for
+    /// every core to evaluate (allows nothing in static mode and before the first approval; static mode
+    /// does not consult it).
+    pub governor: Governor,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -124,18 +126,29 @@ impl Pins {
     /// A `tools/list` response body: `shell` is the encoded response with an empty `"tools":[]` in its
     /// result (after the id, so a string id cannot contain an unescaped copy), which receives the listed
     /// tools. `None` if the shell has no such list.
-    pub fn splice_tools_list(&self, shell: &[u8]) -> Option<Vec<u8>> {
+    /// Only tools `visible` lets through are listed (the agent's `discover` decisions).
+    pub fn splice_tools_list(
+        &self,
+        shell: &[u8],
+        mut visible: impl FnMut(&PinnedTool) -> bool,
+    ) -> Option<Vec<u8>> {
         const EMPTY: &[u8] = b"\"tools\":[]";
         let at = shell.windows(EMPTY.len()).rposition(|w| w == EMPTY)?;
         let split = at + EMPTY.len() - 1;
         let size: usize = self.tools.iter().map(|p| p.listed.len() + 1).sum();
         let mut body = Vec::with_capacity(shell.len() + size);
         body.extend_from_slice(&shell[..split]);
-        for (i, t) in self.listed().enumerate() {
+        let shown = self
+            .tools
+            .iter()
+            .zip(self.drifted.iter())
+            .filter(|(_, d)| !d.load(Ordering::Relaxed))
+            .filter(|(p, _)| visible(&p.tool));
+        for (i, (p, _)) in shown.enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(t);
+            body.extend_from_slice(&p.listed);
         }
         body.extend_from_slice(&shell[split..]);
         Some(body)
@@ -186,7 +199,7 @@ impl Served {
             version: None,
             upstreams: Vec::new(),
             pins: Some(Pins::default()),
-            policies: PolicySet::new(),
+            governor: Governor::empty(),
         }
     }
 
@@ -231,12 +244,13 @@ impl Served {
             }
         }
         let pins = Pins::new(&snapshot.content.tools, &naming);
+        let governor = Governor::new(&snapshot.content, policies)?;
         Ok(Served {
             label: format!("v{} blake3:{hash}", snapshot.header.version),
             version: Some(snapshot.header.version),
             upstreams,
             pins: Some(pins),
-            policies,
+            governor,
         })
     }
 
@@ -253,7 +267,7 @@ impl Served {
                 })
                 .collect(),
             pins: None,
-            policies: PolicySet::new(),
+            governor: Governor::empty(),
         }
     }
 
@@ -280,6 +294,11 @@ pub struct Published {
     retired: Mutex<Vec<Arc<Served>>>,
     recheck_tx: flume::Sender<()>,
     recheck_rx: flume::Receiver<()>,
+    /// The agent API keys accepted now, swapped whole when one is issued or revoked; cores pick up a new
+    /// table the way they pick up a snapshot (a generation of its own, so key changes never look like
+    /// list changes to open streams).
+    keys_generation: AtomicU64,
+    keys: RwLock<Arc<Keys>>,
 }
 
 impl Published {
@@ -293,7 +312,26 @@ impl Published {
             retired: Mutex::new(Vec::new()),
             recheck_tx,
             recheck_rx,
+            keys_generation: AtomicU64::new(0),
+            keys: RwLock::new(Arc::new(Keys::default())),
         }
+    }
+
+    pub fn keys_generation(&self) -> u64 {
+        self.keys_generation.load(Ordering::Acquire)
+    }
+
+    pub fn keys(&self) -> Arc<Keys> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Make `keys` the accepted set for the next request on every core.
+    pub fn publish_keys(&self, keys: Keys) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        self.keys_generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn managed(&self) -> bool {

@@ -179,10 +179,12 @@ fn serving(c: &mut Criterion) {
     c.bench_function("tools_list/10k_pinned_tools", |b| {
         b.iter(|| {
             let shell = jsonrpc::encode(&msg);
-            pins.splice_tools_list(&shell).unwrap()
+            pins.splice_tools_list(&shell, |_| true).unwrap()
         })
     });
-    let body = pins.splice_tools_list(&jsonrpc::encode(&msg)).unwrap();
+    let body = pins
+        .splice_tools_list(&jsonrpc::encode(&msg), |_| true)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 10_000);
     eprintln!("tools/list body for 10k tools: {} bytes", body.len());

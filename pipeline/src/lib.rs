@@ -8,6 +8,7 @@
 pub mod chunked;
 pub mod control;
 pub mod frame;
+pub mod govern;
 pub mod jsonrpc;
 pub mod listen;
 pub mod mcp;

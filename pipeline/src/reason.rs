@@ -89,11 +89,23 @@ pub enum DenyReason {
     /// The upstream now describes this tool differently from the approved snapshot: withheld until a new
     /// snapshot approves the change.
     ToolDefinitionChanged,
+    /// No credential, or one the gateway does not accept (unknown, revoked or malformed API key).
+    Unauthenticated,
+    /// The credential is valid but names no agent of the active snapshot.
+    AgentNotRegistered,
+    /// The agent is registered but disabled in the active snapshot.
+    AgentDisabled,
+    /// The active snapshot's policies do not permit this (default deny, or a forbid).
+    PolicyDenied,
+    /// The call's arguments do not fit the tool's pinned input schema; nothing went upstream.
+    SchemaInvalid,
+    /// A 2025-11-25 session used with another agent's credential.
+    SessionAgentMismatch,
 }
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 30] = [
+    pub const ALL: [DenyReason; 36] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -124,6 +136,12 @@ impl DenyReason {
         Self::OriginNotAllowed,
         Self::MalformedHttp,
         Self::ToolDefinitionChanged,
+        Self::Unauthenticated,
+        Self::AgentNotRegistered,
+        Self::AgentDisabled,
+        Self::PolicyDenied,
+        Self::SchemaInvalid,
+        Self::SessionAgentMismatch,
     ];
 
     /// The stable `data.reason` string.
@@ -159,6 +177,12 @@ impl DenyReason {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::MalformedHttp => "malformed_http",
             Self::ToolDefinitionChanged => "tool_definition_changed",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AgentNotRegistered => "agent_not_registered",
+            Self::AgentDisabled => "agent_disabled",
+            Self::PolicyDenied => "policy_denied",
+            Self::SchemaInvalid => "schema_invalid",
+            Self::SessionAgentMismatch => "session_agent_mismatch",
         }
     }
 
@@ -187,7 +211,13 @@ impl DenyReason {
             | Self::MissingMeta
             | Self::OriginNotAllowed
             | Self::MalformedHttp
-            | Self::RequestTimeout => Blame::Agent,
+            | Self::RequestTimeout
+            | Self::Unauthenticated
+            | Self::AgentNotRegistered
+            | Self::AgentDisabled
+            | Self::PolicyDenied
+            | Self::SchemaInvalid
+            | Self::SessionAgentMismatch => Blame::Agent,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
@@ -215,7 +245,15 @@ impl DenyReason {
             | Self::SessionExpired
             | Self::RequestTimeout => -32600,
             Self::MethodNotFound => -32601,
-            Self::InvalidParams | Self::ToolNotFound | Self::MissingMeta => -32602,
+            Self::InvalidParams | Self::ToolNotFound | Self::MissingMeta | Self::SchemaInvalid => {
+                -32602
+            }
+            // Implementation-defined server errors (JSON-RPC reserves -32000..-32099).
+            Self::Unauthenticated => -32001,
+            Self::AgentNotRegistered
+            | Self::AgentDisabled
+            | Self::PolicyDenied
+            | Self::SessionAgentMismatch => -32003,
             // The 2026-07-28 registry: -32020 HeaderMismatch, -32022 UnsupportedProtocolVersion.
             Self::MissingHeader | Self::HeaderMismatch => -32020,
             Self::UnsupportedProtocolVersion => -32022,
@@ -246,8 +284,14 @@ impl DenyReason {
             | Self::MethodNotFound
             | Self::InvalidParams
             | Self::MissingMeta
+            | Self::SchemaInvalid
             | Self::ToolNotFound => 400,
-            Self::OriginNotAllowed => 403,
+            Self::Unauthenticated => 401,
+            Self::OriginNotAllowed
+            | Self::AgentNotRegistered
+            | Self::AgentDisabled
+            | Self::PolicyDenied => 403,
+            Self::SessionAgentMismatch => 404,
             Self::NotFound | Self::SessionNotFound | Self::SessionExpired => 404,
             Self::MethodNotAllowed => 405,
             Self::ToolDefinitionChanged => 409,
@@ -275,6 +319,8 @@ impl DenyReason {
                 | Self::UpstreamTimeout
                 | Self::UpstreamProtocolError
                 | Self::ToolDefinitionChanged
+                | Self::PolicyDenied
+                | Self::SchemaInvalid
         )
     }
 
@@ -311,6 +357,14 @@ impl DenyReason {
                 "The upstream changed this tool's definition since it was approved; it is withheld until a new snapshot approves the change"
             }
             Self::OriginNotAllowed => "Origin not allowed",
+            Self::Unauthenticated => "Authentication required: present a valid agent credential",
+            Self::AgentNotRegistered => {
+                "The credential names no agent registered in the active snapshot"
+            }
+            Self::AgentDisabled => "The agent is disabled",
+            Self::PolicyDenied => "Denied by policy",
+            Self::SchemaInvalid => "Arguments do not match the tool's input schema",
+            Self::SessionAgentMismatch => "Session not found for this agent",
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
@@ -367,6 +421,12 @@ mod tests {
             ("origin_not_allowed", -32600, 403, "agent"),
             ("malformed_http", -32600, 400, "agent"),
             ("tool_definition_changed", -32603, 409, "upstream"),
+            ("unauthenticated", -32001, 401, "agent"),
+            ("agent_not_registered", -32003, 403, "agent"),
+            ("agent_disabled", -32003, 403, "agent"),
+            ("policy_denied", -32003, 403, "agent"),
+            ("schema_invalid", -32602, 400, "agent"),
+            ("session_agent_mismatch", -32003, 404, "agent"),
         ];
         assert_eq!(table, expected);
     }

@@ -95,6 +95,9 @@ pub struct Session {
     /// What the agent declared in `initialize`, replayed as `_meta` to 2026-07-28 upstreams.
     pub client_capabilities: Option<simd_json::OwnedValue>,
     pub client_info: Option<simd_json::OwnedValue>,
+    /// The registered agent that opened the session (`None` where nothing is governed: static mode).
+    /// Every later request of the session must authenticate as the same agent.
+    pub agent: Option<String>,
     /// Indexed by upstream position in the configuration.
     pub upstreams: HashMap<usize, UpstreamBinding>,
 }
@@ -127,7 +130,7 @@ impl SessionShard {
         id: SessionId,
         revision: Revision,
     ) -> Result<SessionId, SessionError> {
-        self.open_with(now, id, revision, None, None)
+        self.open_with(now, id, revision, None, None, None)
     }
 
     pub fn open_with(
@@ -137,6 +140,7 @@ impl SessionShard {
         revision: Revision,
         client_capabilities: Option<simd_json::OwnedValue>,
         client_info: Option<simd_json::OwnedValue>,
+        agent: Option<String>,
     ) -> Result<SessionId, SessionError> {
         if self.sessions.len() >= self.limits.sessions_per_core_max {
             self.expire(now);
@@ -153,6 +157,7 @@ impl SessionShard {
                 requests: 0,
                 client_capabilities,
                 client_info,
+                agent,
                 upstreams: HashMap::new(),
             },
         );

@@ -716,6 +716,17 @@ impl Registry {
         Ok(out)
     }
 
+    /// Every key ever issued, revoked ones included (the data plane's key table is built from this).
+    pub fn all_keys(&self) -> Result<Vec<ApiKey>> {
+        let r = self.read()?;
+        let mut out = Vec::new();
+        for item in self.tables.api_keys.iter(&r).map_err(self.err())? {
+            let (k, v) = item.map_err(self.err())?;
+            out.push(decode(|| format!("API key `{k}`"), v)?);
+        }
+        Ok(out)
+    }
+
     pub fn revoke_key(&self, agent: &str, id: &str, by: &str, now_ms: u64) -> Result<ApiKey> {
         let mut w = self.write()?;
         let err = self.err();

@@ -29,6 +29,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import traceback
@@ -125,6 +126,9 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
         progress_events.append(ev)
 
     http = create_mcp_http_client()
+    # The gateway's agent API key, when the test runs against a governed gateway.
+    if os.environ.get("PORTCULLIS_BEARER"):
+        http.headers["authorization"] = "Bearer " + os.environ["PORTCULLIS_BEARER"]
     http.event_hooks = {"request": [log.on_request], "response": [log.on_response]}
     async with http:
         transport = streamable_http_client(args.url, http_client=http, terminate_on_close=True)

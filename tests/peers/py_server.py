@@ -36,14 +36,22 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 def build_server(name: str) -> MCPServer:
     mcp = MCPServer(name, version="1.0.0", instructions=f"Portcullis test peer {name}", log_level="WARNING")
+    # Every echo/add call that reached this server, so tests can prove what a gateway let through.
+    received: list[str] = []
 
     @mcp.tool(description="Echo the given text back unchanged.")
     def echo(text: str) -> str:
+        received.append(f"echo:{text}")
         return text
 
     @mcp.tool(description="Add two integers; the result is also returned as structured content.")
     def add(a: int, b: int) -> int:
+        received.append(f"add:{a},{b}")
         return a + b
+
+    @mcp.tool(description="The echo and add calls this server received, in order, comma-separated.")
+    def received_calls() -> str:
+        return ",".join(received)
 
     @mcp.tool(description="Count to n, sending one progress notification and one log message per step.")
     async def slow_count(n: int, ctx: Context) -> str:

@@ -251,6 +251,9 @@ pub fn py_client(url: &str, revision: &str, scenario: &str, extra: &[&str]) -> V
         .arg(url)
         .args(["--revision", revision, "--scenario", scenario])
         .args(extra);
+    if let Some(key) = bearer() {
+        cmd.env("PORTCULLIS_BEARER", key);
+    }
     run_client(cmd, &format!("py_client {revision} {scenario}"))
 }
 
@@ -260,6 +263,9 @@ pub fn ts_client(sdk: &str, url: &str, revision: &str, scenario: &str, extra: &[
         .arg(url)
         .args(["--revision", revision, "--scenario", scenario])
         .args(extra);
+    if let Some(key) = bearer() {
+        cmd.env("PORTCULLIS_BEARER", key);
+    }
     run_client(cmd, &format!("ts_client_{sdk} {revision} {scenario}"))
 }
 
@@ -541,6 +547,84 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The agent API key this test process presents on `/mcp` (see `act_as`).
+static BEARER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// From now on every request helper and SDK client of this test presents `key` as its bearer token
+/// (unless a request names its own `authorization`). nextest runs each test in a process of its own, so
+/// this never leaks between tests.
+pub fn act_as(key: &str) {
+    *BEARER.lock().unwrap() = Some(key.to_owned());
+}
+
+/// Stop presenting a key.
+pub fn act_anonymously() {
+    *BEARER.lock().unwrap() = None;
+}
+
+fn bearer() -> Option<String> {
+    BEARER.lock().unwrap().clone()
+}
+
+/// `authorization: Bearer KEY\r\n` for the key of `act_as` (empty without one), for requests written
+/// by hand.
+pub fn auth_line() -> String {
+    bearer().map_or_else(String::new, |k| format!("authorization: Bearer {k}\r\n"))
+}
+
+/// Register agent `name` (group `testers`), a policy letting the group discover and call everything, and
+/// a key for the agent; returns the key. The caller approves (so the agent is in the served snapshot).
+pub fn register_agent(g: &Gateway, name: &str) -> String {
+    ok(
+        g,
+        &[
+            "agent",
+            "add",
+            name,
+            "--owner",
+            "qa",
+            "--surface",
+            "service",
+            "--environment",
+            "prod",
+            "--credential-mode",
+            "service",
+            "--group",
+            "testers",
+        ],
+    );
+    if cli(g, &["policy", "show", "testers-all"]).status.success() {
+        // Already there from an earlier agent.
+    } else {
+        ok(
+            g,
+            &[
+                "policy",
+                "add",
+                "testers-all",
+                "--text",
+                r#"permit(principal in Group::"testers", action, resource);"#,
+            ],
+        );
+    }
+    let issued = ok(g, &["agent", "key", "issue", name]);
+    issued["key"].as_str().unwrap().to_owned()
+}
+
+/// `register_agent("tester")`, then `act_as` its key.
+pub fn admit_tester(g: &Gateway) -> String {
+    let key = register_agent(g, "tester");
+    act_as(&key);
+    key
+}
+
+/// `admit_tester`, then approve: the tester is served (with whatever capabilities are registered).
+pub fn approve_tester(g: &Gateway) -> String {
+    let key = admit_tester(g);
+    ok(g, &["approve", "--note", "tester"]);
+    key
+}
+
 /// One HTTP/1.1 request with `connection: close`.
 pub fn request(
     port: u16,
@@ -553,6 +637,14 @@ pub fn request(
         format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if let Some(key) = bearer() {
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        {
+            req.push_str(&format!("authorization: Bearer {key}\r\n"));
+        }
     }
     if !body.is_empty() || method == "POST" {
         req.push_str(&format!("content-length: {}\r\n", body.len()));

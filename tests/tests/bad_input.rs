@@ -12,7 +12,9 @@ use portcullis_tests::*;
 const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
 
 fn gw() -> Gateway {
-    Gateway::start(&[], "")
+    let g = Gateway::start(&[], "");
+    approve_tester(&g);
+    g
 }
 
 fn session_headers(sid: &str) -> [(&str, &str); 2] {
@@ -74,6 +76,7 @@ fn batches_are_refused() {
 #[test]
 fn body_over_limit_is_413_both_sides_of_the_bound() {
     let g = Gateway::start(&[], "limits:\n  body_bytes_max: 1000\n");
+    approve_tester(&g);
     let sid = initialize(g.plain_port);
     // Exactly at the bound: parsed (and answered as a normal request).
     let pad = |total: usize| {
@@ -342,6 +345,7 @@ fn slow_upstream_is_upstream_timeout() {
 #[test]
 fn headers_one_byte_at_a_time_are_cut_off() {
     let g = Gateway::start(&[], "limits:\n  header_read_timeout: 1s\n");
+    approve_tester(&g);
     let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
@@ -378,6 +382,7 @@ fn headers_one_byte_at_a_time_are_cut_off() {
 #[test]
 fn oversized_headers_are_431() {
     let g = Gateway::start(&[], "limits:\n  header_bytes_max: 2048\n");
+    approve_tester(&g);
     let big = "x".repeat(4096);
     let r = request(
         g.plain_port,
@@ -418,6 +423,7 @@ fn closed_by_gateway(s: &mut TcpStream) -> (bool, String) {
 #[test]
 fn idle_connections_are_closed_after_idle_timeout() {
     let g = Gateway::start_with(&[], "limits:\n  idle_timeout: 1s\n", &["--cores", "1"]);
+    approve_tester(&g);
     let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     let (closed, sent) = closed_by_gateway(&mut s);
     assert!(closed);
@@ -427,6 +433,7 @@ fn idle_connections_are_closed_after_idle_timeout() {
 #[test]
 fn a_body_that_stops_arriving_gets_408() {
     let g = Gateway::start_with(&[], "limits:\n  request_timeout: 1s\n", &["--cores", "1"]);
+    approve_tester(&g);
     let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     s.write_all(b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: 100\r\n\r\n{\"jsonrpc\"").unwrap();
     let (closed, sent) = closed_by_gateway(&mut s);
@@ -475,6 +482,7 @@ fn sessions_past_the_per_core_bound_are_refused() {
         "limits:\n  sessions_per_core_max: 1\n",
         &["--cores", "1"],
     );
+    approve_tester(&g);
     let _first = initialize(g.plain_port);
     let r = post(
         g.plain_port,
@@ -532,7 +540,8 @@ fn chunked_request_bodies_are_accepted() {
     let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"0"}}}"#;
     let (a, b) = body.split_at(40);
     let req = format!(
-        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n{}\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        auth_line(),
         a.len(),
         b.len()
     );

@@ -20,6 +20,10 @@ fn curl_h2(g: &Gateway, headers: &[&str], body: &str) -> (String, String) {
     for h in headers {
         cmd.args(["-H", h]);
     }
+    let auth = auth_line();
+    if !auth.is_empty() {
+        cmd.args(["-H", auth.trim_end()]);
+    }
     cmd.args(["--data-binary", body])
         .arg(format!("https://127.0.0.1:{}/mcp", g.tls_port));
     let out = cmd.output().unwrap();
@@ -76,6 +80,7 @@ fn mcp_over_http2_json_and_sse() {
 #[test]
 fn http2_body_limit_and_bad_json() {
     let g = Gateway::start(&[], "limits:\n  body_bytes_max: 1000\n");
+    approve_tester(&g);
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"p":"{}"}}}}"#,
         "x".repeat(2000)

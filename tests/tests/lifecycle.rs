@@ -86,7 +86,8 @@ fn no_arguments_start_on_embedded_defaults() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "200 2", // ALPN offers h2 first; curl takes it,
+        // ALPN offers h2 first; curl takes it. A fresh appliance has no agents: it admits nobody.
+        "401 2",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -100,6 +101,7 @@ fn no_arguments_start_on_embedded_defaults() {
 #[test]
 fn metrics_count_per_core_and_by_reason() {
     let g = Gateway::start(&[], "");
+    approve_tester(&g);
     let _ = post(g.plain_port, &[], "{not json");
     let sid = initialize(g.plain_port);
     assert!(!sid.is_empty());

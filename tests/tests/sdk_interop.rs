@@ -44,7 +44,12 @@ fn check_list(v: &Value) {
         }
     }
     // Four shared tools on each upstream, plus the Python peer's own two.
-    let extras = ["alpha__announce", "alpha__confirm", "alpha__redefine"];
+    let extras = [
+        "alpha__announce",
+        "alpha__confirm",
+        "alpha__redefine",
+        "alpha__received_calls",
+    ];
     assert!(
         extras.iter().all(|e| tools.iter().any(|t| t == e)),
         "{tools:?}"

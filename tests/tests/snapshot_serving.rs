@@ -73,16 +73,18 @@ fn agents_see_only_what_the_active_snapshot_serves() {
     let (_a, pa) = py_server("alpha", &[]);
     let (_c, pc) = ts_server("v2", "gamma");
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
 
-    // Nothing approved: nothing listed, nothing callable.
-    let (tools, header) = listed(&g);
-    assert!(tools.is_empty(), "{tools:?}");
-    assert_eq!(header, "none");
-    assert_eq!(call_reason(&g, "alpha__echo"), "tool_not_found");
+    // Nothing approved: no agent is registered yet, so nothing is listed or callable.
+    let r = modern(g.plain_port, 1, "tools/list", json!({}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.reason(), "agent_not_registered");
+    assert_eq!(r.header("portcullis-snapshot"), Some("none"));
+    assert_eq!(call_reason(&g, "alpha__echo"), "agent_not_registered");
 
     add_capability(&g, "alpha", pa);
     // A draft is not served.
-    assert!(listed(&g).0.is_empty());
+    assert_eq!(call_reason(&g, "alpha__echo"), "agent_not_registered");
     let s1 = ok(&g, &["approve", "--note", "alpha only"]);
     let v1 = format!("v1 blake3:{}", s1["hash"].as_str().unwrap());
 
@@ -143,6 +145,7 @@ fn agents_see_only_what_the_active_snapshot_serves() {
 fn a_tool_changed_behind_its_approval_is_withheld_until_approved() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     ok(&g, &["approve"]);
     assert!(listed(&g).0.contains(&"alpha__echo".to_owned()));
@@ -209,6 +212,7 @@ fn a_tool_changed_behind_its_approval_is_withheld_until_approved() {
 #[test]
 fn approval_names_a_capability_whose_tools_cannot_be_listed() {
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "gone", free_port());
     let e = fails(&g, &["approve"]);
     assert!(e.contains("tools_unavailable") && e.contains("gone"), "{e}");
@@ -250,6 +254,11 @@ fn apply_makes_the_registry_match_a_file_and_serves_it() {
     assert_eq!(done["plan"]["applied"], json!(true));
     assert_eq!(done["snapshot"]["version"], json!(1));
     assert_eq!(done["snapshot"]["policy_ids"], json!(["support-low"]));
+    let key = ok(&g, &["agent", "key", "issue", "helper"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    act_as(&key);
     let v = ts_client(
         "v2",
         &g.url(),
@@ -268,6 +277,9 @@ fn apply_makes_the_registry_match_a_file_and_serves_it() {
     assert_eq!(plan["plan"]["capabilities"]["updated"], json!(["alpha"]));
     assert_eq!(plan["plan"]["agents"]["removed"], json!(["helper"]));
     assert_eq!(plan["snapshot"]["version"], json!(2));
+    // Removing the agent revoked its key at once.
+    let r = modern(g.plain_port, 3, "tools/list", json!({}));
+    assert_eq!((r.status, r.reason().as_str()), (401, "unauthenticated"));
 
     // A bad record anywhere in the file changes nothing and names its place.
     let bad = dir.join("bad.yaml");
@@ -289,6 +301,7 @@ fn apply_makes_the_registry_match_a_file_and_serves_it() {
 fn activations_under_load_fail_no_request() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     ok(&g, &["approve"]);
     ok(&g, &["capability", "edit", "alpha", "--risk", "medium"]);
@@ -349,6 +362,7 @@ fn activations_under_load_fail_no_request() {
 fn concurrent_approvals_are_serialized_and_consistent() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     let outs: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2)
@@ -377,6 +391,7 @@ fn concurrent_approvals_are_serialized_and_consistent() {
 fn a_tampered_snapshot_is_refused_and_not_served() {
     let (_a, pa) = py_server("alpha", &[]);
     let mut g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     ok(
         &g,
@@ -406,10 +421,13 @@ fn a_tampered_snapshot_is_refused_and_not_served() {
     std::fs::write(&mdb, &bytes).unwrap();
 
     let g = g.restart();
-    // Fail closed: nothing is served from a snapshot that does not verify.
-    let (tools, header) = listed(&g);
-    assert_eq!(header, "none");
-    assert!(tools.is_empty(), "{tools:?}");
+    // Fail closed: nothing is served from a snapshot that does not verify, so no agent is registered.
+    let r = modern(g.plain_port, 1, "tools/list", json!({}));
+    assert_eq!(r.header("portcullis-snapshot"), Some("none"));
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (403, "agent_not_registered")
+    );
     let e = fails(&g, &["snapshot", "show", "1"]);
     assert!(e.contains("snapshot_tampered"), "{e}");
     assert!(fails(&g, &["snapshot", "activate", "1"]).contains("snapshot_tampered"));
@@ -421,6 +439,7 @@ fn a_sessions_get_stream_hears_that_activation_changed_its_lists() {
     let (_a, pa) = py_server("alpha", &[]);
     let (_b, pb) = py_server("beta", &[]);
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     ok(&g, &["approve", "--note", "alpha"]);
 
@@ -428,7 +447,8 @@ fn a_sessions_get_stream_hears_that_activation_changed_its_lists() {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     write!(
         s,
-        "GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n\r\n"
+        "GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n{}\r\n",
+        auth_line()
     )
     .unwrap();
     let head = wait_for_event(&mut s, "\r\n\r\n");
@@ -456,6 +476,7 @@ fn a_stateless_agents_subscription_hears_what_it_asked_for() {
     let (_a, pa) = py_server("alpha", &[]);
     let (_b, pb) = py_server("beta", &[]);
     let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
     add_capability(&g, "alpha", pa);
     ok(&g, &["approve", "--note", "alpha"]);
 
@@ -467,7 +488,8 @@ fn a_stateless_agents_subscription_hears_what_it_asked_for() {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     write!(
         s,
-        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: subscriptions/listen\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: subscriptions/listen\r\n{}content-length: {}\r\n\r\n{body}",
+        auth_line(),
         body.len()
     )
     .unwrap();

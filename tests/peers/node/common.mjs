@@ -140,6 +140,11 @@ export function recordingFetch(records, sessionIds) {
         const sid = headers.get('mcp-session-id');
         if (sid) rec['mcp-session-id'] = sid;
         records.push(rec);
+        // The gateway's agent API key, when the test runs against a governed gateway.
+        if (process.env.PORTCULLIS_BEARER && !headers.has('authorization')) {
+            headers.set('authorization', `Bearer ${process.env.PORTCULLIS_BEARER}`);
+            init = { ...init, headers };
+        }
         const res = await fetch(input, init);
         rec.status = res.status;
         const ct = res.headers.get('content-type');
@@ -174,7 +179,8 @@ export async function probeDeletedSession(url, sid) {
             accept: 'application/json, text/event-stream',
             'content-type': 'application/json',
             'mcp-session-id': sid,
-            'mcp-protocol-version': '2025-11-25'
+            'mcp-protocol-version': '2025-11-25',
+            ...(process.env.PORTCULLIS_BEARER ? { authorization: `Bearer ${process.env.PORTCULLIS_BEARER}` } : {})
         },
         body: JSON.stringify({ jsonrpc: '2.0', id: 99, method: 'tools/list', params: {} })
     });

@@ -1,0 +1,704 @@
+//! Governance of one request, decided from the active snapshot: which registered agent presented an API
+//! key, what the snapshot's Cedar policies let that agent discover and call, and whether a call's
+//! arguments fit the tool's pinned input schema.
+//!
+//! A `Governor` is compiled once per activation (entities, policy set, schema validators) and shared
+//! read-only by every core. Deciding does no I/O and reads no clock: the caller passes the hour, the
+//! weekday and the session's age in `Env`. Default deny: without a satisfied `permit` nothing is
+//! visible or callable; a `forbid` that fails to evaluate denies (fail closed), a `permit` that fails
+//! to evaluate permits nothing.
+//!
+//! Policies see a call's arguments as `context.arguments`, typed from the pinned input schemas: the
+//! schema generator (`arguments_type`) merges every tool's top-level properties into one record of
+//! optional attributes, so `context.arguments has amount && context.arguments.amount > 1000` validates
+//! at approval. A property two tools type differently, or one without a type Cedar can hold, is left out
+//! of the record, so a policy cannot read it and approval says so instead of the policy never firing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression,
+};
+use serde_json::Value;
+
+use crate::control::{PinnedTool, SnapshotContent, Status};
+use crate::reason::DenyReason;
+
+/// Prefix of agent API keys (`pcak_<id>_<secret>`), so a leaked key is recognisable.
+pub const API_KEY_PREFIX: &str = "pcak_";
+/// Nesting of argument objects that policies can read; deeper properties are left out of the context.
+pub const ARGUMENT_DEPTH_MAX: usize = 8;
+/// Longest explanation of a schema failure sent back to the agent.
+const SCHEMA_MESSAGE_MAX: usize = 240;
+
+// ------------------------------------------------------------------ identity
+
+/// One stored API key: whose it is and the BLAKE3 hash of the whole key.
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub agent: String,
+    pub hash: blake3::Hash,
+    pub revoked: bool,
+}
+
+/// Every agent API key the gateway accepts, by key id. Rebuilt whenever a key is issued or revoked.
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    by_id: HashMap<String, KeyEntry>,
+}
+
+/// The credential an `Authorization` header carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// No `Authorization` header.
+    Missing,
+    /// `Bearer pcak_…`: an agent API key.
+    ApiKey(&'a str),
+    /// Any other bearer token or scheme: not accepted (yet).
+    Unsupported,
+}
+
+/// Read the `Authorization` header.
+pub fn credential(authorization: Option<&str>) -> Credential<'_> {
+    let Some(h) = authorization else {
+        return Credential::Missing;
+    };
+    let h = h.trim();
+    let token = match h.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => return Credential::Unsupported,
+    };
+    if token.starts_with(API_KEY_PREFIX) {
+        Credential::ApiKey(token)
+    } else {
+        Credential::Unsupported
+    }
+}
+
+impl Keys {
+    pub fn new(entries: impl IntoIterator<Item = (String, KeyEntry)>) -> Keys {
+        Keys {
+            by_id: entries.into_iter().collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The agent a presented key belongs to. The key id selects the entry; the hash of the whole key is
+    /// compared in constant time (`blake3::Hash`'s `==`). Unknown, revoked and wrong keys all answer
+    /// `Unauthenticated`, so a caller learns nothing about which ids exist.
+    pub fn authenticate(&self, presented: &str) -> Result<&str, DenyReason> {
+        let hash = blake3::hash(presented.as_bytes());
+        let id = presented
+            .strip_prefix(API_KEY_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(id, _)| id)
+            .ok_or(DenyReason::Unauthenticated)?;
+        match self.by_id.get(id) {
+            Some(e) if e.hash == hash && !e.revoked => Ok(&e.agent),
+            _ => Err(DenyReason::Unauthenticated),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ argument types
+
+/// A Cedar type an argument can be given in `context.arguments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgType {
+    Long,
+    String,
+    Bool,
+    Set(Box<ArgType>),
+    Record(BTreeMap<String, Slot>),
+}
+
+/// One attribute of a merged record: typed, or left out because tools disagree or give no usable type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Typed(ArgType),
+    Conflict,
+}
+
+/// Attribute names Cedar's schema syntax can carry without escapes.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+fn schema_type(schema: &Value) -> Option<&str> {
+    match schema.get("type") {
+        Some(Value::String(t)) => Some(t.as_str()),
+        // `["string", "null"]`: the one non-null type (null arguments are simply absent in the context).
+        Some(Value::Array(ts)) => {
+            let non_null: Vec<&str> = ts
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .collect();
+            (non_null.len() == 1).then(|| non_null[0])
+        }
+        None if schema.get("properties").is_some() => Some("object"),
+        _ => None,
+    }
+}
+
+/// The Cedar type of a JSON Schema, if it has one policies can use. JSON numbers become `Long` (Cedar
+/// has no floating point); a fractional value is refused at call time rather than rounded.
+pub fn arg_type(schema: &Value, depth: usize) -> Option<ArgType> {
+    if depth > ARGUMENT_DEPTH_MAX {
+        return None;
+    }
+    match schema_type(schema)? {
+        "integer" | "number" => Some(ArgType::Long),
+        "string" => Some(ArgType::String),
+        "boolean" => Some(ArgType::Bool),
+        "array" => Some(ArgType::Set(Box::new(arg_type(
+            schema.get("items")?,
+            depth + 1,
+        )?))),
+        "object" => {
+            let mut fields = BTreeMap::new();
+            if let Some(Value::Object(props)) = schema.get("properties") {
+                for (k, v) in props {
+                    if !plain_name(k) {
+                        continue;
+                    }
+                    let slot = arg_type(v, depth + 1).map_or(Slot::Conflict, Slot::Typed);
+                    fields.insert(k.clone(), slot);
+                }
+            }
+            Some(ArgType::Record(fields))
+        }
+        _ => None,
+    }
+}
+
+fn merge_slot(a: Slot, b: Slot) -> Slot {
+    match (a, b) {
+        (Slot::Typed(ArgType::Record(x)), Slot::Typed(ArgType::Record(y))) => {
+            Slot::Typed(ArgType::Record(merge_fields(x, y)))
+        }
+        (Slot::Typed(ArgType::Set(x)), Slot::Typed(ArgType::Set(y))) => {
+            match merge_slot(Slot::Typed(*x), Slot::Typed(*y)) {
+                Slot::Typed(t) => Slot::Typed(ArgType::Set(Box::new(t))),
+                Slot::Conflict => Slot::Conflict,
+            }
+        }
+        (Slot::Typed(x), Slot::Typed(y)) if x == y => Slot::Typed(x),
+        _ => Slot::Conflict,
+    }
+}
+
+fn merge_fields(
+    mut into: BTreeMap<String, Slot>,
+    from: BTreeMap<String, Slot>,
+) -> BTreeMap<String, Slot> {
+    for (k, v) in from {
+        let merged = match into.remove(&k) {
+            Some(old) => merge_slot(old, v),
+            None => v,
+        };
+        into.insert(k, merged);
+    }
+    into
+}
+
+/// The record type of `context.arguments`: every pinned tool's input properties merged.
+pub fn arguments_type(tools: &[PinnedTool]) -> BTreeMap<String, Slot> {
+    let mut fields = BTreeMap::new();
+    for t in tools {
+        if let Some(ArgType::Record(f)) = arg_type(&t.input_schema, 0) {
+            fields = merge_fields(fields, f);
+        }
+    }
+    fields
+}
+
+fn write_type(out: &mut String, t: &ArgType) {
+    match t {
+        ArgType::Long => out.push_str("Long"),
+        ArgType::String => out.push_str("String"),
+        ArgType::Bool => out.push_str("Bool"),
+        ArgType::Set(inner) => {
+            out.push_str("Set<");
+            write_type(out, inner);
+            out.push('>');
+        }
+        ArgType::Record(fields) => write_record(out, fields),
+    }
+}
+
+/// `{ "a"?: Long, "b"?: { ... } }`: every attribute optional, conflicts left out.
+pub fn write_record(out: &mut String, fields: &BTreeMap<String, Slot>) {
+    out.push('{');
+    let mut first = true;
+    for (k, slot) in fields {
+        let Slot::Typed(t) = slot else { continue };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(" \"");
+        out.push_str(k);
+        out.push_str("\"?: ");
+        write_type(out, t);
+    }
+    out.push_str(" }");
+}
+
+/// Why arguments could not be put into the policy context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unrepresentable {
+    /// JSON pointer of the value.
+    pub pointer: String,
+}
+
+fn to_cedar(
+    v: &Value,
+    t: &ArgType,
+    pointer: &mut String,
+) -> Result<Option<RestrictedExpression>, Unrepresentable> {
+    let unrepresentable = |p: &String| Unrepresentable { pointer: p.clone() };
+    Ok(match (t, v) {
+        (ArgType::Long, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Some(RestrictedExpression::new_long(i)),
+            // A fractional or huge number would compare wrongly however it were rounded: fail closed.
+            None => return Err(unrepresentable(pointer)),
+        },
+        (ArgType::String, Value::String(s)) => Some(RestrictedExpression::new_string(s.clone())),
+        (ArgType::Bool, Value::Bool(b)) => Some(RestrictedExpression::new_bool(*b)),
+        (ArgType::Set(inner), Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            let len = pointer.len();
+            for (i, item) in items.iter().enumerate() {
+                pointer.push_str(&format!("/{i}"));
+                // A set of values policies cannot all see would hide members from `contains`: fail closed.
+                match to_cedar(item, inner, pointer)? {
+                    Some(x) => out.push(x),
+                    None => return Err(unrepresentable(pointer)),
+                }
+                pointer.truncate(len);
+            }
+            Some(RestrictedExpression::new_set(out))
+        }
+        (ArgType::Record(fields), Value::Object(obj)) => Some(record(obj, fields, pointer)?),
+        // A value of another type than the merged one: the tool's own schema decides whether it is
+        // valid; policies simply do not see it.
+        _ => None,
+    })
+}
+
+fn record(
+    obj: &serde_json::Map<String, Value>,
+    fields: &BTreeMap<String, Slot>,
+    pointer: &mut String,
+) -> Result<RestrictedExpression, Unrepresentable> {
+    let mut out = Vec::new();
+    let len = pointer.len();
+    for (k, v) in obj {
+        let Some(Slot::Typed(t)) = fields.get(k) else {
+            continue;
+        };
+        pointer.push('/');
+        pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+        if let Some(x) = to_cedar(v, t, pointer)? {
+            out.push((k.clone(), x));
+        }
+        pointer.truncate(len);
+    }
+    // Keys are unique in a JSON object map, so construction cannot fail on duplicates.
+    RestrictedExpression::new_record(out).map_err(|_| Unrepresentable {
+        pointer: pointer.clone(),
+    })
+}
+
+// ------------------------------------------------------------------ decisions
+
+/// `discover` (may see in a list) or `call` (may invoke).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Discover,
+    Call,
+}
+
+impl Action {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Discover => "discover",
+            Action::Call => "call",
+        }
+    }
+}
+
+/// What the request carries besides who and what: the policies' `context`.
+#[derive(Clone, Copy, Debug)]
+pub struct Env<'a> {
+    /// `h1`, `h2` or `h3`.
+    pub transport: &'a str,
+    pub revision: &'a str,
+    pub client_address: &'a str,
+    pub session_age_secs: i64,
+    /// 0–23, UTC.
+    pub hour: i64,
+    /// 0 (Monday) – 6 (Sunday), UTC.
+    pub weekday: i64,
+}
+
+/// A decision and the policies that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Ids of the determining policies: the permits that allowed, or the forbids that denied (empty for
+    /// a default deny).
+    pub policies: Vec<String>,
+    /// Why a denial had no policy to name, when there is more to say than "nothing permits it".
+    pub detail: Option<String>,
+}
+
+impl Verdict {
+    fn deny(detail: String) -> Verdict {
+        Verdict {
+            allowed: false,
+            policies: Vec::new(),
+            detail: Some(detail),
+        }
+    }
+}
+
+/// A pinned tool's compiled input schema: `None` when the schema itself does not compile (every call
+/// of that tool is then refused, fail closed).
+type InputValidator = Result<jsonschema::Validator, String>;
+
+/// Why arguments were refused before reaching the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaProblem {
+    /// JSON pointer into the arguments (`""` for the arguments object itself).
+    pub pointer: String,
+    /// The JSON Schema keyword that failed (`type`, `required`, `maximum`, ...).
+    pub keyword: String,
+    pub message: String,
+}
+
+/// The snapshot compiled for deciding.
+pub struct Governor {
+    policies: PolicySet,
+    entities: Entities,
+    agents: HashMap<String, (Status, EntityUid)>,
+    /// `capability` → tool name → (entity, index of its validator).
+    tools: HashMap<String, HashMap<String, (EntityUid, usize)>>,
+    validators: Vec<InputValidator>,
+    arguments: BTreeMap<String, Slot>,
+    discover: EntityUid,
+    call: EntityUid,
+}
+
+impl std::fmt::Debug for Governor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governor")
+            .field("policies", &self.policies.num_of_policies())
+            .field("agents", &self.agents.len())
+            .field("tools", &self.validators.len())
+            .finish()
+    }
+}
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    // The type names are constants of the generated schema; they always parse.
+    let ty = EntityTypeName::from_str(kind).unwrap_or_else(|e| panic!("entity type {kind}: {e}"));
+    EntityUid::from_type_name_and_id(ty, EntityId::new(id))
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a String>) -> RestrictedExpression {
+    RestrictedExpression::new_set(
+        items
+            .into_iter()
+            .map(|s| RestrictedExpression::new_string(s.clone())),
+    )
+}
+
+fn text(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_owned())
+}
+
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The name agents see a snapshot's tool by, and its Cedar entity id.
+pub fn tool_entity_id(capability: &str, name: &str) -> String {
+    crate::names::namespace_name(capability, name)
+}
+
+impl Governor {
+    /// A governor that allows nothing (before the first approval).
+    pub fn empty() -> Governor {
+        Governor {
+            policies: PolicySet::new(),
+            entities: Entities::empty(),
+            agents: HashMap::new(),
+            tools: HashMap::new(),
+            validators: Vec::new(),
+            arguments: BTreeMap::new(),
+            discover: uid("Action", "discover"),
+            call: uid("Action", "call"),
+        }
+    }
+
+    /// Compile an approved snapshot's content with its already parsed policies.
+    pub fn new(content: &SnapshotContent, policies: PolicySet) -> Result<Governor, String> {
+        let mut entities = Vec::new();
+        let mut groups = HashSet::new();
+        let mut agents = HashMap::new();
+        for a in &content.agents {
+            let s = &a.spec;
+            let me = uid("Agent", &s.name);
+            let parents: HashSet<EntityUid> = s.groups.iter().map(|g| uid("Group", g)).collect();
+            groups.extend(s.groups.iter().cloned());
+            let attrs = HashMap::from([
+                ("owner".to_owned(), text(&s.owner)),
+                ("surface".to_owned(), text(&s.surface)),
+                ("environment".to_owned(), text(&s.environment)),
+                (
+                    "credential_mode".to_owned(),
+                    text(&snake(&s.credential_mode)),
+                ),
+                ("groups".to_owned(), strings(&s.groups)),
+            ]);
+            entities.push(Entity::new(me.clone(), attrs, parents).map_err(|e| e.to_string())?);
+            agents.insert(s.name.clone(), (s.status, me));
+        }
+        for g in groups {
+            entities.push(Entity::new_no_attrs(uid("Group", &g), HashSet::new()));
+        }
+        let mut caps = HashMap::new();
+        for c in &content.capabilities {
+            let s = &c.spec;
+            let attrs = |extra: Vec<(String, RestrictedExpression)>| {
+                let mut m = HashMap::from([
+                    ("owner".to_owned(), text(&s.owner)),
+                    ("risk".to_owned(), text(&snake(&s.risk))),
+                    ("environment".to_owned(), text(&s.environment)),
+                    ("kind".to_owned(), text(&snake(&s.kind))),
+                    ("tags".to_owned(), strings(&s.tags)),
+                ]);
+                m.extend(extra);
+                m
+            };
+            let me = uid("Capability", &s.name);
+            entities.push(
+                Entity::new(me.clone(), attrs(Vec::new()), HashSet::new())
+                    .map_err(|e| e.to_string())?,
+            );
+            caps.insert(s.name.clone(), (me, attrs));
+        }
+        let mut tools: HashMap<String, HashMap<String, (EntityUid, usize)>> = HashMap::new();
+        let mut validators = Vec::with_capacity(content.tools.len());
+        for t in &content.tools {
+            let Some((cap_uid, attrs)) = caps.get(&t.capability) else {
+                return Err(format!(
+                    "tool `{}` names capability `{}`, which the snapshot lacks",
+                    t.name, t.capability
+                ));
+            };
+            let me = uid("Tool", &tool_entity_id(&t.capability, &t.name));
+            let a = attrs(vec![
+                ("name".to_owned(), text(&t.name)),
+                ("capability".to_owned(), text(&t.capability)),
+            ]);
+            entities.push(
+                Entity::new(me.clone(), a, HashSet::from([cap_uid.clone()]))
+                    .map_err(|e| e.to_string())?,
+            );
+            tools
+                .entry(t.capability.clone())
+                .or_default()
+                .insert(t.name.clone(), (me, validators.len()));
+            validators.push(jsonschema::validator_for(&t.input_schema).map_err(|e| e.to_string()));
+        }
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        Ok(Governor {
+            policies,
+            entities,
+            agents,
+            tools,
+            validators,
+            arguments: arguments_type(&content.tools),
+            discover: uid("Action", "discover"),
+            call: uid("Action", "call"),
+        })
+    }
+
+    /// Is `agent` registered in this snapshot and active?
+    pub fn admit(&self, agent: &str) -> Result<(), DenyReason> {
+        match self.agents.get(agent) {
+            None => Err(DenyReason::AgentNotRegistered),
+            Some((Status::Disabled, _)) => Err(DenyReason::AgentDisabled),
+            Some((Status::Active, _)) => Ok(()),
+        }
+    }
+
+    fn context(&self, env: &Env<'_>, arguments: Option<&Value>) -> Result<Context, Verdict> {
+        let args = match arguments {
+            Some(Value::Object(obj)) => record(obj, &self.arguments, &mut String::new()).map_err(
+                |u| {
+                    Verdict::deny(format!(
+                        "argument {} is a number policies cannot compare exactly (not an integer in the signed 64-bit range)",
+                        if u.pointer.is_empty() { "/" } else { &u.pointer }
+                    ))
+                },
+            )?,
+            _ => RestrictedExpression::new_record(Vec::new())
+                .map_err(|e| Verdict::deny(e.to_string()))?,
+        };
+        Context::from_pairs([
+            ("transport".to_owned(), text(env.transport)),
+            ("revision".to_owned(), text(env.revision)),
+            ("client_address".to_owned(), text(env.client_address)),
+            (
+                "session_age_secs".to_owned(),
+                RestrictedExpression::new_long(env.session_age_secs),
+            ),
+            ("hour".to_owned(), RestrictedExpression::new_long(env.hour)),
+            (
+                "weekday".to_owned(),
+                RestrictedExpression::new_long(env.weekday),
+            ),
+            ("arguments".to_owned(), args),
+        ])
+        .map_err(|e| Verdict::deny(e.to_string()))
+    }
+
+    /// May `agent` `action` the tool `name` of `capability`? `arguments` are the call's (`None` for
+    /// discovery). The agent must have passed `admit`; an unknown agent or tool is a plain deny.
+    pub fn decide(
+        &self,
+        agent: &str,
+        action: Action,
+        capability: &str,
+        name: &str,
+        arguments: Option<&Value>,
+        env: &Env<'_>,
+    ) -> Verdict {
+        let (Some((_, principal)), Some((resource, _))) = (
+            self.agents.get(agent),
+            self.tools.get(capability).and_then(|m| m.get(name)),
+        ) else {
+            return Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                detail: None,
+            };
+        };
+        let context = match self.context(env, arguments) {
+            Ok(c) => c,
+            Err(v) => return v,
+        };
+        let action = match action {
+            Action::Discover => &self.discover,
+            Action::Call => &self.call,
+        };
+        let request = match Request::new(
+            principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Verdict::deny(e.to_string()),
+        };
+        let response = Authorizer::new().is_authorized(&request, &self.policies, &self.entities);
+        // Cedar skips a policy that errors; for a forbid that would turn an error into access.
+        let failed_forbids: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| match e {
+                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
+            })
+            .filter(|id| {
+                self.policies
+                    .policy(id)
+                    .is_some_and(|p| p.effect() == Effect::Forbid)
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !failed_forbids.is_empty() {
+            return Verdict {
+                allowed: false,
+                policies: failed_forbids,
+                detail: Some("a forbid policy failed to evaluate".into()),
+            };
+        }
+        let mut policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        policies.sort_unstable();
+        Verdict {
+            allowed: response.decision() == Decision::Allow,
+            policies,
+            detail: None,
+        }
+    }
+
+    /// Check a call's arguments against the tool's pinned input schema. A tool whose schema does not
+    /// compile refuses every call.
+    pub fn validate(
+        &self,
+        capability: &str,
+        name: &str,
+        arguments: &Value,
+    ) -> Result<(), SchemaProblem> {
+        let Some((_, i)) = self.tools.get(capability).and_then(|m| m.get(name)) else {
+            return Ok(());
+        };
+        let validator = match &self.validators[*i] {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(SchemaProblem {
+                    pointer: String::new(),
+                    keyword: "$schema".into(),
+                    message: clip(&format!("the pinned input schema does not compile: {e}")),
+                })
+            }
+        };
+        match validator.validate(arguments) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(SchemaProblem {
+                pointer: e.instance_path().as_str().to_owned(),
+                keyword: e.kind().keyword().to_owned(),
+                message: clip(&e.to_string()),
+            }),
+        }
+    }
+}
+
+fn clip(s: &str) -> String {
+    if s.len() <= SCHEMA_MESSAGE_MAX {
+        return s.to_owned();
+    }
+    let mut end = SCHEMA_MESSAGE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! Governance scenarios: a small registry, policies, and what each agent may see and call.
+
+use serde_json::json;
+
+use super::*;
+use crate::control::{
+    cedar, compile, Agent, Approval, Capability, CapabilityKind, CredentialMode, Draft, Policy,
+    Record, RecordMeta, Risk, Snapshot,
+};
+
+fn rec<T>(spec: T) -> Record<T> {
+    Record {
+        spec,
+        meta: RecordMeta::first("t", 1),
+    }
+}
+
+fn agent(name: &str, groups: &[&str], status: Status) -> Record<Agent> {
+    rec(Agent {
+        name: name.into(),
+        owner: "bob".into(),
+        surface: "cursor".into(),
+        environment: "prod".into(),
+        credential_mode: CredentialMode::Service,
+        groups: groups.iter().map(|g| (*g).into()).collect(),
+        status,
+    })
+}
+
+fn cap(name: &str, risk: Risk) -> Record<Capability> {
+    rec(Capability {
+        name: name.into(),
+        kind: CapabilityKind::Mcp,
+        owner: "team".into(),
+        risk,
+        environment: "prod".into(),
+        endpoint: "http://127.0.0.1:1/mcp".into(),
+        tags: vec![],
+        description: String::new(),
+        status: Status::Active,
+    })
+}
+
+fn tool(capability: &str, name: &str, schema: Value) -> PinnedTool {
+    PinnedTool::from_listed(capability, &json!({"name": name, "inputSchema": schema})).unwrap()
+}
+
+fn snapshot(policies: &[(&str, &str)]) -> Result<Snapshot, crate::control::ApproveError> {
+    let caps = [cap("bank", Risk::High), cap("docs", Risk::Low)];
+    let agents = [
+        agent("teller", &["finance"], Status::Active),
+        agent("reader", &["support"], Status::Active),
+        agent("gone", &["finance"], Status::Disabled),
+    ];
+    let policies: Vec<Record<Policy>> = policies
+        .iter()
+        .map(|(id, text)| {
+            rec(Policy {
+                id: (*id).into(),
+                description: String::new(),
+                text: (*text).into(),
+            })
+        })
+        .collect();
+    let tools = [
+        tool(
+            "bank",
+            "transfer",
+            json!({"type": "object", "required": ["amount", "to"], "properties": {
+                "amount": {"type": "integer", "minimum": 1},
+                "to": {"type": "string"},
+                "memo": {"type": "string", "maxLength": 10}
+            }, "additionalProperties": false}),
+        ),
+        tool(
+            "docs",
+            "query",
+            json!({"type": "object", "properties": {"table": {"type": "string"}, "limit": {"type": "number"}}}),
+        ),
+    ];
+    compile(
+        Draft {
+            capabilities: &caps,
+            agents: &agents,
+            policies: &policies,
+            tools: &tools,
+        },
+        &Approval {
+            approved_by: "t",
+            approved_at: 1,
+            note: "",
+            latest: None,
+        },
+    )
+}
+
+fn governor(policies: &[(&str, &str)]) -> Governor {
+    let s = snapshot(policies).unwrap();
+    let set = cedar::policy_set(&s.content.policies).unwrap();
+    Governor::new(&s.content, set).unwrap()
+}
+
+const ENV: Env<'static> = Env {
+    transport: "h1",
+    revision: "2026-07-28",
+    client_address: "127.0.0.1",
+    session_age_secs: 0,
+    hour: 12,
+    weekday: 2,
+};
+
+const POLICIES: &[(&str, &str)] = &[
+    (
+        "finance-bank",
+        r#"permit(principal in Group::"finance", action, resource in Capability::"bank");"#,
+    ),
+    (
+        "everyone-docs",
+        r#"permit(principal, action, resource) when { resource.risk == "low" };"#,
+    ),
+    (
+        "big-transfers",
+        r#"forbid(principal, action == Action::"call", resource == Tool::"bank__transfer") when { context.arguments has amount && context.arguments.amount > 1000 };"#,
+    ),
+    (
+        "public-tables",
+        r#"forbid(principal, action == Action::"call", resource == Tool::"docs__query") unless { context.arguments has table && context.arguments.table like "public_*" };"#,
+    ),
+];
+
+#[test]
+fn agents_see_what_policy_lets_them_and_nothing_else() {
+    let g = governor(POLICIES);
+    let sees = |a: &str, c: &str, t: &str| g.decide(a, Action::Discover, c, t, None, &ENV).allowed;
+    assert!(sees("teller", "bank", "transfer"));
+    assert!(sees("teller", "docs", "query"));
+    assert!(!sees("reader", "bank", "transfer"));
+    assert!(sees("reader", "docs", "query"));
+    // Unknown tools and agents are plain denials.
+    assert!(!sees("teller", "bank", "nope"));
+    assert!(!sees("nobody", "docs", "query"));
+    let v = g.decide(
+        "reader",
+        Action::Call,
+        "bank",
+        "transfer",
+        Some(&json!({"amount": 5, "to": "x"})),
+        &ENV,
+    );
+    assert_eq!(v.allowed, false);
+    assert!(v.policies.is_empty(), "default deny names no policy: {v:?}");
+}
+
+#[test]
+fn argument_level_forbid_denies_one_call_and_permits_another() {
+    let g = governor(POLICIES);
+    let call = |args: Value| {
+        g.decide(
+            "teller",
+            Action::Call,
+            "bank",
+            "transfer",
+            Some(&args),
+            &ENV,
+        )
+    };
+    let ok = call(json!({"amount": 1000, "to": "alice"}));
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(ok.policies, ["finance-bank"]);
+    let no = call(json!({"amount": 1001, "to": "alice"}));
+    assert!(!no.allowed);
+    assert_eq!(no.policies, ["big-transfers"]);
+    // Policies compare integers; a fractional amount cannot slip under the bound.
+    let frac = call(json!({"amount": 5000.5, "to": "alice"}));
+    assert!(!frac.allowed);
+    assert!(frac.detail.unwrap().contains("/amount"));
+
+    let q = |table: &str| {
+        g.decide(
+            "reader",
+            Action::Call,
+            "docs",
+            "query",
+            Some(&json!({"table": table})),
+            &ENV,
+        )
+    };
+    assert!(q("public_orders").allowed);
+    let secret = q("salaries");
+    assert!(!secret.allowed);
+    assert_eq!(secret.policies, ["public-tables"]);
+    // The same forbid applies to an argument that is absent.
+    assert!(
+        !g.decide(
+            "reader",
+            Action::Call,
+            "docs",
+            "query",
+            Some(&json!({})),
+            &ENV
+        )
+        .allowed
+    );
+}
+
+#[test]
+fn registration_and_status_are_checked() {
+    let g = governor(POLICIES);
+    assert_eq!(g.admit("teller"), Ok(()));
+    assert_eq!(g.admit("gone"), Err(DenyReason::AgentDisabled));
+    assert_eq!(g.admit("nobody"), Err(DenyReason::AgentNotRegistered));
+    assert_eq!(
+        Governor::empty().admit("teller"),
+        Err(DenyReason::AgentNotRegistered)
+    );
+}
+
+#[test]
+fn a_policy_on_an_untyped_or_conflicting_argument_fails_approval() {
+    // `limit` is a number (Long); `nope` is declared by no tool.
+    let bad = snapshot(&[(
+        "p",
+        r#"forbid(principal, action, resource) when { context.arguments has nope && context.arguments.nope == 1 };"#,
+    )]);
+    assert!(bad.is_err(), "{bad:?}");
+    // Unguarded access to an optional attribute is refused too.
+    let unguarded = snapshot(&[(
+        "p",
+        r#"forbid(principal, action, resource) when { context.arguments.amount > 1 };"#,
+    )]);
+    assert!(unguarded.is_err());
+    let conflict = arguments_type(&[
+        tool(
+            "a",
+            "t",
+            json!({"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "integer"}}}),
+        ),
+        tool(
+            "b",
+            "t",
+            json!({"type": "object", "properties": {"x": {"type": "integer"}}}),
+        ),
+        tool(
+            "c",
+            "t",
+            json!({"type": "object", "properties": {"x": {"type": "string"}, "y": {}}}),
+        ),
+    ]);
+    assert_eq!(conflict.get("x"), Some(&Slot::Conflict));
+    assert_eq!(conflict.get("y"), Some(&Slot::Conflict));
+}
+
+#[test]
+fn schema_problems_name_the_pointer_and_the_keyword() {
+    let g = governor(POLICIES);
+    let check = |args: Value| g.validate("bank", "transfer", &args);
+    assert_eq!(check(json!({"amount": 5, "to": "x"})), Ok(()));
+    let p = check(json!({"amount": "5", "to": "x"})).unwrap_err();
+    assert_eq!(
+        (p.pointer.as_str(), p.keyword.as_str()),
+        ("/amount", "type")
+    );
+    let p = check(json!({"to": "x"})).unwrap_err();
+    assert_eq!(p.keyword, "required");
+    let p = check(json!({"amount": 5, "to": "x", "extra": 1})).unwrap_err();
+    assert_eq!(p.keyword, "additionalProperties");
+    let p = check(json!({"amount": 5, "to": "x", "memo": "far too long a memo"})).unwrap_err();
+    assert_eq!(
+        (p.pointer.as_str(), p.keyword.as_str()),
+        ("/memo", "maxLength")
+    );
+    let p = check(json!([1, 2])).unwrap_err();
+    assert_eq!((p.pointer.as_str(), p.keyword.as_str()), ("", "type"));
+}
+
+#[test]
+fn api_keys_authenticate_their_agent_only() {
+    let key = "pcak_0011aabb_secretsecret";
+    let keys = Keys::new([
+        (
+            "0011aabb".to_owned(),
+            KeyEntry {
+                agent: "teller".into(),
+                hash: blake3::hash(key.as_bytes()),
+                revoked: false,
+            },
+        ),
+        (
+            "dead".to_owned(),
+            KeyEntry {
+                agent: "reader".into(),
+                hash: blake3::hash(b"pcak_dead_x"),
+                revoked: true,
+            },
+        ),
+    ]);
+    assert_eq!(keys.authenticate(key), Ok("teller"));
+    for bad in [
+        "pcak_0011aabb_secretsecreT",
+        "pcak_0011aabb",
+        "pcak_ffff_secretsecret",
+        "pcak_dead_x",
+        "",
+    ] {
+        assert_eq!(
+            keys.authenticate(bad),
+            Err(DenyReason::Unauthenticated),
+            "{bad}"
+        );
+    }
+    assert_eq!(credential(None), Credential::Missing);
+    assert_eq!(
+        credential(Some("Bearer pcak_a_b")),
+        Credential::ApiKey("pcak_a_b")
+    );
+    assert_eq!(
+        credential(Some("bearer  pcak_a_b ")),
+        Credential::ApiKey("pcak_a_b")
+    );
+    assert_eq!(
+        credential(Some("Bearer eyJhbGciOi")),
+        Credential::Unsupported
+    );
+    assert_eq!(credential(Some("Basic dXNlcg==")), Credential::Unsupported);
+}

@@ -1,0 +1,244 @@
+//! Governance end to end: API keys name agents, the snapshot's Cedar policies decide what each agent
+//! lists and calls (arguments included), and arguments that do not fit the pinned schema never reach
+//! the upstream. Official SDK clients and a Python SDK upstream.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+
+use portcullis_tests::*;
+
+const CONFIG: &str = "pinning:\n  recheck_interval: 1h\n";
+
+fn add_agent(g: &Gateway, name: &str, group: &str) -> String {
+    ok(
+        g,
+        &[
+            "agent",
+            "add",
+            name,
+            "--owner",
+            "qa",
+            "--surface",
+            "service",
+            "--environment",
+            "prod",
+            "--credential-mode",
+            "service",
+            "--group",
+            group,
+        ],
+    );
+    ok(g, &["agent", "key", "issue", name])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn policy(g: &Gateway, id: &str, text: &str) {
+    ok(g, &["policy", "add", id, "--text", text]);
+}
+
+fn call(g: &Gateway, tool: &str, args: Value) -> RawResponse {
+    modern(
+        g.plain_port,
+        7,
+        "tools/call",
+        json!({"name": tool, "arguments": args}),
+    )
+}
+
+fn received(g: &Gateway) -> String {
+    let r = call(g, "alpha__received_calls", json!({}));
+    r.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", r.text()))
+        .to_owned()
+}
+
+#[test]
+fn policy_decides_what_each_agent_lists_and_calls() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    ok(
+        &g,
+        &[
+            "capability",
+            "add",
+            "alpha",
+            "--kind",
+            "mcp",
+            "--owner",
+            "team",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            &format!("http://127.0.0.1:{pa}/mcp"),
+        ],
+    );
+    let ops = add_agent(&g, "ops", "operators");
+    let viewer = add_agent(&g, "viewer", "viewers");
+    add_agent(&g, "idle", "nobody");
+    policy(
+        &g,
+        "operators-all",
+        r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
+    );
+    policy(
+        &g,
+        "viewers-echo",
+        r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
+    );
+    policy(
+        &g,
+        "no-big-adds",
+        r#"forbid(principal, action == Action::"call", resource == Tool::"alpha__add") when { context.arguments has a && context.arguments.a > 100 };"#,
+    );
+    ok(&g, &["approve", "--note", "two agents"]);
+
+    // Discovery: the viewer sees only echo, the operator everything, through both SDKs and revisions.
+    act_as(&viewer);
+    for rev in ["2025-11-25", "2026-07-28"] {
+        let v = py_client(&g.url(), rev, "list", &["--tools-only"]);
+        assert_eq!(v["tools"], json!(["alpha__echo"]), "{v}");
+    }
+    let v = ts_client("v2", &g.url(), "2026-07-28", "list", &["--tools-only"]);
+    assert_eq!(v["tools"], json!(["alpha__echo"]), "{v}");
+    act_as(&ops);
+    let v = py_client(&g.url(), "2026-07-28", "list", &["--tools-only"]);
+    let tools = v["tools"].as_array().unwrap();
+    assert!(
+        tools.len() > 5 && tools.contains(&json!("alpha__add")),
+        "{v}"
+    );
+
+    // A tool the viewer cannot see it cannot call; the default deny names no policy.
+    act_as(&viewer);
+    let r = call(&g, "alpha__add", json!({"a": 1, "b": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.reason(), "policy_denied", "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["policies"], json!([]));
+    assert!(r.json()["error"]["data"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1 "));
+    let v = py_client(
+        &g.url(),
+        "2025-11-25",
+        "call",
+        &["--tool", "alpha__echo", "--args", r#"{"text":"seen"}"#],
+    );
+    assert_eq!(v["text"], json!("seen"));
+
+    // An argument-level forbid denies one call and permits another, naming the policy.
+    act_as(&ops);
+    let v = ts_client(
+        "v2",
+        &g.url(),
+        "2026-07-28",
+        "call",
+        &["--tool", "alpha__add", "--args", r#"{"a":100,"b":1}"#],
+    );
+    assert_eq!(v["text"], json!("101"), "{v}");
+    let r = call(&g, "alpha__add", json!({"a": 101, "b": 1}));
+    assert_eq!(r.reason(), "policy_denied", "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["data"]["policies"],
+        json!(["no-big-adds"])
+    );
+    // A fractional number cannot slip under an integer bound.
+    let r = call(&g, "alpha__add", json!({"a": 5000.5, "b": 1}));
+    assert_eq!(r.reason(), "policy_denied", "{}", r.text());
+
+    // Arguments that do not fit the pinned schema never reach the upstream.
+    let r = call(&g, "alpha__add", json!({"a": "two", "b": 1}));
+    assert_eq!(r.reason(), "schema_invalid", "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["pointer"], json!("/a"));
+    assert_eq!(r.json()["error"]["data"]["keyword"], json!("type"));
+    let r = call(&g, "alpha__add", json!({"a": 1}));
+    assert_eq!(r.reason(), "schema_invalid", "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["keyword"], json!("required"));
+    assert_eq!(received(&g), "echo:seen,add:100,1");
+
+    // Identity: no key, a wrong key, a revoked key, a registered agent nothing permits.
+    act_anonymously();
+    let r = call(&g, "alpha__echo", json!({"text": "x"}));
+    assert_eq!((r.status, r.reason().as_str()), (401, "unauthenticated"));
+    let challenge = r.header("www-authenticate").unwrap().to_owned();
+    assert!(
+        challenge.contains("resource_metadata=\"http://127.0.0.1:"),
+        "{challenge}"
+    );
+    let meta = request(
+        g.plain_port,
+        "GET",
+        "/.well-known/oauth-protected-resource/mcp",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(meta.status, 200);
+    assert_eq!(
+        meta.json()["resource"],
+        json!(format!("http://127.0.0.1:{}/mcp", g.plain_port))
+    );
+    act_as(&format!("{}x", &ops[..ops.len() - 1]));
+    assert_eq!(
+        call(&g, "alpha__echo", json!({"text": "x"})).reason(),
+        "unauthenticated"
+    );
+    let id = ok(&g, &["agent", "key", "list", "viewer"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&g, &["agent", "key", "revoke", "viewer", &id]);
+    act_as(&viewer);
+    assert_eq!(
+        call(&g, "alpha__echo", json!({"text": "x"})).reason(),
+        "unauthenticated"
+    );
+
+    // A session belongs to the agent that opened it.
+    act_as(&ops);
+    let sid = initialize(g.plain_port);
+    let idle = add_agent(&g, "late", "operators");
+    act_as(&idle);
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    // `late` is not in the approved snapshot yet.
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (403, "agent_not_registered")
+    );
+    ok(&g, &["approve", "--note", "late joins"]);
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (404, "session_agent_mismatch")
+    );
+
+    // A disabled agent is refused as such once the snapshot says so.
+    act_as(&ops);
+    ok(&g, &["agent", "edit", "ops", "--status", "disabled"]);
+    // A draft changes nothing until it is approved.
+    let r = call(&g, "alpha__echo", json!({"text": "x"}));
+    assert!(r.json()["result"].is_object(), "{}", r.text());
+    ok(&g, &["approve", "--note", "ops off"]);
+    let r = call(&g, "alpha__echo", json!({"text": "x"}));
+    assert_eq!((r.status, r.reason().as_str()), (403, "agent_disabled"));
+}

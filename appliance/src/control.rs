@@ -194,6 +194,15 @@ impl ControlPlane {
         Ok(f)
     }
 
+    /// Take a signed key list from the control plane this data plane follows, keep it and serve it.
+    pub fn follow_keys(&self, body: &[u8], signature: &[u8]) -> Result<usize, RegistryError> {
+        let keys = self.registry.follow_keys(body, signature)?;
+        let table = key_table(&keys);
+        let n = table.len();
+        self.published.publish_keys(table);
+        Ok(n)
+    }
+
     /// Serve the active snapshot, if there is one and this appliance serves snapshots. A snapshot that
     /// fails verification is not served: the data plane keeps what it had (fail closed at first start).
     pub fn serve_active(&self) {
@@ -303,11 +312,21 @@ impl ControlPlane {
     /// admin API: issuing, revoking, removing an agent, applying a file). On a read failure the cores
     /// keep the table they had.
     pub fn publish_keys(&self) {
-        match self.registry.all_keys() {
+        // A data plane admits the keys its control plane signed, not its own (it issues none).
+        let keys = if self.following.is_some() {
+            self.registry.followed_keys()
+        } else {
+            self.registry.all_keys()
+        };
+        match keys {
             Ok(keys) => {
                 let table = key_table(&keys);
                 crate::info!("agent API keys published keys={}", table.len());
                 self.published.publish_keys(table);
+                if self.following.is_none() {
+                    // Data planes long-polling now come back for the new key list.
+                    self.beacon.ring();
+                }
             }
             Err(e) => crate::error!("API keys unreadable, the previous key table stays: {e}"),
         }
@@ -575,7 +594,9 @@ fn registry_error(e: &RegistryError) -> Answer {
         | RegistryError::BadActivation
         | RegistryError::StaleActivation { .. }
         | RegistryError::ActivationMismatch { .. }
-        | RegistryError::SnapshotConflict { .. } => 409,
+        | RegistryError::SnapshotConflict { .. }
+        | RegistryError::BadKeys
+        | RegistryError::StaleKeys { .. } => 409,
         RegistryError::SignerMismatch { .. } => 500,
         RegistryError::MapFull { .. } => 507,
         RegistryError::Open { .. } | RegistryError::Corrupt { .. } | RegistryError::Lmdb(_) => 500,

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::config::{parse_fingerprint, parse_https_url, Follow, UpstreamUrl};
 use crate::control::{now_ms, ControlPlane};
 use crate::sync;
+use portcullis_storage::signing::parse_hex;
 
 /// Header bytes of a sync response, at most.
 const HEAD_MAX: usize = 16 << 10;
@@ -48,6 +49,8 @@ pub struct FollowState {
     pub serving: Option<Serving>,
     pub refused: Option<Refused>,
     pub refusals_total: u64,
+    /// Agent API keys in the key list last taken from the control plane.
+    pub keys: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -239,10 +242,31 @@ impl Follower {
                     backoff = BACKOFF_MIN;
                 }
                 Ok(None) => backoff = BACKOFF_MIN,
-                Err(_) => {
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
+                Err(_) => {}
+            }
+            if ok {
+                self.follow_keys(&cp, &status);
+            } else {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// After each answered poll, take the control plane's key list. A list that fails (unreachable,
+    /// bad signature, older than the one held) changes nothing: the last good keys stay.
+    fn follow_keys(&self, cp: &ControlPlane, status: &FollowStatus) {
+        let outcome = self
+            .fetch_keys()
+            .and_then(|(body, sig)| cp.follow_keys(&body, &sig).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(n) => status.lock().keys = Some(n),
+            Err(e) => {
+                crate::warn!(
+                    "API key list from {} not taken: {e}; the last good keys stay",
+                    status.control_plane
+                );
+                status.lock().last_error = Some(e);
             }
         }
     }
@@ -255,21 +279,6 @@ impl Follower {
         refused: Option<(u64, &str)>,
         wait: Duration,
     ) -> Result<Option<portcullis_storage::registry::Offer>, String> {
-        let addr = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.url.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", self.url.host))?;
-        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        // The control plane holds the poll up to `wait`; past that plus a margin the link is dead.
-        let io_timeout = wait + Duration::from_secs(15);
-        tcp.set_read_timeout(Some(io_timeout)).ok();
-        tcp.set_write_timeout(Some(io_timeout)).ok();
-        let name = ServerName::try_from(self.url.host.clone())
-            .map_err(|e| format!("control plane host {}: {e}", self.url.host))?;
-        let conn = ClientConnection::new(self.tls.clone(), name).map_err(|e| e.to_string())?;
-        let mut tls = StreamOwned::new(conn, tcp);
         let base = self.url.path.trim_end_matches('/');
         let mut target = format!("{base}{}?seq={seq}&wait={}", sync::PATH, wait.as_secs());
         let mut extra = String::new();
@@ -277,20 +286,8 @@ impl Follower {
             target.push_str(&format!("&refused={r}"));
             extra = format!("{}: {code}\r\n", sync::REFUSED_HEADER);
         }
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nhost: {}:{}\r\nauthorization: Bearer {}\r\n{}: {}\r\n{extra}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
-            self.url.host,
-            self.url.port,
-            self.token,
-            sync::NODE_HEADER,
-            self.node,
-            crate::gateway::VERSION
-        );
-        tls.write_all(req.as_bytes())
-            .and_then(|()| tls.flush())
-            .map_err(|e| format!("sending to {addr}: {e}"))?;
-        let (status, activation, body) = read_response(&mut tls, self.body_max)
-            .map_err(|e| format!("reading from {addr}: {e}"))?;
+        let (status, activation, body) =
+            self.exchange(&target, &extra, wait, sync::ACTIVATION_HEADER)?;
         match status {
             200 => {
                 let header = activation
@@ -306,11 +303,73 @@ impl Follower {
             )),
         }
     }
+
+    /// Fetch the control plane's signed key list: the body and its signature.
+    fn fetch_keys(&self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let base = self.url.path.trim_end_matches('/');
+        let target = format!("{base}{}", sync::KEYS_PATH);
+        let (status, sig, body) =
+            self.exchange(&target, "", Duration::ZERO, sync::KEYS_SIGNATURE_HEADER)?;
+        if status != 200 {
+            return Err(format!(
+                "key list: HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ));
+        }
+        let sig = sig
+            .and_then(|s| parse_hex::<64>(s.trim()))
+            .ok_or_else(|| format!("key list without a valid `{}`", sync::KEYS_SIGNATURE_HEADER))?;
+        Ok((body, sig.to_vec()))
+    }
+
+    /// One HTTPS GET to the control plane (held up to `wait` by the other side): status, the value of
+    /// `header`, body.
+    fn exchange(
+        &self,
+        target: &str,
+        extra: &str,
+        wait: Duration,
+        header: &str,
+    ) -> Result<(u16, Option<String>, Vec<u8>), String> {
+        let addr = (self.url.host.as_str(), self.url.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {}: {e}", self.url.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.url.host))?;
+        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        // The control plane holds the poll up to `wait`; past that plus a margin the link is dead.
+        let io_timeout = wait + Duration::from_secs(15);
+        tcp.set_read_timeout(Some(io_timeout)).ok();
+        tcp.set_write_timeout(Some(io_timeout)).ok();
+        let name = ServerName::try_from(self.url.host.clone())
+            .map_err(|e| format!("control plane host {}: {e}", self.url.host))?;
+        let conn = ClientConnection::new(self.tls.clone(), name).map_err(|e| e.to_string())?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nhost: {}:{}\r\nauthorization: Bearer {}\r\n{}: {}\r\n{extra}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
+            self.url.host,
+            self.url.port,
+            self.token,
+            sync::NODE_HEADER,
+            self.node,
+            crate::gateway::VERSION
+        );
+        tls.write_all(req.as_bytes())
+            .and_then(|()| tls.flush())
+            .map_err(|e| format!("sending to {addr}: {e}"))?;
+        read_response(&mut tls, self.body_max, header)
+            .map_err(|e| format!("reading from {addr}: {e}"))
+    }
 }
 
 /// Read one HTTP/1.1 response (the server sends `content-length`): status, the activation header and
 /// the body, which may not exceed `body_max`.
-fn read_response(s: &mut impl Read, body_max: usize) -> io::Result<(u16, Option<String>, Vec<u8>)> {
+fn read_response(
+    s: &mut impl Read,
+    body_max: usize,
+    header: &str,
+) -> io::Result<(u16, Option<String>, Vec<u8>)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 << 10];
@@ -342,12 +401,7 @@ fn read_response(s: &mut impl Read, body_max: usize) -> io::Result<(u16, Option<
                         .map_err(|_| bad("bad content-length"))?,
                     None => 0,
                 };
-                break (
-                    resp.code.unwrap_or(0),
-                    get(sync::ACTIVATION_HEADER),
-                    length,
-                    head_len,
-                );
+                break (resp.code.unwrap_or(0), get(header), length, head_len);
             }
         }
     };
@@ -471,15 +525,27 @@ mod tests {
     fn responses_are_read_by_length_and_bounded() {
         let raw =
             b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nportcullis-activation: seq=1\r\n\r\nhello";
-        let (status, act, body) = read_response(&mut &raw[..], 100).unwrap();
+        let (status, act, body) =
+            read_response(&mut &raw[..], 100, sync::ACTIVATION_HEADER).unwrap();
         assert_eq!(
             (status, act.as_deref(), body.as_slice()),
             (200, Some("seq=1"), &b"hello"[..])
         );
-        assert!(read_response(&mut &raw[..], 4).is_err(), "over the bound");
+        assert!(
+            read_response(&mut &raw[..], 4, sync::ACTIVATION_HEADER).is_err(),
+            "over the bound"
+        );
         let short = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhello";
-        assert!(read_response(&mut &short[..], 100).is_err(), "truncated");
+        assert!(
+            read_response(&mut &short[..], 100, sync::ACTIVATION_HEADER).is_err(),
+            "truncated"
+        );
         let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(read_response(&mut &empty[..], 100).unwrap().0, 204);
+        assert_eq!(
+            read_response(&mut &empty[..], 100, sync::ACTIVATION_HEADER)
+                .unwrap()
+                .0,
+            204
+        );
     }
 }

@@ -27,6 +27,11 @@ use serde::Serialize;
 use crate::control::{self, ControlPlane};
 
 pub const PATH: &str = "/sync/v1/active";
+/// The agent API keys (hashes), signed with the snapshot key: `GET` answers 200 with the `KeyList` JSON
+/// and `portcullis-keys-signature: HEX`. Data planes fetch it after every poll, so a key issued or
+/// revoked on the control plane takes effect on a data plane within one `follow.poll_wait`.
+pub const KEYS_PATH: &str = "/sync/v1/keys";
+pub const KEYS_SIGNATURE_HEADER: &str = "portcullis-keys-signature";
 pub const CONTENT_TYPE: &str = "application/vnd.portcullis.snapshot";
 pub const ACTIVATION_HEADER: &str = "portcullis-activation";
 pub const NODE_HEADER: &str = "portcullis-node";
@@ -245,11 +250,11 @@ fn node_name(raw: Option<&str>) -> String {
 /// refused), else 204 once `wait` passes without an activation.
 pub async fn answer(cp: &ControlPlane, req: SyncRequest<'_>) -> SyncAnswer {
     let (path, query) = req.target.split_once('?').unwrap_or((req.target, ""));
-    if path != PATH {
+    if path != PATH && path != KEYS_PATH {
         return json_error(
             404,
             "not_found",
-            "the sync listener serves only /sync/v1/active",
+            "the sync listener serves only /sync/v1/active and /sync/v1/keys",
         );
     }
     if req.method != "GET" {
@@ -261,6 +266,19 @@ pub async fn answer(cp: &ControlPlane, req: SyncRequest<'_>) -> SyncAnswer {
             "unauthenticated",
             "sync needs `Authorization: Bearer <token>` with the control plane's DATA_DIR/sync.token",
         );
+    }
+    if path == KEYS_PATH {
+        return match cp.registry.signed_keys(control::now_ms()) {
+            Ok((body, sig)) => SyncAnswer {
+                status: 200,
+                headers: vec![
+                    ("content-type", "application/json".into()),
+                    (KEYS_SIGNATURE_HEADER, hex(&sig)),
+                ],
+                body,
+            },
+            Err(e) => json_error(500, e.code(), &e.to_string()),
+        };
     }
     let (mut seq, mut refused, mut wait) = (0u64, None, Duration::from_secs(25));
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -297,6 +315,7 @@ pub async fn answer(cp: &ControlPlane, req: SyncRequest<'_>) -> SyncAnswer {
         }),
     });
     let deadline = std::time::Instant::now() + wait;
+    let mut woken = false;
     loop {
         let rung = cp.beacon.rung();
         let current = match cp.registry.activation_seq() {
@@ -319,8 +338,11 @@ pub async fn answer(cp: &ControlPlane, req: SyncRequest<'_>) -> SyncAnswer {
                 Err(e) => return json_error(500, e.code(), &e.to_string()),
             }
         }
+        // Woken without a new activation: the keys changed. Answer now, so the data plane takes the new
+        // key list at once (a revocation must not wait out a long poll).
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero()
+        if woken
+            || left.is_zero()
             || monoio::time::timeout(left, cp.beacon.wait(rung))
                 .await
                 .is_err()
@@ -331,6 +353,7 @@ pub async fn answer(cp: &ControlPlane, req: SyncRequest<'_>) -> SyncAnswer {
                 body: Vec::new(),
             };
         }
+        woken = true;
     }
 }
 

@@ -70,6 +70,13 @@ pub enum RegistryError {
     ActivationMismatch {
         message: String,
     },
+    /// A key list from the control plane does not verify under the trusted key.
+    BadKeys,
+    /// A key list older than the one this data plane holds (a replay could bring back a revoked key).
+    StaleKeys {
+        offered: u64,
+        current: u64,
+    },
     /// The offered snapshot has a version this data plane already holds with different content.
     SnapshotConflict {
         version: u64,
@@ -124,6 +131,13 @@ impl fmt::Display for RegistryError {
                 f,
                 "snapshot {version} is already held with different content; snapshots are immutable, so the offer is refused"
             ),
+            RegistryError::BadKeys => f.write_str(
+                "the API key list's signature does not verify with the trusted public key",
+            ),
+            RegistryError::StaleKeys { offered, current } => write!(
+                f,
+                "the API key list generated at {offered} is older than the one held (generated at {current}): a replayed list could bring back revoked keys"
+            ),
             RegistryError::Corrupt { what, message } => write!(f, "{what} does not decode: {message}"),
             RegistryError::Lmdb(m) => write!(f, "LMDB: {m}"),
         }
@@ -152,6 +166,8 @@ impl RegistryError {
             RegistryError::StaleActivation { .. } => "activation_stale",
             RegistryError::ActivationMismatch { .. } => "activation_mismatch",
             RegistryError::SnapshotConflict { .. } => "snapshot_conflict",
+            RegistryError::BadKeys => "keys_signature_invalid",
+            RegistryError::StaleKeys { .. } => "keys_stale",
             RegistryError::Corrupt { .. } => "registry_corrupt",
             RegistryError::Lmdb(_) => "registry_error",
         }
@@ -242,6 +258,17 @@ pub struct ApiKey {
     #[serde(default)]
     pub revoked_by: Option<String>,
 }
+
+/// The API keys a control plane signs for its data planes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyList {
+    /// Unix milliseconds on the control plane when the list was made.
+    pub generated_ms: u64,
+    pub keys: Vec<ApiKey>,
+}
+
+/// Meta key of the followed key list: 64 signature bytes, then the `KeyList` body.
+const FOLLOWED_KEYS: &str = "followed_keys";
 
 /// Where a snapshot stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -725,6 +752,71 @@ impl Registry {
             out.push(decode(|| format!("API key `{k}`"), v)?);
         }
         Ok(out)
+    }
+
+    /// Every key, as a control plane hands them to its data planes: a JSON body (`KeyList`) and its
+    /// signature under the snapshot key. Only hashes travel; the list carries when it was made so a
+    /// data plane can refuse an older one.
+    pub fn signed_keys(&self, now_ms: u64) -> Result<(Vec<u8>, [u8; 64])> {
+        let mut keys = self.all_keys()?;
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        let body = serde_json::to_vec(&KeyList {
+            generated_ms: now_ms,
+            keys,
+        })
+        .map_err(|e| RegistryError::Lmdb(e.to_string()))?;
+        let sig = self.key.sign_keys(&body);
+        Ok((body, sig))
+    }
+
+    /// Take a key list from the control plane this data plane follows: verify it under the trust key,
+    /// refuse one older than what is held, and keep it (so a restart without the control plane still
+    /// admits the same agents). Returns the keys.
+    pub fn follow_keys(&self, body: &[u8], signature: &[u8]) -> Result<Vec<ApiKey>> {
+        signing::verify_keys(body, signature, &self.trust).map_err(|_| RegistryError::BadKeys)?;
+        let list: KeyList = decode(|| "API key list".to_owned(), body)?;
+        let mut w = self.write()?;
+        let err = self.err();
+        if let Some(held) = self.tables.meta.get(&w, FOLLOWED_KEYS).map_err(&err)? {
+            let held: KeyList = decode(
+                || "followed API key list".to_owned(),
+                held.get(64..).unwrap_or_default(),
+            )?;
+            if list.generated_ms < held.generated_ms {
+                return Err(RegistryError::StaleKeys {
+                    offered: list.generated_ms,
+                    current: held.generated_ms,
+                });
+            }
+        }
+        let mut stored = signature.to_vec();
+        stored.extend_from_slice(body);
+        self.tables
+            .meta
+            .put(&mut w, FOLLOWED_KEYS, &stored)
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(list.keys)
+    }
+
+    /// The key list last followed, verified again as it is read (disk is input).
+    pub fn followed_keys(&self) -> Result<Vec<ApiKey>> {
+        let r = self.read()?;
+        let Some(stored) = self
+            .tables
+            .meta
+            .get(&r, FOLLOWED_KEYS)
+            .map_err(self.err())?
+        else {
+            return Ok(Vec::new());
+        };
+        if stored.len() < 64 {
+            return Err(RegistryError::BadKeys);
+        }
+        let (sig, body) = stored.split_at(64);
+        signing::verify_keys(body, sig, &self.trust).map_err(|_| RegistryError::BadKeys)?;
+        let list: KeyList = decode(|| "followed API key list".to_owned(), body)?;
+        Ok(list.keys)
     }
 
     pub fn revoke_key(&self, agent: &str, id: &str, by: &str, now_ms: u64) -> Result<ApiKey> {

@@ -19,6 +19,8 @@ const MAGIC: &[u8; 8] = b"PCSNAP01";
 const DOMAIN: &[u8] = b"portcullis snapshot v1\0";
 /// Activation statements (which snapshot is active, in which order) are signed under their own prefix.
 const ACTIVATION_DOMAIN: &[u8] = b"portcullis activation v1\0";
+/// Domain of a control plane's signed list of agent API keys (hashes only) for its data planes.
+const KEYS_DOMAIN: &[u8] = b"portcullis keys v1\0";
 const HASH_LEN: usize = 32;
 const SIG_LEN: usize = 64;
 pub const BLOB_HEADER_LEN: usize = MAGIC.len() + HASH_LEN + SIG_LEN;
@@ -138,7 +140,29 @@ impl Activation {
     }
 }
 
+fn keys_message(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(KEYS_DOMAIN.len() + HASH_LEN);
+    m.extend_from_slice(KEYS_DOMAIN);
+    m.extend_from_slice(blake3::hash(body).as_bytes());
+    m
+}
+
+/// Check `signature` over a key list body under `public_key`.
+pub fn verify_keys(body: &[u8], signature: &[u8], public_key: &[u8; 32]) -> Result<(), BlobError> {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(&keys_message(body), signature)
+        .map_err(|_| BlobError::BadSignature)
+}
+
 impl SigningKey {
+    /// Sign a key list body (`Registry::signed_keys`), under a domain of its own so that no key list
+    /// can pass for a snapshot or an activation statement.
+    pub fn sign_keys(&self, body: &[u8]) -> [u8; SIG_LEN] {
+        let mut out = [0u8; SIG_LEN];
+        out.copy_from_slice(self.pair.sign(&keys_message(body)).as_ref());
+        out
+    }
+
     pub fn sign_activation(&self, a: &Activation) -> [u8; SIG_LEN] {
         let mut out = [0u8; SIG_LEN];
         out.copy_from_slice(self.pair.sign(&a.message()).as_ref());

@@ -34,9 +34,14 @@ fn add_capability(g: &Gateway, name: &str, port: u16) {
     );
 }
 
-/// Tool names a raw 2026-07-28 `tools/list` shows, and its `portcullis-snapshot` header.
+/// Tool names a raw 2026-07-28 `tools/list` shows, and its `portcullis-snapshot` header. Before the
+/// data plane serves a snapshot registering the agent, the refusal (403) lists nothing.
 fn listed(g: &Gateway) -> (Vec<String>, String) {
     let r = modern(g.plain_port, 1, "tools/list", json!({}));
+    let snapshot = r.header("portcullis-snapshot").unwrap_or("").to_owned();
+    if r.status == 403 && r.reason() == "agent_not_registered" {
+        return (Vec::new(), snapshot);
+    }
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     let names = v["result"]["tools"]
@@ -133,7 +138,18 @@ fn a_data_plane_follows_its_control_plane_and_outlives_it() {
     wait_for("the data plane reaches the control plane", || {
         ok(&dp, &["sync"])["state"] == json!("following")
     });
-    assert_eq!(listed(&dp), (vec![], "none".to_owned()));
+    // Agents and their keys are registered on the control plane; the data plane takes the signed key
+    // list, but admits nobody before a snapshot registers them.
+    let key = admit_tester(&cp);
+    wait_for("the key list reaches the data plane", || {
+        ok(&dp, &["sync"])["keys"] == json!(1)
+    });
+    let r = modern(dp.plain_port, 1, "tools/list", json!({}));
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (403, "agent_not_registered")
+    );
+    assert_eq!(r.header("portcullis-snapshot"), Some("none"));
 
     // Approved on the control plane, served by the data plane.
     add_capability(&cp, "alpha", pa);
@@ -151,6 +167,27 @@ fn a_data_plane_follows_its_control_plane_and_outlives_it() {
     }
     let status = ok(&dp, &["sync"]);
     assert_eq!(status["serving"]["version"], json!(1), "{status}");
+
+    // A key revoked on the control plane stops working on the data plane within a poll.
+    let second = ok(&cp, &["agent", "key", "issue", "tester"]);
+    act_as(second["key"].as_str().unwrap());
+    wait_for("the second key works on the data plane", || {
+        modern(dp.plain_port, 1, "tools/list", json!({})).status == 200
+    });
+    ok(
+        &cp,
+        &[
+            "agent",
+            "key",
+            "revoke",
+            "tester",
+            second["id"].as_str().unwrap(),
+        ],
+    );
+    wait_for("the revocation reaches the data plane", || {
+        modern(dp.plain_port, 1, "tools/list", json!({})).reason() == "unauthenticated"
+    });
+    act_as(&key);
 
     // The data plane's registry is not edited locally.
     let e = fails(

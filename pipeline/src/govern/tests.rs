@@ -147,7 +147,7 @@ fn agents_see_what_policy_lets_them_and_nothing_else() {
         Some(&json!({"amount": 5, "to": "x"})),
         &ENV,
     );
-    assert_eq!(v.allowed, false);
+    assert!(!v.allowed);
     assert!(v.policies.is_empty(), "default deny names no policy: {v:?}");
 }
 

@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use cedar_policy::{
     Authorizer, Context, Decision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    PolicySet, Request, RestrictedExpression,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
 };
 use serde_json::Value;
 
@@ -391,13 +391,70 @@ pub struct SchemaProblem {
     pub message: String,
 }
 
+/// Policies indexed by the entity their scope names: (principal, resource), `None` for an unconstrained
+/// (or type-only) scope. A request can only be decided by the buckets of its agent (itself, its groups,
+/// any) and its tool (itself, its capability, any), so a decision costs what those policies cost, not
+/// what the whole set costs.
+type Buckets = HashMap<(Option<EntityUid>, Option<EntityUid>), PolicySet>;
+
+/// A registered agent: status, its entity, the groups it is in.
+#[derive(Debug)]
+struct AgentEntry {
+    status: Status,
+    uid: EntityUid,
+    groups: Vec<EntityUid>,
+}
+
+/// A pinned tool: its entity, its capability's, and the index of its validator.
+#[derive(Debug)]
+struct ToolEntry {
+    uid: EntityUid,
+    capability: EntityUid,
+    validator: usize,
+}
+
+fn principal_key(c: PrincipalConstraint) -> Option<EntityUid> {
+    match c {
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => None,
+        PrincipalConstraint::In(u)
+        | PrincipalConstraint::Eq(u)
+        | PrincipalConstraint::IsIn(_, u) => Some(u),
+    }
+}
+
+fn resource_key(c: ResourceConstraint) -> Option<EntityUid> {
+    match c {
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => None,
+        ResourceConstraint::In(u) | ResourceConstraint::Eq(u) | ResourceConstraint::IsIn(_, u) => {
+            Some(u)
+        }
+    }
+}
+
+fn index(policies: &PolicySet) -> Result<Buckets, String> {
+    let mut buckets = Buckets::new();
+    for p in policies.policies() {
+        let key = (
+            principal_key(p.principal_constraint()),
+            resource_key(p.resource_constraint()),
+        );
+        buckets
+            .entry(key)
+            .or_default()
+            .add(p.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(buckets)
+}
+
 /// The snapshot compiled for deciding.
 pub struct Governor {
-    policies: PolicySet,
+    n_policies: usize,
+    buckets: Buckets,
     entities: Entities,
-    agents: HashMap<String, (Status, EntityUid)>,
-    /// `capability` → tool name → (entity, index of its validator).
-    tools: HashMap<String, HashMap<String, (EntityUid, usize)>>,
+    agents: HashMap<String, AgentEntry>,
+    /// `capability` → tool name → its entities and validator.
+    tools: HashMap<String, HashMap<String, ToolEntry>>,
     validators: Vec<InputValidator>,
     arguments: BTreeMap<String, Slot>,
     discover: EntityUid,
@@ -407,7 +464,8 @@ pub struct Governor {
 impl std::fmt::Debug for Governor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Governor")
-            .field("policies", &self.policies.num_of_policies())
+            .field("policies", &self.n_policies)
+            .field("buckets", &self.buckets.len())
             .field("agents", &self.agents.len())
             .field("tools", &self.validators.len())
             .finish()
@@ -448,7 +506,8 @@ impl Governor {
     /// A governor that allows nothing (before the first approval).
     pub fn empty() -> Governor {
         Governor {
-            policies: PolicySet::new(),
+            n_policies: 0,
+            buckets: Buckets::new(),
             entities: Entities::empty(),
             agents: HashMap::new(),
             tools: HashMap::new(),
@@ -479,8 +538,16 @@ impl Governor {
                 ),
                 ("groups".to_owned(), strings(&s.groups)),
             ]);
+            let groups_of: Vec<EntityUid> = parents.iter().cloned().collect();
             entities.push(Entity::new(me.clone(), attrs, parents).map_err(|e| e.to_string())?);
-            agents.insert(s.name.clone(), (s.status, me));
+            agents.insert(
+                s.name.clone(),
+                AgentEntry {
+                    status: s.status,
+                    uid: me,
+                    groups: groups_of,
+                },
+            );
         }
         for g in groups {
             entities.push(Entity::new_no_attrs(uid("Group", &g), HashSet::new()));
@@ -506,7 +573,7 @@ impl Governor {
             );
             caps.insert(s.name.clone(), (me, attrs));
         }
-        let mut tools: HashMap<String, HashMap<String, (EntityUid, usize)>> = HashMap::new();
+        let mut tools: HashMap<String, HashMap<String, ToolEntry>> = HashMap::new();
         let mut validators = Vec::with_capacity(content.tools.len());
         for t in &content.tools {
             let Some((cap_uid, attrs)) = caps.get(&t.capability) else {
@@ -524,15 +591,20 @@ impl Governor {
                 Entity::new(me.clone(), a, HashSet::from([cap_uid.clone()]))
                     .map_err(|e| e.to_string())?,
             );
-            tools
-                .entry(t.capability.clone())
-                .or_default()
-                .insert(t.name.clone(), (me, validators.len()));
+            tools.entry(t.capability.clone()).or_default().insert(
+                t.name.clone(),
+                ToolEntry {
+                    uid: me,
+                    capability: cap_uid.clone(),
+                    validator: validators.len(),
+                },
+            );
             validators.push(jsonschema::validator_for(&t.input_schema).map_err(|e| e.to_string()));
         }
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         Ok(Governor {
-            policies,
+            n_policies: policies.num_of_policies(),
+            buckets: index(&policies)?,
             entities,
             agents,
             tools,
@@ -545,10 +617,10 @@ impl Governor {
 
     /// Is `agent` registered in this snapshot and active?
     pub fn admit(&self, agent: &str) -> Result<(), DenyReason> {
-        match self.agents.get(agent) {
+        match self.agents.get(agent).map(|a| a.status) {
             None => Err(DenyReason::AgentNotRegistered),
-            Some((Status::Disabled, _)) => Err(DenyReason::AgentDisabled),
-            Some((Status::Active, _)) => Ok(()),
+            Some(Status::Disabled) => Err(DenyReason::AgentDisabled),
+            Some(Status::Active) => Ok(()),
         }
     }
 
@@ -594,7 +666,7 @@ impl Governor {
         arguments: Option<&Value>,
         env: &Env<'_>,
     ) -> Verdict {
-        let (Some((_, principal)), Some((resource, _))) = (
+        let (Some(who), Some(tool)) = (
             self.agents.get(agent),
             self.tools.get(capability).and_then(|m| m.get(name)),
         ) else {
@@ -613,45 +685,62 @@ impl Governor {
             Action::Call => &self.call,
         };
         let request = match Request::new(
-            principal.clone(),
+            who.uid.clone(),
             action.clone(),
-            resource.clone(),
+            tool.uid.clone(),
             context,
             None,
         ) {
             Ok(r) => r,
             Err(e) => return Verdict::deny(e.to_string()),
         };
-        let response = Authorizer::new().is_authorized(&request, &self.policies, &self.entities);
-        // Cedar skips a policy that errors; for a forbid that would turn an error into access.
-        let failed_forbids: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| match e {
-                cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
-            })
-            .filter(|id| {
-                self.policies
-                    .policy(id)
-                    .is_some_and(|p| p.effect() == Effect::Forbid)
-            })
-            .map(ToString::to_string)
-            .collect();
+        // Cedar's answer over the union of the buckets equals the union of its answers per bucket: a
+        // satisfied forbid anywhere denies, else a satisfied permit anywhere allows.
+        let principals = std::iter::once(None)
+            .chain(std::iter::once(Some(&who.uid)))
+            .chain(who.groups.iter().map(Some));
+        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
+        let authorizer = Authorizer::new();
+        let (mut permits, mut forbids, mut failed_forbids) = (Vec::new(), Vec::new(), Vec::new());
+        for p in principals {
+            for r in resources {
+                let Some(set) = self.buckets.get(&(p.cloned(), r.cloned())) else {
+                    continue;
+                };
+                let response = authorizer.is_authorized(&request, set, &self.entities);
+                // Cedar skips a policy that errors; for a forbid that would turn an error into access.
+                failed_forbids.extend(
+                    response
+                        .diagnostics()
+                        .errors()
+                        .map(|e| match e {
+                            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
+                                e.policy_id()
+                            }
+                        })
+                        .filter(|id| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid))
+                        .map(ToString::to_string),
+                );
+                let reasons = response.diagnostics().reason().map(ToString::to_string);
+                match response.decision() {
+                    Decision::Allow => permits.extend(reasons),
+                    Decision::Deny => forbids.extend(reasons),
+                }
+            }
+        }
         if !failed_forbids.is_empty() {
+            failed_forbids.sort_unstable();
             return Verdict {
                 allowed: false,
                 policies: failed_forbids,
                 detail: Some("a forbid policy failed to evaluate".into()),
             };
         }
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
+        let allowed = forbids.is_empty() && !permits.is_empty();
+        let mut policies = if forbids.is_empty() { permits } else { forbids };
         policies.sort_unstable();
         Verdict {
-            allowed: response.decision() == Decision::Allow,
+            allowed,
             policies,
             detail: None,
         }
@@ -665,10 +754,10 @@ impl Governor {
         name: &str,
         arguments: &Value,
     ) -> Result<(), SchemaProblem> {
-        let Some((_, i)) = self.tools.get(capability).and_then(|m| m.get(name)) else {
+        let Some(tool) = self.tools.get(capability).and_then(|m| m.get(name)) else {
             return Ok(());
         };
-        let validator = match &self.validators[*i] {
+        let validator = match &self.validators[tool.validator] {
             Ok(v) => v,
             Err(e) => {
                 return Err(SchemaProblem {

@@ -767,7 +767,17 @@ impl Core {
                     .await
             }
             Route::List(kind) => {
-                let result = self.merged_list(sv, agent, &req, kind).await;
+                // Prompts and resources are governed per capability (tools are listed from the pins).
+                let env = caller.env(agent);
+                let visible = |capability: &str| match &caller.who {
+                    None => true,
+                    Some(who) => {
+                        sv.governor
+                            .decide_capability(who, Action::Discover, capability, &env)
+                            .allowed
+                    }
+                };
+                let result = self.merged_list(sv, agent, &req, kind, &visible).await;
                 self.reply_result(conn, agent, req.id, result).await
             }
             Route::ByName { ref upstream, .. } | Route::ByUri { ref upstream, .. } => {
@@ -792,6 +802,36 @@ impl Core {
                                     )
                                     .await;
                             }
+                        }
+                    }
+                }
+                if let Some(who) = &caller.who {
+                    if req.method != "tools/call" {
+                        let Verdict {
+                            allowed, policies, ..
+                        } = sv.governor.decide_capability(
+                            who,
+                            Action::Call,
+                            upstream,
+                            &caller.env(agent),
+                        );
+                        if !allowed {
+                            let ids: Vec<Value> =
+                                policies.iter().map(|p| Value::from(p.as_str())).collect();
+                            return self
+                                .refuse_with(
+                                    conn,
+                                    Some(req.id),
+                                    modern,
+                                    DenyReason::PolicyDenied.into(),
+                                    &[],
+                                    vec![
+                                        ("snapshot", Value::from(sv.label.as_str())),
+                                        ("policies", Value::Array(Box::new(ids))),
+                                    ],
+                                    None,
+                                )
+                                .await;
                         }
                     }
                 }
@@ -1592,10 +1632,11 @@ impl Core {
         agent: &Agent,
         req: &Request,
         kind: ListKind,
+        visible: &dyn Fn(&str) -> bool,
     ) -> Value {
         let mut items = Vec::new();
         let mut ttl_ms: Option<u64> = None;
-        for def in &sv.upstreams {
+        for def in sv.upstreams.iter().filter(|d| visible(&d.name)) {
             let up = def.slot;
             let mut ephemeral = Ephemeral::new();
             let mut cursor: Option<Value> = None;

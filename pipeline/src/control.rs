@@ -647,7 +647,9 @@ pub mod cedar {
     /// a policy reads like the records it is about: `principal.owner`, `resource.risk`,
     /// `principal in Group::"finance"`, `resource in Capability::"payments"`. `context.arguments` is
     /// typed from the pinned tools' input schemas (`govern::arguments_type`): every attribute optional,
-    /// so policies guard with `has`.
+    /// so policies guard with `has`. A capability's prompts and resources are decided on the capability
+    /// itself (`resource == Capability::"docs"`, which `resource in Capability::"docs"` also matches);
+    /// it has the tools' attributes, so a policy on either validates against both.
     pub fn schema_text(tools: &[PinnedTool]) -> String {
         let mut arguments = String::new();
         crate::govern::write_record(&mut arguments, &crate::govern::arguments_type(tools));
@@ -661,6 +663,8 @@ entity Agent in [Group] = {
   "groups": Set<String>,
 };
 entity Capability = {
+  "name": String,
+  "capability": String,
   "owner": String,
   "risk": String,
   "environment": String,
@@ -685,8 +689,8 @@ type RequestContext = {
   "weekday": Long,
   "arguments": Arguments,
 };
-action discover appliesTo { principal: [Agent], resource: [Tool], context: RequestContext };
-action call appliesTo { principal: [Agent], resource: [Tool], context: RequestContext };
+action discover appliesTo { principal: [Agent], resource: [Tool, Capability], context: RequestContext };
+action call appliesTo { principal: [Agent], resource: [Tool, Capability], context: RequestContext };
 "#;
         format!("{text}type Arguments = {arguments};\n")
     }

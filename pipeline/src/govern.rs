@@ -567,9 +567,12 @@ impl Governor {
                 m
             };
             let me = uid("Capability", &s.name);
+            let own = vec![
+                ("name".to_owned(), text(&s.name)),
+                ("capability".to_owned(), text(&s.name)),
+            ];
             entities.push(
-                Entity::new(me.clone(), attrs(Vec::new()), HashSet::new())
-                    .map_err(|e| e.to_string())?,
+                Entity::new(me.clone(), attrs(own), HashSet::new()).map_err(|e| e.to_string())?,
             );
             caps.insert(s.name.clone(), (me, attrs));
         }
@@ -676,6 +679,20 @@ impl Governor {
                 detail: None,
             };
         };
+        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
+        self.decide_on(who, action, &tool.uid, &resources, arguments, env)
+    }
+
+    /// Decide over the buckets of `who` and `resources` (the resource itself and what it is in).
+    fn decide_on(
+        &self,
+        who: &AgentEntry,
+        action: Action,
+        resource: &EntityUid,
+        resources: &[Option<&EntityUid>],
+        arguments: Option<&Value>,
+        env: &Env<'_>,
+    ) -> Verdict {
         let context = match self.context(env, arguments) {
             Ok(c) => c,
             Err(v) => return v,
@@ -687,7 +704,7 @@ impl Governor {
         let request = match Request::new(
             who.uid.clone(),
             action.clone(),
-            tool.uid.clone(),
+            resource.clone(),
             context,
             None,
         ) {
@@ -699,11 +716,10 @@ impl Governor {
         let principals = std::iter::once(None)
             .chain(std::iter::once(Some(&who.uid)))
             .chain(who.groups.iter().map(Some));
-        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
         let authorizer = Authorizer::new();
         let (mut permits, mut forbids, mut failed_forbids) = (Vec::new(), Vec::new(), Vec::new());
         for p in principals {
-            for r in resources {
+            for r in resources.iter().copied() {
                 let Some(set) = self.buckets.get(&(p.cloned(), r.cloned())) else {
                     continue;
                 };
@@ -744,6 +760,26 @@ impl Governor {
             policies,
             detail: None,
         }
+    }
+
+    /// May `agent` `action` the prompts and resources of `capability` (listing them is `discover`,
+    /// `prompts/get` and `resources/read` are `call`)? Decided on the `Capability` entity itself.
+    pub fn decide_capability(
+        &self,
+        agent: &str,
+        action: Action,
+        capability: &str,
+        env: &Env<'_>,
+    ) -> Verdict {
+        let Some(who) = self.agents.get(agent) else {
+            return Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                detail: None,
+            };
+        };
+        let cap = uid("Capability", capability);
+        self.decide_on(who, action, &cap, &[None, Some(&cap)], None, env)
     }
 
     /// Check a call's arguments against the tool's pinned input schema. A tool whose schema does not

@@ -131,6 +131,26 @@ fn policy_decides_what_each_agent_lists_and_calls() {
         &["--tool", "alpha__echo", "--args", r#"{"text":"seen"}"#],
     );
     assert_eq!(v["text"], json!("seen"));
+    // Prompts and resources are decided on the capability: the viewer's policy names one tool only.
+    let r = modern(g.plain_port, 8, "prompts/list", json!({}));
+    assert_eq!(r.json()["result"]["prompts"], json!([]), "{}", r.text());
+    let r = modern(
+        g.plain_port,
+        9,
+        "prompts/get",
+        json!({"name": "alpha__greet", "arguments": {}}),
+    );
+    assert_eq!(r.reason(), "policy_denied", "{}", r.text());
+    act_as(&ops);
+    let v = py_client(&g.url(), "2026-07-28", "list", &[]);
+    assert!(v["prompts"].to_string().contains("alpha__greet"), "{v}");
+    let r = modern(
+        g.plain_port,
+        9,
+        "prompts/get",
+        json!({"name": "alpha__greet", "arguments": {}}),
+    );
+    assert!(r.json()["result"].is_object(), "{}", r.text());
 
     // An argument-level forbid denies one call and permits another, naming the policy.
     act_as(&ops);

@@ -204,6 +204,18 @@ fn argument_level_forbid_denies_one_call_and_permits_another() {
 }
 
 #[test]
+fn prompts_and_resources_are_decided_on_the_capability() {
+    let g = governor(POLICIES);
+    let cap = |a: &str, c: &str| g.decide_capability(a, Action::Call, c, &ENV).allowed;
+    assert!(cap("teller", "bank"));
+    assert!(!cap("reader", "bank"));
+    // `everyone-docs` reads `resource.risk`, which capabilities have too.
+    assert!(cap("reader", "docs"));
+    assert!(!cap("reader", "nowhere"));
+    assert!(!cap("nobody", "docs"));
+}
+
+#[test]
 fn registration_and_status_are_checked() {
     let g = governor(POLICIES);
     assert_eq!(g.admit("teller"), Ok(()));

@@ -87,6 +87,8 @@ pub struct Core {
     served: RefCell<(u64, LocalServed)>,
     /// The API key table of the generation this core last saw.
     keys: RefCell<(u64, LocalKeys)>,
+    /// Which pinned tools each agent may discover, per snapshot label (see `visible_tools`).
+    discovered: RefCell<Discovered>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -97,6 +99,8 @@ pub struct Core {
 type LocalServed = Rc<Arc<Served>>;
 #[allow(clippy::redundant_allocation)]
 type LocalKeys = Rc<Arc<Keys>>;
+/// A snapshot label and, per agent, which of its pinned tools the agent may discover.
+type Discovered = (String, std::collections::HashMap<String, Rc<Vec<bool>>>);
 
 /// Who is calling, as governance sees it: the registered agent a credential proved, and what the
 /// policies' context reads about the request.
@@ -203,6 +207,7 @@ impl Core {
             slots: RefCell::new(slots),
             served: RefCell::new((generation, Rc::new(served))),
             keys: RefCell::new(keys),
+            discovered: RefCell::new((String::new(), std::collections::HashMap::new())),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -1242,20 +1247,19 @@ impl Core {
             outcome: Ok(result),
         });
         let shell = jsonrpc::encode(&msg);
-        let env = caller.env(agent);
-        // The same decision basis as a call: a tool this agent may not discover is not listed.
-        let visible = |t: &portcullis_pipeline::control::PinnedTool| match &caller.who {
-            None => true,
-            Some(who) => {
-                sv.governor
-                    .decide(who, Action::Discover, &t.capability, &t.name, None, &env)
-                    .allowed
-            }
-        };
-        let body = sv
+        let visible = sv
             .pins
             .as_ref()
-            .and_then(|p| p.splice_tools_list(&shell, visible));
+            .zip(caller.who.as_deref())
+            .map(|(pins, who)| self.visible_tools(sv, pins, who, &caller.env(agent)));
+        // The same decision basis as a call: a tool this agent may not discover is not listed.
+        let body = sv.pins.as_ref().and_then(|p| {
+            p.splice_tools_list(&shell, |i, _| {
+                visible
+                    .as_ref()
+                    .is_none_or(|v| v.get(i).copied().unwrap_or(false))
+            })
+        });
         let Some(body) = body else {
             return self
                 .refuse(
@@ -1270,6 +1274,45 @@ impl Core {
         inc(&self.metrics.shared.counters.responses_ok);
         let resp = Response::new(200).header("content-type", "application/json");
         conn.full(resp, &body, false).await
+    }
+
+    /// Which pinned tools `who` may discover, by pin index. Where no policy reads the context the answer
+    /// depends only on the agent and the snapshot, so this core remembers it per agent until the snapshot
+    /// label changes (bounded: at `DISCOVERED_AGENTS_MAX` agents the memory starts over).
+    fn visible_tools(
+        &self,
+        sv: &Served,
+        pins: &crate::served::Pins,
+        who: &str,
+        env: &Env<'_>,
+    ) -> Rc<Vec<bool>> {
+        let compute = || -> Rc<Vec<bool>> {
+            Rc::new(
+                pins.pinned()
+                    .map(|t| {
+                        sv.governor
+                            .decide(who, Action::Discover, &t.capability, &t.name, None, env)
+                            .allowed
+                    })
+                    .collect(),
+            )
+        };
+        if !sv.governor.discovery_is_per_agent() {
+            return compute();
+        }
+        let mut memo = self.discovered.borrow_mut();
+        if memo.0 != sv.label {
+            *memo = (sv.label.clone(), std::collections::HashMap::new());
+        }
+        if let Some(v) = memo.1.get(who) {
+            return v.clone();
+        }
+        if memo.1.len() >= DISCOVERED_AGENTS_MAX {
+            memo.1.clear();
+        }
+        let v = compute();
+        memo.1.insert(who.to_owned(), v.clone());
+        v
     }
 
     /// Answer a refusal. Errors about one well-formed request travel on HTTP 200 as JSON-RPC errors; errors
@@ -1974,6 +2017,9 @@ impl<R: Reply> Reply for Stamped<'_, R> {
 
 /// Response header naming the snapshot a request was served from: `v3 blake3:<hex>`, `none`, `static`.
 pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
+
+/// Agents whose discoverable tools one core remembers per snapshot (`Core::visible_tools`).
+const DISCOVERED_AGENTS_MAX: usize = 1024;
 
 /// RFC 9728 protected-resource metadata: the root form, and the form for the resource `/mcp`.
 const PROTECTED_RESOURCE_PATH: &str = "/.well-known/oauth-protected-resource";

@@ -130,7 +130,7 @@ impl Pins {
     pub fn splice_tools_list(
         &self,
         shell: &[u8],
-        mut visible: impl FnMut(&PinnedTool) -> bool,
+        mut visible: impl FnMut(usize, &PinnedTool) -> bool,
     ) -> Option<Vec<u8>> {
         const EMPTY: &[u8] = b"\"tools\":[]";
         let at = shell.windows(EMPTY.len()).rposition(|w| w == EMPTY)?;
@@ -141,10 +141,11 @@ impl Pins {
         let shown = self
             .tools
             .iter()
+            .enumerate()
             .zip(self.drifted.iter())
             .filter(|(_, d)| !d.load(Ordering::Relaxed))
-            .filter(|(p, _)| visible(&p.tool));
-        for (i, (p, _)) in shown.enumerate() {
+            .filter(|((i, p), _)| visible(*i, &p.tool));
+        for (i, ((_, p), _)) in shown.enumerate() {
             if i > 0 {
                 body.push(b',');
             }
@@ -152,6 +153,11 @@ impl Pins {
         }
         body.extend_from_slice(&shell[split..]);
         Some(body)
+    }
+
+    /// Every pinned tool, in index order.
+    pub fn pinned(&self) -> impl Iterator<Item = &PinnedTool> {
+        self.tools.iter().map(|p| &p.tool)
     }
 
     /// The pins of one capability, with their indexes.

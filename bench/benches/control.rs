@@ -179,11 +179,11 @@ fn serving(c: &mut Criterion) {
     c.bench_function("tools_list/10k_pinned_tools", |b| {
         b.iter(|| {
             let shell = jsonrpc::encode(&msg);
-            pins.splice_tools_list(&shell, |_| true).unwrap()
+            pins.splice_tools_list(&shell, |_, _| true).unwrap()
         })
     });
     let body = pins
-        .splice_tools_list(&jsonrpc::encode(&msg), |_| true)
+        .splice_tools_list(&jsonrpc::encode(&msg), |_, _| true)
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 10_000);

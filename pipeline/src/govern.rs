@@ -450,6 +450,9 @@ fn index(policies: &PolicySet) -> Result<Buckets, String> {
 /// The snapshot compiled for deciding.
 pub struct Governor {
     n_policies: usize,
+    /// Whether some policy reads `context`: then what an agent may discover can change from one
+    /// request to the next, and lists are decided per request rather than remembered per agent.
+    reads_context: bool,
     buckets: Buckets,
     entities: Entities,
     agents: HashMap<String, AgentEntry>,
@@ -507,6 +510,7 @@ impl Governor {
     pub fn empty() -> Governor {
         Governor {
             n_policies: 0,
+            reads_context: false,
             buckets: Buckets::new(),
             entities: Entities::empty(),
             agents: HashMap::new(),
@@ -605,8 +609,13 @@ impl Governor {
             validators.push(jsonschema::validator_for(&t.input_schema).map_err(|e| e.to_string()));
         }
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        // Conservative: any mention of `context` (even in a string) counts.
+        let reads_context = policies
+            .policies()
+            .any(|p| p.to_string().contains("context"));
         Ok(Governor {
             n_policies: policies.num_of_policies(),
+            reads_context,
             buckets: index(&policies)?,
             entities,
             agents,
@@ -616,6 +625,12 @@ impl Governor {
             discover: uid("Action", "discover"),
             call: uid("Action", "call"),
         })
+    }
+
+    /// Whether an agent's `discover` decisions depend only on the agent and the snapshot, so a core may
+    /// remember them per agent until the snapshot changes.
+    pub fn discovery_is_per_agent(&self) -> bool {
+        !self.reads_context
     }
 
     /// Is `agent` registered in this snapshot and active?

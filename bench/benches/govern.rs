@@ -129,6 +129,12 @@ fn govern(c: &mut Criterion) {
             })
         },
     );
+    c.bench_function("govern/call_decide_only", |b| {
+        b.iter(|| g.decide("agent0", Action::Call, "cap0", "tool_0", Some(&args), &env))
+    });
+    c.bench_function("govern/validate_only", |b| {
+        b.iter(|| g.validate("cap0", "tool_0", &args))
+    });
     c.bench_function("govern/list_filter_1000_tools_one_agent", |b| {
         b.iter(|| {
             (0..1000)

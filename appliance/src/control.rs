@@ -344,7 +344,10 @@ impl ControlPlane {
         let answer = self
             .handle_request(method, path, authorization, actor, body)
             .await;
-        if method != "GET" && answer.status < 300 {
+        // Keys change only by issuing, revoking, or removing their agent (directly or by apply).
+        let touches_keys =
+            path.starts_with("/admin/v1/agents") || path.starts_with("/admin/v1/apply");
+        if method != "GET" && answer.status < 300 && touches_keys {
             self.publish_keys();
         }
         answer

@@ -135,6 +135,26 @@ impl Caller {
     }
 }
 
+/// A core's copy of something published under a generation counter: kept while the generation stands,
+/// replaced by `load()` when it moved. Returns the copy and whether it was replaced. The `Rc` keeps
+/// reference counting on this core (see `LocalServed`).
+#[allow(clippy::redundant_allocation)]
+fn pick_up<T>(
+    cell: &RefCell<(u64, Rc<Arc<T>>)>,
+    generation: u64,
+    load: impl FnOnce() -> Arc<T>,
+) -> (Rc<Arc<T>>, bool) {
+    {
+        let cur = cell.borrow();
+        if cur.0 == generation {
+            return (cur.1.clone(), false);
+        }
+    }
+    let fresh = Rc::new(load());
+    *cell.borrow_mut() = (generation, fresh.clone());
+    (fresh, true)
+}
+
 /// UTC hour of day and weekday (0 = Monday) of the system clock.
 fn hour_and_weekday() -> (i64, i64) {
     let secs = std::time::SystemTime::now()
@@ -216,50 +236,39 @@ impl Core {
     /// What this request is served from: the snapshot published last, picked up here when the generation
     /// moved (one atomic load otherwise). The caller holds it to the end of the request.
     fn served(&self) -> LocalServed {
-        let generation = self.shared.served.generation();
-        {
-            let cur = self.served.borrow();
-            if cur.0 == generation {
-                return cur.1.clone();
-            }
+        let (served, moved) = pick_up(&self.served, self.shared.served.generation(), || {
+            self.shared.served.current()
+        });
+        if moved {
+            let mut slots = self.slots.borrow_mut();
+            let fresh = self.shared.served.slots_from(slots.len());
+            slots.extend(fresh);
+            let n = slots.len();
+            self.upstream_eras.borrow_mut().resize(n, Eras::default());
         }
-        let served = Rc::new(self.shared.served.current());
-        let mut slots = self.slots.borrow_mut();
-        let fresh = self.shared.served.slots_from(slots.len());
-        slots.extend(fresh);
-        let n = slots.len();
-        self.upstream_eras.borrow_mut().resize(n, Eras::default());
-        *self.served.borrow_mut() = (generation, served.clone());
         served
     }
 
     /// The API keys accepted now: picked up like `served`, one atomic load when nothing changed.
     fn keys(&self) -> LocalKeys {
-        let generation = self.shared.served.keys_generation();
-        {
-            let cur = self.keys.borrow();
-            if cur.0 == generation {
-                return cur.1.clone();
-            }
-        }
-        let keys = Rc::new(self.shared.served.keys());
-        *self.keys.borrow_mut() = (generation, keys.clone());
-        keys
+        pick_up(&self.keys, self.shared.served.keys_generation(), || {
+            self.shared.served.keys()
+        })
+        .0
     }
 
     /// Authenticate a request on `/mcp` and admit its agent against the snapshot it is served from.
     /// Static mode governs nothing and admits everyone.
     fn identify(&self, sv: &Served, head: &RequestHead) -> Result<Caller, DenyReason> {
-        let (hour, weekday) = hour_and_weekday();
-        let mut caller = Caller {
-            who: None,
-            transport: head.transport,
-            client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-            hour,
-            weekday,
-        };
         if !self.shared.served.managed() {
-            return Ok(caller);
+            // Nothing governed: no policy reads the context, so none of it is gathered.
+            return Ok(Caller {
+                who: None,
+                transport: head.transport,
+                client: String::new(),
+                hour: 0,
+                weekday: 0,
+            });
         }
         let agent = match govern::credential(head.header_str("authorization")) {
             govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
@@ -268,8 +277,14 @@ impl Core {
             }
         };
         sv.governor.admit(&agent)?;
-        caller.who = Some(agent);
-        Ok(caller)
+        let (hour, weekday) = hour_and_weekday();
+        Ok(Caller {
+            who: Some(agent),
+            transport: head.transport,
+            client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            hour,
+            weekday,
+        })
     }
 
     /// Moves whenever what agents may list changes: the published snapshot, or a pinned tool withheld or
@@ -812,28 +827,21 @@ impl Core {
                 }
                 if let Some(who) = &caller.who {
                     if req.method != "tools/call" {
-                        let Verdict {
-                            allowed, policies, ..
-                        } = sv.governor.decide_capability(
+                        let verdict = sv.governor.decide_capability(
                             who,
                             Action::Call,
                             upstream,
                             &caller.env(agent),
                         );
-                        if !allowed {
-                            let ids: Vec<Value> =
-                                policies.iter().map(|p| Value::from(p.as_str())).collect();
+                        if let Err((reason, data, _)) = policy_refusal(sv, verdict) {
                             return self
                                 .refuse_with(
                                     conn,
                                     Some(req.id),
                                     modern,
-                                    DenyReason::PolicyDenied.into(),
+                                    reason.into(),
                                     &[],
-                                    vec![
-                                        ("snapshot", Value::from(sv.label.as_str())),
-                                        ("policies", Value::Array(Box::new(ids))),
-                                    ],
+                                    data,
                                     None,
                                 )
                                 .await;
@@ -2071,6 +2079,31 @@ fn to_serde(v: &Value) -> serde_json::Value {
 /// What a refused call carries: the reason, `error.data` fields, a detail for `error.message`.
 type CallRefusal = (DenyReason, Vec<(&'static str, Value)>, Option<String>);
 
+/// A denial as the wire carries it: `policy_denied` with the deciding policies and the snapshot.
+fn policy_refusal(sv: &Served, verdict: Verdict) -> Result<(), CallRefusal> {
+    let Verdict {
+        allowed,
+        policies,
+        detail,
+    } = verdict;
+    if allowed {
+        return Ok(());
+    }
+    let ids: Vec<Value> = policies.iter().map(|p| Value::from(p.as_str())).collect();
+    Err((
+        DenyReason::PolicyDenied,
+        vec![
+            ("snapshot", Value::from(sv.label.as_str())),
+            ("policies", Value::Array(Box::new(ids))),
+        ],
+        detail.or_else(|| {
+            policies
+                .is_empty()
+                .then(|| "no policy permits it".to_owned())
+        }),
+    ))
+}
+
 /// Govern one `tools/call` of a pinned tool: Cedar `call` with the arguments, then the pinned input
 /// schema. Nothing reaches the upstream unless both pass.
 fn govern_call(
@@ -2086,35 +2119,16 @@ fn govern_call(
         .as_ref()
         .and_then(|p| p.get("arguments"))
         .map_or_else(|| serde_json::Value::Object(Default::default()), to_serde);
-    let snapshot = Value::from(sv.label.as_str());
-    let Verdict {
-        allowed,
-        policies,
-        detail,
-    } = sv
+    let verdict = sv
         .governor
         .decide(who, Action::Call, capability, name, Some(&arguments), env);
-    if !allowed {
-        let ids: Vec<Value> = policies.iter().map(|p| Value::from(p.as_str())).collect();
-        return Err((
-            DenyReason::PolicyDenied,
-            vec![
-                ("snapshot", snapshot),
-                ("policies", Value::Array(Box::new(ids))),
-            ],
-            detail.or_else(|| {
-                policies
-                    .is_empty()
-                    .then(|| "no policy permits it".to_owned())
-            }),
-        ));
-    }
+    policy_refusal(sv, verdict)?;
     if let Err(p) = sv.governor.validate(capability, name, &arguments) {
         let detail = format!("{} ({} at `{}`)", p.message, p.keyword, p.pointer);
         return Err((
             DenyReason::SchemaInvalid,
             vec![
-                ("snapshot", snapshot),
+                ("snapshot", Value::from(sv.label.as_str())),
                 ("pointer", Value::from(p.pointer)),
                 ("keyword", Value::from(p.keyword)),
             ],

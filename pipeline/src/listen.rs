@@ -59,22 +59,31 @@ impl UpstreamWant {
 
     /// The `notifications` filter of the gateway's own `subscriptions/listen` to the upstream.
     pub fn to_filter(&self) -> Value {
-        let mut f = simd_json::owned::Object::new();
-        for (on, key) in [
-            (self.tools, "toolsListChanged"),
-            (self.prompts, "promptsListChanged"),
-            (self.resources, "resourcesListChanged"),
-        ] {
-            if on {
-                f.insert(key.into(), Value::from(true));
-            }
-        }
-        if !self.uris.is_empty() {
-            let uris: Vec<Value> = self.uris.iter().map(|u| Value::from(u.as_str())).collect();
-            f.insert("resourceSubscriptions".into(), Value::from(uris));
-        }
-        Value::from(f)
+        filter_value(
+            [self.tools, self.prompts, self.resources],
+            self.uris.iter().map(String::as_str),
+        )
     }
+}
+
+/// A `SubscriptionFilter` object: the list flags that are on (tools, prompts, resources), and the
+/// resource URIs if any.
+fn filter_value<'a>(lists: [bool; 3], uris: impl Iterator<Item = &'a str>) -> Value {
+    let mut f = simd_json::owned::Object::new();
+    for (on, key) in lists.into_iter().zip([
+        "toolsListChanged",
+        "promptsListChanged",
+        "resourcesListChanged",
+    ]) {
+        if on {
+            f.insert(key.into(), Value::from(true));
+        }
+    }
+    let uris: Vec<Value> = uris.map(Value::from).collect();
+    if !uris.is_empty() {
+        f.insert("resourceSubscriptions".into(), Value::from(uris));
+    }
+    Value::from(f)
 }
 
 fn flag(filter: &Value, key: &str) -> Result<bool, DenyReason> {
@@ -148,26 +157,12 @@ impl ListenFilter {
 
     /// The acknowledgement: the honoured subset, tagged with the subscription id.
     pub fn acknowledgement(&self, id: &Id) -> Message {
-        let mut f = simd_json::owned::Object::new();
-        for (on, key) in [
-            (self.tools, "toolsListChanged"),
-            (self.prompts, "promptsListChanged"),
-            (self.resources, "resourcesListChanged"),
-        ] {
-            if on {
-                f.insert(key.into(), Value::from(true));
-            }
-        }
-        if !self.uris.is_empty() {
-            let uris: Vec<Value> = self
-                .uris
-                .iter()
-                .map(|(_, _, a)| Value::from(a.as_str()))
-                .collect();
-            f.insert("resourceSubscriptions".into(), Value::from(uris));
-        }
+        let f = filter_value(
+            [self.tools, self.prompts, self.resources],
+            self.uris.iter().map(|(_, _, a)| a.as_str()),
+        );
         let mut params = simd_json::owned::Object::new();
-        params.insert("notifications".into(), Value::from(f));
+        params.insert("notifications".into(), f);
         let mut n = Notification {
             method: ACKNOWLEDGED.into(),
             params: Some(Value::from(params)),

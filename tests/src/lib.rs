@@ -572,9 +572,31 @@ pub fn auth_line() -> String {
     bearer().map_or_else(String::new, |k| format!("authorization: Bearer {k}\r\n"))
 }
 
-/// Register agent `name` (group `testers`), a policy letting the group discover and call everything, and
-/// a key for the agent; returns the key. The caller approves (so the agent is in the served snapshot).
-pub fn register_agent(g: &Gateway, name: &str) -> String {
+/// Register a low-risk MCP capability `name` at `http://127.0.0.1:PORT/mcp` (owner `team`, `prod`).
+pub fn add_capability(g: &Gateway, name: &str, port: u16) {
+    let endpoint = format!("http://127.0.0.1:{port}/mcp");
+    ok(
+        g,
+        &[
+            "capability",
+            "add",
+            name,
+            "--kind",
+            "mcp",
+            "--owner",
+            "team",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            &endpoint,
+        ],
+    );
+}
+
+/// Register agent `name` in `group` and issue it a key; returns the key.
+pub fn register_agent_in(g: &Gateway, name: &str, group: &str) -> String {
     ok(
         g,
         &[
@@ -590,9 +612,17 @@ pub fn register_agent(g: &Gateway, name: &str) -> String {
             "--credential-mode",
             "service",
             "--group",
-            "testers",
+            group,
         ],
     );
+    let issued = ok(g, &["agent", "key", "issue", name]);
+    issued["key"].as_str().unwrap().to_owned()
+}
+
+/// Register agent `name` (group `testers`), a policy letting the group discover and call everything, and
+/// a key for the agent; returns the key. The caller approves (so the agent is in the served snapshot).
+pub fn register_agent(g: &Gateway, name: &str) -> String {
+    let key = register_agent_in(g, name, "testers");
     if cli(g, &["policy", "show", "testers-all"]).status.success() {
         // Already there from an earlier agent.
     } else {
@@ -607,8 +637,7 @@ pub fn register_agent(g: &Gateway, name: &str) -> String {
             ],
         );
     }
-    let issued = ok(g, &["agent", "key", "issue", name]);
-    issued["key"].as_str().unwrap().to_owned()
+    key
 }
 
 /// `register_agent("tester")`, then `act_as` its key.

@@ -10,31 +10,6 @@ use portcullis_tests::*;
 
 const CONFIG: &str = "pinning:\n  recheck_interval: 1h\n";
 
-fn add_agent(g: &Gateway, name: &str, group: &str) -> String {
-    ok(
-        g,
-        &[
-            "agent",
-            "add",
-            name,
-            "--owner",
-            "qa",
-            "--surface",
-            "service",
-            "--environment",
-            "prod",
-            "--credential-mode",
-            "service",
-            "--group",
-            group,
-        ],
-    );
-    ok(g, &["agent", "key", "issue", name])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn policy(g: &Gateway, id: &str, text: &str) {
     ok(g, &["policy", "add", id, "--text", text]);
 }
@@ -60,27 +35,10 @@ fn received(g: &Gateway) -> String {
 fn policy_decides_what_each_agent_lists_and_calls() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
-    ok(
-        &g,
-        &[
-            "capability",
-            "add",
-            "alpha",
-            "--kind",
-            "mcp",
-            "--owner",
-            "team",
-            "--risk",
-            "low",
-            "--environment",
-            "prod",
-            "--endpoint",
-            &format!("http://127.0.0.1:{pa}/mcp"),
-        ],
-    );
-    let ops = add_agent(&g, "ops", "operators");
-    let viewer = add_agent(&g, "viewer", "viewers");
-    add_agent(&g, "idle", "nobody");
+    add_capability(&g, "alpha", pa);
+    let ops = register_agent_in(&g, "ops", "operators");
+    let viewer = register_agent_in(&g, "viewer", "viewers");
+    register_agent_in(&g, "idle", "nobody");
     policy(
         &g,
         "operators-all",
@@ -223,30 +181,26 @@ fn policy_decides_what_each_agent_lists_and_calls() {
     // A session belongs to the agent that opened it.
     act_as(&ops);
     let sid = initialize(g.plain_port);
-    let idle = add_agent(&g, "late", "operators");
+    let idle = register_agent_in(&g, "late", "operators");
     act_as(&idle);
-    let r = post(
-        g.plain_port,
-        &[
-            ("mcp-session-id", &sid),
-            ("mcp-protocol-version", "2025-11-25"),
-        ],
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-    );
+    let list_in_session = || {
+        post(
+            g.plain_port,
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )
+    };
+    let r = list_in_session();
     // `late` is not in the approved snapshot yet.
     assert_eq!(
         (r.status, r.reason().as_str()),
         (403, "agent_not_registered")
     );
     ok(&g, &["approve", "--note", "late joins"]);
-    let r = post(
-        g.plain_port,
-        &[
-            ("mcp-session-id", &sid),
-            ("mcp-protocol-version", "2025-11-25"),
-        ],
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
-    );
+    let r = list_in_session();
     assert_eq!(
         (r.status, r.reason().as_str()),
         (404, "session_agent_mismatch")

@@ -12,28 +12,6 @@ use std::time::{Duration, Instant};
 
 use portcullis_tests::*;
 
-fn add_capability(g: &Gateway, name: &str, port: u16) {
-    let endpoint = format!("http://127.0.0.1:{port}/mcp");
-    ok(
-        g,
-        &[
-            "capability",
-            "add",
-            name,
-            "--kind",
-            "mcp",
-            "--owner",
-            "team",
-            "--risk",
-            "low",
-            "--environment",
-            "prod",
-            "--endpoint",
-            &endpoint,
-        ],
-    );
-}
-
 /// Tool names a raw 2026-07-28 `tools/list` shows, and its `portcullis-snapshot` header. Before the
 /// data plane serves a snapshot registering the agent, the refusal (403) lists nothing.
 fn listed(g: &Gateway) -> (Vec<String>, String) {

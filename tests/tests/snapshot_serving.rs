@@ -12,28 +12,6 @@ use portcullis_tests::*;
 /// Checks for drift every second, so tests see a changed definition quickly.
 const CONFIG: &str = "pinning:\n  recheck_interval: 1s\n";
 
-fn add_capability(g: &Gateway, name: &str, port: u16) {
-    let endpoint = format!("http://127.0.0.1:{port}/mcp");
-    ok(
-        g,
-        &[
-            "capability",
-            "add",
-            name,
-            "--kind",
-            "mcp",
-            "--owner",
-            "team",
-            "--risk",
-            "low",
-            "--environment",
-            "prod",
-            "--endpoint",
-            &endpoint,
-        ],
-    );
-}
-
 /// Tool names a raw 2026-07-28 `tools/list` shows, and the snapshot header it came with.
 fn listed(g: &Gateway) -> (Vec<String>, String) {
     let r = modern(g.plain_port, 1, "tools/list", json!({}));

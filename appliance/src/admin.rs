@@ -268,6 +268,7 @@ fn route(
             if let Some(f) = control.follow_status() {
                 text.push_str(&f.metrics());
             }
+            text.push_str(&shared.identity.metrics());
             Response::new(200)
                 .header("content-type", "text/plain; version=0.0.4")
                 .full(text.as_bytes(), false)

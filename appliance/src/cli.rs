@@ -30,6 +30,7 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis signing-key | tls-fingerprint    (what a data plane needs to follow this control plane)
     portcullis data-planes                      (data planes following this control plane)
     portcullis sync                             (on a data plane: how following its control plane goes)
+    portcullis identity                         (identity providers: JWKS keys held, fetches, failures)
 
     Common options: --admin URL (default http://127.0.0.1:8444), --token-file F (default
     DATA_DIR/admin.token; or PORTCULLIS_ADMIN_TOKEN), --data-dir D (default ./portcullis-data),
@@ -264,6 +265,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 | "tls-fingerprint"
                 | "data-planes"
                 | "sync"
+                | "identity"
         );
     if !is_cli {
         return Ok(false);
@@ -286,6 +288,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         "tls-fingerprint" => (c.ok("GET", "/admin/v1/tls", None)?, Shape::Record),
         "sync" => (c.ok("GET", "/admin/v1/sync", None)?, Shape::Record),
+        "identity" => (c.ok("GET", "/admin/v1/identity", None)?, Shape::Record),
         "data-planes" => (
             c.ok("GET", "/admin/v1/data-planes", None)?,
             Shape::Table(&["node", "address", "last_seen_ms", "serving_seq", "refused"]),

@@ -92,6 +92,84 @@ pub struct Config {
     pub driver: Driver,
     /// Hybrid mode: follow a remote control plane's snapshots instead of approving locally.
     pub follow: Option<Follow>,
+    /// How agents prove who they are besides the control plane's API keys: JWTs from identity providers.
+    pub identity: Identity,
+}
+
+/// Agent identity, loaded from `identity:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Identity {
+    /// This gateway's resource URI(s) (RFC 8707), e.g. `https://gateway.example/mcp`: a JWT must name one
+    /// of them in `aud`, and the first is the `resource` of the protected-resource metadata. Required
+    /// with `jwt`; not derived from the request's `Host`, which the agent chooses.
+    pub resource: Vec<String>,
+    /// Identity providers whose JWT access tokens identify agents.
+    pub jwt: Vec<JwtIssuer>,
+}
+
+/// One identity provider, loaded from `identity.jwt[]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// `https://` URL of its JSON Web Key Set.
+    pub jwks_url: String,
+    /// PEM file of CA certificates that verify the JWKS endpoint (default: the system's bundle).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Or pin the JWKS endpoint's certificate by SHA-256 fingerprint.
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
+    /// Signature algorithms accepted: any of RS256, ES256, EdDSA (default all three). HMAC and `none`
+    /// are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim whose value is the registered agent's name.
+    #[serde(default = "default_agent_claim")]
+    pub agent_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`/`iat`; at most 5m.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// How often the JWKS is fetched again on its own.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
+    /// How long fetched keys stay usable while the JWKS endpoint cannot be reached; past it this issuer's
+    /// tokens are refused (fail closed).
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age: Dur,
+    /// Least time between fetches a token with an unknown `kid` can cause, so a storm of made-up kids
+    /// costs the identity provider one request per interval.
+    #[serde(default = "default_unknown_kid_interval")]
+    pub unknown_kid_refresh_min: Dur,
+}
+
+/// Where the system's CA bundle is on Debian and its derivatives (and the appliance image).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+
+fn default_agent_claim() -> String {
+    "sub".into()
+}
+
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+fn default_jwks_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_jwks_max_age() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+
+fn default_unknown_kid_interval() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 /// Hybrid mode, loaded from `follow:` (or `up --control-plane URL --trust-key KEY ...`): this appliance is
@@ -190,6 +268,7 @@ impl Default for Config {
             node_id: 0,
             driver: Driver::Auto,
             follow: None,
+            identity: Identity::default(),
         }
     }
 }
@@ -456,6 +535,85 @@ impl Config {
         if let Some(f) = &self.follow {
             self.validate_follow(f)?;
         }
+        self.validate_identity()
+    }
+
+    fn validate_identity(&self) -> Result<(), ConfigError> {
+        let id = &self.identity;
+        for (i, r) in id.resource.iter().enumerate() {
+            if !(r.starts_with("https://") || r.starts_with("http://")) || r.contains('#') {
+                return Err(invalid(
+                    &format!("identity.resource[{i}]"),
+                    "must be an absolute http(s) URI without a fragment (RFC 8707)",
+                ));
+            }
+        }
+        if !id.jwt.is_empty() && id.resource.is_empty() {
+            return Err(invalid(
+                "identity.resource",
+                "required with identity.jwt: the audience tokens must name (e.g. https://gateway.example/mcp)",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, j) in id.jwt.iter().enumerate() {
+            let key = |k: &str| format!("identity.jwt[{i}].{k}");
+            if j.issuer.is_empty() || !seen.insert(j.issuer.as_str()) {
+                return Err(invalid(
+                    &key("issuer"),
+                    "must be set and differ from the other issuers",
+                ));
+            }
+            parse_https_url(&j.jwks_url).map_err(|e| invalid(&key("jwks_url"), e))?;
+            if j.tls_ca_file.is_some() && j.tls_fingerprint.is_some() {
+                return Err(invalid(
+                    &key("tls_fingerprint"),
+                    "set tls_fingerprint or tls_ca_file, not both",
+                ));
+            }
+            if let Some(fp) = &j.tls_fingerprint {
+                if parse_fingerprint(fp).is_none() {
+                    return Err(invalid(
+                        &key("tls_fingerprint"),
+                        "must be a SHA-256 fingerprint: 64 hex digits, colons allowed",
+                    ));
+                }
+            }
+            if j.algorithms.is_empty() {
+                return Err(invalid(
+                    &key("algorithms"),
+                    "list at least one of RS256, ES256, EdDSA",
+                ));
+            }
+            for a in &j.algorithms {
+                if portcullis_pipeline::authn::Alg::parse(a).is_none() {
+                    return Err(invalid(
+                        &key("algorithms"),
+                        format!("`{a}` is not accepted: use RS256, ES256 or EdDSA"),
+                    ));
+                }
+            }
+            if j.agent_claim.is_empty() {
+                return Err(invalid(&key("agent_claim"), "must name a claim"));
+            }
+            if j.leeway.0 > Duration::from_secs(portcullis_pipeline::authn::LEEWAY_MAX_S) {
+                return Err(invalid(&key("leeway"), "at most 5m"));
+            }
+            for (k, d) in [
+                ("jwks_refresh", j.jwks_refresh),
+                ("jwks_max_age", j.jwks_max_age),
+                ("unknown_kid_refresh_min", j.unknown_kid_refresh_min),
+            ] {
+                if d.0.is_zero() {
+                    return Err(invalid(&key(k), "must be greater than 0"));
+                }
+            }
+            if j.jwks_max_age.0 < j.jwks_refresh.0 {
+                return Err(invalid(
+                    &key("jwks_max_age"),
+                    "must be at least jwks_refresh",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -564,6 +722,31 @@ mod tests {
         assert!(parse_http_url("http://h:1/a b").is_err());
         assert_eq!(parse_https_url("https://cp.example").unwrap().port, 443);
         assert!(parse_https_url("http://cp.example").is_err());
+    }
+
+    #[test]
+    fn jwt_issuers_need_a_resource_and_sound_settings() {
+        let ok = "identity:\n  resource: ['https://gw.example/mcp']\n  jwt:\n    - issuer: https://idp\n      jwks_url: https://idp/jwks\n";
+        let c = Config::from_yaml(ok).unwrap();
+        let j = &c.identity.jwt[0];
+        assert_eq!(
+            (j.agent_claim.as_str(), j.leeway.0),
+            ("sub", Duration::from_secs(60))
+        );
+        assert_eq!(j.algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert!(
+            err(&ok.replace("  resource: ['https://gw.example/mcp']\n", ""))
+                .contains("identity.resource")
+        );
+        assert!(err(&ok.replace("https://gw", "gw")).contains("identity.resource[0]"));
+        assert!(err(&ok.replace("https://idp/jwks", "http://idp/jwks")).contains("jwks_url"));
+        assert!(err(&format!("{ok}      algorithms: [HS256]\n")).contains("HS256"));
+        assert!(err(&format!("{ok}      leeway: 10m\n")).contains("leeway"));
+        assert!(err(&format!("{ok}      jwks_max_age: 1m\n")).contains("jwks_max_age"));
+        assert!(err(&format!(
+            "{ok}    - issuer: https://idp\n      jwks_url: https://idp/k\n"
+        ))
+        .contains("issuer"));
     }
 
     #[test]

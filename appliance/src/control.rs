@@ -46,6 +46,8 @@ pub struct ControlPlane {
     following: Option<Arc<FollowStatus>>,
     /// SHA-256 of the listeners' TLS certificate, for data planes to pin.
     tls_fingerprint: Option<String>,
+    /// The identity providers, for `GET /admin/v1/identity`.
+    identity: Arc<crate::identity::Providers>,
 }
 
 /// An answer: status and JSON body.
@@ -153,7 +155,13 @@ impl ControlPlane {
             data_planes: DataPlanes::default(),
             following: None,
             tls_fingerprint: None,
+            identity: Arc::default(),
         }
+    }
+
+    pub fn with_identity(mut self, identity: Arc<crate::identity::Providers>) -> ControlPlane {
+        self.identity = identity;
+        self
     }
 
     pub fn with_tls_fingerprint(mut self, fingerprint: &str) -> ControlPlane {
@@ -404,6 +412,10 @@ impl ControlPlane {
                     "this appliance does not follow a control plane (see GET /admin/v1/data-planes)",
                 ),
             },
+            ("GET", ["identity"]) => answer(
+                200,
+                &json!({"resource": self.identity.resource, "providers": self.identity.status()}),
+            ),
             ("GET", ["data-planes"]) => answer(200, &self.data_planes.list()),
             ("GET", ["tls"]) => match &self.tls_fingerprint {
                 Some(fp) => answer(200, &json!({"fingerprint_sha256": fp})),

@@ -7,27 +7,18 @@
 //! serving what it has and retries with backoff; a refused offer is logged, counted, shown at
 //! `GET /admin/v1/sync`, and reported to the control plane in the next poll.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::ClientConfig;
 use serde::Serialize;
 
-use crate::config::{parse_fingerprint, parse_https_url, Follow, UpstreamUrl};
+use crate::config::{parse_https_url, Follow, UpstreamUrl};
 use crate::control::{now_ms, ControlPlane};
-use crate::sync;
+use crate::{https, sync};
 use portcullis_storage::signing::parse_hex;
 
-/// Header bytes of a sync response, at most.
-const HEAD_MAX: usize = 16 << 10;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -141,7 +132,11 @@ impl Follower {
         Ok(Follower {
             url,
             token,
-            tls: client_config(f)?,
+            tls: https::client_config(
+                f.tls_fingerprint.as_deref(),
+                f.tls_ca_file.as_deref(),
+                "follow",
+            )?,
             wait: f.poll_wait.0,
             connect_timeout,
             body_max,
@@ -331,221 +326,24 @@ impl Follower {
         wait: Duration,
         header: &str,
     ) -> Result<(u16, Option<String>, Vec<u8>), String> {
-        let addr = (self.url.host.as_str(), self.url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolving {}: {e}", self.url.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", self.url.host))?;
-        let tcp = TcpStream::connect_timeout(&addr, self.connect_timeout)
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        // The control plane holds the poll up to `wait`; past that plus a margin the link is dead.
-        let io_timeout = wait + Duration::from_secs(15);
-        tcp.set_read_timeout(Some(io_timeout)).ok();
-        tcp.set_write_timeout(Some(io_timeout)).ok();
-        let name = ServerName::try_from(self.url.host.clone())
-            .map_err(|e| format!("control plane host {}: {e}", self.url.host))?;
-        let conn = ClientConnection::new(self.tls.clone(), name).map_err(|e| e.to_string())?;
-        let mut tls = StreamOwned::new(conn, tcp);
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nhost: {}:{}\r\nauthorization: Bearer {}\r\n{}: {}\r\n{extra}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
-            self.url.host,
-            self.url.port,
+        let headers = format!(
+            "authorization: Bearer {}\r\n{}: {}\r\n{extra}",
             self.token,
             sync::NODE_HEADER,
             self.node,
-            crate::gateway::VERSION
         );
-        tls.write_all(req.as_bytes())
-            .and_then(|()| tls.flush())
-            .map_err(|e| format!("sending to {addr}: {e}"))?;
-        read_response(&mut tls, self.body_max, header)
-            .map_err(|e| format!("reading from {addr}: {e}"))
-    }
-}
-
-/// Read one HTTP/1.1 response (the server sends `content-length`): status, the activation header and
-/// the body, which may not exceed `body_max`.
-fn read_response(
-    s: &mut impl Read,
-    body_max: usize,
-    header: &str,
-) -> io::Result<(u16, Option<String>, Vec<u8>)> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 16 << 10];
-    let (status, activation, length, head_len) = loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(bad("connection closed before the response head"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf).map_err(|e| bad(&e.to_string()))? {
-            httparse::Status::Partial if buf.len() > HEAD_MAX => {
-                return Err(bad("response head too large"))
-            }
-            httparse::Status::Partial => continue,
-            httparse::Status::Complete(head_len) => {
-                let get = |name: &str| {
-                    resp.headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .map(str::to_owned)
-                };
-                let length = match get("content-length") {
-                    Some(l) => l
-                        .trim()
-                        .parse::<usize>()
-                        .map_err(|_| bad("bad content-length"))?,
-                    None => 0,
-                };
-                break (resp.code.unwrap_or(0), get(header), length, head_len);
-            }
-        }
-    };
-    if length > body_max {
-        return Err(bad(&format!(
-            "body of {length} bytes exceeds the registry map ({body_max} bytes)"
-        )));
-    }
-    let mut body = buf.split_off(head_len);
-    body.truncate(length);
-    let have = body.len();
-    body.resize(length, 0);
-    s.read_exact(&mut body[have..])?;
-    Ok((status, activation, body))
-}
-
-/// TLS to the control plane: its certificate pinned by fingerprint, or verified by the given CAs.
-fn client_config(f: &Follow) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let mut config = match (&f.tls_fingerprint, &f.tls_ca_file) {
-        (Some(fp), _) => {
-            let pin = parse_fingerprint(fp).ok_or("follow.tls_fingerprint: not a fingerprint")?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
-                .with_no_client_auth()
-        }
-        (None, Some(path)) => builder
-            .with_root_certificates(roots(path)?)
-            .with_no_client_auth(),
-        (None, None) => return Err("follow: set tls_fingerprint or tls_ca_file".into()),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let mut store = rustls::RootCertStore::empty();
-    let what = |e: &dyn std::fmt::Display| format!("follow.tls_ca_file {}: {e}", path.display());
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
-        store
-            .add(cert.map_err(|e| what(&e))?)
-            .map_err(|e| what(&e))?;
-    }
-    if store.is_empty() {
-        return Err(what(&"no certificates"));
-    }
-    Ok(store)
-}
-
-/// Accepts exactly the certificate with the pinned SHA-256 fingerprint (the control plane's self-signed
-/// one), and still checks that the handshake is signed by that certificate's key.
-#[derive(Debug)]
-struct Pinned {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        if digest.as_ref() == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
+        // The control plane holds the poll up to `wait`; past that plus a margin the link is dead.
+        https::get(
+            &self.url,
+            &self.tls,
+            &https::Get {
+                target,
+                headers: &headers,
+                connect_timeout: self.connect_timeout,
+                io_timeout: wait + Duration::from_secs(15),
+                body_max: self.body_max,
+                header,
+            },
         )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_are_read_by_length_and_bounded() {
-        let raw =
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nportcullis-activation: seq=1\r\n\r\nhello";
-        let (status, act, body) =
-            read_response(&mut &raw[..], 100, sync::ACTIVATION_HEADER).unwrap();
-        assert_eq!(
-            (status, act.as_deref(), body.as_slice()),
-            (200, Some("seq=1"), &b"hello"[..])
-        );
-        assert!(
-            read_response(&mut &raw[..], 4, sync::ACTIVATION_HEADER).is_err(),
-            "over the bound"
-        );
-        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhello";
-        assert!(
-            read_response(&mut &short[..], 100, sync::ACTIVATION_HEADER).is_err(),
-            "truncated"
-        );
-        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(
-            read_response(&mut &empty[..], 100, sync::ACTIVATION_HEADER)
-                .unwrap()
-                .0,
-            204
-        );
     }
 }

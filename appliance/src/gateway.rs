@@ -45,6 +45,8 @@ pub struct Shared {
     pub draining: std::sync::atomic::AtomicBool,
     pub ready_cores: std::sync::atomic::AtomicUsize,
     pub started: Instant,
+    /// Identity providers whose JWTs name agents (empty: API keys only).
+    pub identity: Arc<crate::identity::Providers>,
 }
 
 /// A session operation sent to the core that owns the session.
@@ -259,7 +261,7 @@ impl Core {
 
     /// Authenticate a request on `/mcp` and admit its agent against the snapshot it is served from.
     /// Static mode governs nothing and admits everyone.
-    fn identify(&self, sv: &Served, head: &RequestHead) -> Result<Caller, DenyReason> {
+    async fn identify(&self, sv: &Served, head: &RequestHead) -> Result<Caller, DenyReason> {
         if !self.shared.served.managed() {
             // Nothing governed: no policy reads the context, so none of it is gathered.
             return Ok(Caller {
@@ -272,9 +274,18 @@ impl Core {
         }
         let agent = match govern::credential(head.header_str("authorization")) {
             govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
-            govern::Credential::Missing | govern::Credential::Unsupported => {
-                return Err(DenyReason::Unauthenticated)
+            govern::Credential::Jwt(token) if !self.shared.identity.is_empty() => {
+                // Why is counted (`portcullis_jwt_refused_total`), not logged: a token storm must not
+                // become a log storm, and the agent learns only `unauthenticated`.
+                self.shared
+                    .identity
+                    .verify(token)
+                    .await
+                    .map_err(|_| DenyReason::Unauthenticated)?
             }
+            govern::Credential::Jwt(_)
+            | govern::Credential::Missing
+            | govern::Credential::Unsupported => return Err(DenyReason::Unauthenticated),
         };
         sv.governor.admit(&agent)?;
         let (hour, weekday) = hour_and_weekday();
@@ -463,11 +474,12 @@ impl Core {
         match head.path.split('?').next().unwrap_or("") {
             "/mcp" => self.handle(conn, head, body).await,
             PROTECTED_RESOURCE_PATH | PROTECTED_RESOURCE_MCP_PATH if head.method == "GET" => {
+                let id = &self.shared.identity;
                 let doc = serde_json::json!({
-                    "resource": resource_uri(head),
+                    "resource": id.resource.first().cloned().unwrap_or_else(|| resource_uri(head)),
                     "bearer_methods_supported": ["header"],
                     "resource_name": "Portcullis MCP gateway",
-                    "authorization_servers": [],
+                    "authorization_servers": id.issuers(),
                 });
                 inc(&self.metrics.shared.counters.responses_ok);
                 let resp = Response::new(200)
@@ -508,7 +520,7 @@ impl Core {
                     .await;
             }
         }
-        let caller = match self.identify(sv, head) {
+        let caller = match self.identify(sv, head).await {
             Ok(c) => c,
             Err(r) => {
                 let challenge = format!(

@@ -12,6 +12,8 @@ pub mod follow;
 pub mod gateway;
 pub mod h2srv;
 pub mod http;
+pub mod https;
+pub mod identity;
 pub mod log;
 pub mod metrics;
 pub mod pinwatch;

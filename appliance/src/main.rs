@@ -297,6 +297,16 @@ fn up(args: UpArgs) -> Result<(), String> {
     } else {
         None
     };
+    let identity = Arc::new(portcullis::identity::Providers::from_config(
+        &config.identity,
+    )?);
+    if !identity.is_empty() {
+        if !published.managed() {
+            return Err("identity.jwt needs approved snapshots (agents are registered there); static upstreams govern nothing".into());
+        }
+        identity.start()?;
+    }
+    control = control.with_identity(identity.clone());
     let control = Arc::new(control);
     let tls = config.listen.mcp_tls.and(tls_material.clone());
     if let Some(addr) = config.listen.mcp_tls {
@@ -351,6 +361,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         draining: AtomicBool::new(false),
         ready_cores: std::sync::atomic::AtomicUsize::new(0),
         started: Instant::now(),
+        identity,
     });
 
     let control_for_follower = control.clone();

@@ -56,6 +56,8 @@ pub enum Credential<'a> {
     Missing,
     /// `Bearer pcak_…`: an agent API key.
     ApiKey(&'a str),
+    /// A bearer token shaped like a JWT (`eyJ….….…`), for the identity providers to verify.
+    Jwt(&'a str),
     /// Any other bearer token or scheme: not accepted (yet).
     Unsupported,
 }
@@ -72,6 +74,8 @@ pub fn credential(authorization: Option<&str>) -> Credential<'_> {
     };
     if token.starts_with(API_KEY_PREFIX) {
         Credential::ApiKey(token)
+    } else if crate::authn::looks_like_jwt(token) {
+        Credential::Jwt(token)
     } else {
         Credential::Unsupported
     }

@@ -781,3 +781,91 @@ pub fn wait_for_event(s: &mut TcpStream, needle: &str) -> String {
     }
     seen
 }
+
+/// The test identity provider (`tests/peers/idp.py`): a JWKS over HTTPS, tokens minted with PyJWT.
+#[derive(Debug)]
+pub struct Idp {
+    pub proc: Proc,
+    pub control: u16,
+    pub jwks_port: u16,
+    /// PEM of the CA that issued the JWKS listener's certificate.
+    pub ca: String,
+    pub dir: TempDir,
+}
+
+impl Idp {
+    pub fn start() -> Idp {
+        let dir = TempDir::new("idp");
+        let mut cmd = Command::new(python());
+        cmd.arg(peers_dir().join("idp.py"))
+            .arg("--dir")
+            .arg(dir.path());
+        let (proc, control) = start_ready(cmd, "idp");
+        let info = request(control, "GET", "/info", &[("authorization", "none")], b"")
+            .unwrap()
+            .json();
+        Idp {
+            proc,
+            control,
+            jwks_port: info["jwks_port"].as_u64().unwrap() as u16,
+            ca: info["ca"].as_str().unwrap().to_owned(),
+            dir,
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let r = request(
+            self.control,
+            "POST",
+            path,
+            &[("authorization", "none")],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "idp {path}: {}", r.text());
+        r.json()
+    }
+
+    /// A token with these claims signed by key `kid` (`r1` RS256, `e1` ES256, `d1` EdDSA, or rotated
+    /// ones); `forge` as `idp.py` documents.
+    pub fn mint(&self, kid: &str, claims: Value, forge: Option<&str>) -> String {
+        let mut req = json!({"kid": kid, "claims": claims});
+        if let Some(f) = forge {
+            req["forge"] = json!(f);
+        }
+        self.post("/mint", req)["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Add a signing key to the JWKS.
+    pub fn rotate(&self, kid: &str, alg: &str) {
+        self.post("/rotate", json!({"kid": kid, "alg": alg}));
+    }
+
+    /// Make the JWKS endpoint answer 503 (`true`) or serve again.
+    pub fn set_down(&self, down: bool) {
+        self.post(if down { "/down" } else { "/up" }, json!({}));
+    }
+
+    /// GET /jwks requests it has had.
+    pub fn hits(&self) -> u64 {
+        request(
+            self.control,
+            "GET",
+            "/hits",
+            &[("authorization", "none")],
+            b"",
+        )
+        .unwrap()
+        .json()["hits"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The JWKS URL for a gateway config.
+    pub fn jwks_url(&self) -> String {
+        format!("https://127.0.0.1:{}/jwks", self.jwks_port)
+    }
+}

@@ -106,6 +106,31 @@ pub struct Identity {
     pub resource: Vec<String>,
     /// Identity providers whose JWT access tokens identify agents.
     pub jwt: Vec<JwtIssuer>,
+    /// Client certificates on the TLS listener, verified against these CAs, name agents.
+    pub mtls: Option<Mtls>,
+}
+
+/// Agent identity by TLS client certificate, loaded from `identity.mtls`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mtls {
+    /// PEM file of the CA certificates that issue agents' client certificates.
+    pub ca_file: PathBuf,
+    /// Which name of the certificate is the agent's: `common_name` (default), `uri_san` (the first URI
+    /// SAN starting with `uri_prefix`, without it; e.g. SPIFFE IDs) or `dns_san`.
+    #[serde(default)]
+    pub agent_from: CertAgentFrom,
+    #[serde(default)]
+    pub uri_prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CertAgentFrom {
+    #[default]
+    CommonName,
+    UriSan,
+    DnsSan,
 }
 
 /// One identity provider, loaded from `identity.jwt[]`.
@@ -540,6 +565,12 @@ impl Config {
 
     fn validate_identity(&self) -> Result<(), ConfigError> {
         let id = &self.identity;
+        if id.mtls.is_some() && self.listen.mcp_tls.is_none() {
+            return Err(invalid(
+                "identity.mtls",
+                "client certificates need the TLS listener (listen.mcp_tls)",
+            ));
+        }
         for (i, r) in id.resource.iter().enumerate() {
             if !(r.starts_with("https://") || r.starts_with("http://")) || r.contains('#') {
                 return Err(invalid(

@@ -283,6 +283,10 @@ impl Core {
                     .await
                     .map_err(|_| DenyReason::Unauthenticated)?
             }
+            // No bearer: the connection's verified client certificate, if it names an agent.
+            govern::Credential::Missing if head.cert_agent.is_some() => {
+                head.cert_agent.as_deref().unwrap_or_default().to_owned()
+            }
             govern::Credential::Jwt(_)
             | govern::Credential::Missing
             | govern::Credential::Unsupported => return Err(DenyReason::Unauthenticated),

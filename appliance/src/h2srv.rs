@@ -22,8 +22,12 @@ use crate::gateway::Core;
 use crate::http::{Reply, RequestHead, Response};
 
 /// Serve one HTTP/2 connection until it closes, idles out, or the core drains.
-pub async fn serve<S>(core: Rc<Core>, io: S, peer: Option<std::net::SocketAddr>)
-where
+pub async fn serve<S>(
+    core: Rc<Core>,
+    io: S,
+    peer: Option<std::net::SocketAddr>,
+    cert_agent: Option<std::sync::Arc<str>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let l = &core.shared.config.limits;
@@ -50,9 +54,9 @@ where
         match monoio::time::timeout(wait, conn.accept()).await {
             Ok(Some(Ok((req, respond)))) => {
                 open.set(open.get() + 1);
-                let (core, open) = (core.clone(), open.clone());
+                let (core, open, cert_agent) = (core.clone(), open.clone(), cert_agent.clone());
                 monoio::spawn(async move {
-                    handle_stream(&core, req, respond, peer).await;
+                    handle_stream(&core, req, respond, peer, cert_agent).await;
                     open.set(open.get() - 1);
                 });
             }
@@ -79,6 +83,7 @@ async fn handle_stream(
     req: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
     peer: Option<std::net::SocketAddr>,
+    cert_agent: Option<std::sync::Arc<str>>,
 ) {
     let t0 = Instant::now();
     core.in_flight.set(core.in_flight.get() + 1);
@@ -100,6 +105,7 @@ async fn handle_stream(
         peer,
         transport: "h2",
         secure: true,
+        cert_agent,
     };
     let mut reply = H2Reply {
         respond,

@@ -31,6 +31,8 @@ pub struct RequestHead {
     pub transport: &'static str,
     /// Arrived over TLS.
     pub secure: bool,
+    /// The agent the connection's verified client certificate names (`identity.mtls`).
+    pub cert_agent: Option<std::sync::Arc<str>>,
 }
 
 impl RequestHead {
@@ -222,6 +224,7 @@ impl<S: ByteStream> Conn<S> {
             peer: None,
             transport: "h1",
             secure: false,
+            cert_agent: None,
         };
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rustls::ClientConfig;
 use serde::Serialize;
 
-use portcullis_pipeline::authn::{self, Alg, Issuer, Jwks, JwtError};
+use portcullis_pipeline::authn::{self, Alg, CertName, Issuer, Jwks, JwtError};
 
 use crate::config::{self, parse_https_url, UpstreamUrl};
 use crate::control::now_ms;
@@ -33,6 +33,9 @@ const WAITERS_MAX: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Providers {
     pub resource: Vec<String>,
+    /// Which name of a verified client certificate is the agent's (`identity.mtls`), if certificates
+    /// identify agents.
+    pub cert_rule: Option<CertName>,
     providers: Vec<Arc<Provider>>,
     /// Tokens refused, by `JwtError::code` (and `unknown_issuer`).
     refused: Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -114,8 +117,16 @@ impl Providers {
                 }),
             }));
         }
+        let cert_rule = id.mtls.as_ref().map(|m| match m.agent_from {
+            config::CertAgentFrom::CommonName => CertName::CommonName,
+            config::CertAgentFrom::UriSan => CertName::UriSan {
+                prefix: m.uri_prefix.clone(),
+            },
+            config::CertAgentFrom::DnsSan => CertName::DnsSan,
+        });
         Ok(Providers {
             resource: id.resource.clone(),
+            cert_rule,
             providers,
             refused: Mutex::default(),
         })
@@ -135,6 +146,12 @@ impl Providers {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The agent a verified client certificate (DER) names, when certificates identify agents.
+    pub fn certificate_agent(&self, der: &[u8]) -> Option<std::sync::Arc<str>> {
+        let rule = self.cert_rule.as_ref()?;
+        authn::certificate_agent(der, rule).map(std::sync::Arc::from)
     }
 
     /// The issuers, for the protected-resource metadata's `authorization_servers`.

@@ -293,22 +293,35 @@ fn up(args: UpArgs) -> Result<(), String> {
             m.fingerprint_sha256
         );
         control = control.with_tls_fingerprint(&m.fingerprint_sha256);
-        Some(m.config)
+        Some(m)
     } else {
         None
     };
     let identity = Arc::new(portcullis::identity::Providers::from_config(
         &config.identity,
     )?);
-    if !identity.is_empty() {
+    if !identity.is_empty() || config.identity.mtls.is_some() {
         if !published.managed() {
-            return Err("identity.jwt needs approved snapshots (agents are registered there); static upstreams govern nothing".into());
+            return Err("identity.jwt and identity.mtls need approved snapshots (agents are registered there); static upstreams govern nothing".into());
         }
         identity.start()?;
     }
     control = control.with_identity(identity.clone());
     let control = Arc::new(control);
-    let tls = config.listen.mcp_tls.and(tls_material.clone());
+    let tls = match (&tls_material, config.listen.mcp_tls) {
+        (Some(m), Some(_)) => {
+            let client_cas = match &config.identity.mtls {
+                Some(mtls) => Some(portcullis::https::roots(
+                    &mtls.ca_file,
+                    "identity.mtls.ca_file",
+                )?),
+                None => None,
+            };
+            Some(m.mcp_config(client_cas).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let tls_material = tls_material.map(|m| m.config);
     if let Some(addr) = config.listen.mcp_tls {
         println!("MCP endpoint: https://{addr}/mcp");
     }

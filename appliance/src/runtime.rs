@@ -174,7 +174,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
         let core = core.clone();
         match &tls {
             None => {
-                monoio::spawn(serve_conn(core, Native(stream), peer, false));
+                monoio::spawn(serve_conn(core, Native(stream), peer, false, None));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -183,11 +183,17 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
                     // Failed or slow handshakes cost nothing further.
                     let io = monoio_compat::StreamWrapper::new(stream);
                     if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(io)).await {
-                        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        // The handshake verified any client certificate against identity.mtls's CAs.
+                        let tls = s.get_ref().1;
+                        let cert_agent = tls
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| core.shared.identity.certificate_agent(leaf));
+                        if tls.alpn_protocol() == Some(b"h2") {
                             let _open = OpenConnection::new(&core);
-                            crate::h2srv::serve(core.clone(), s, Some(peer)).await;
+                            crate::h2srv::serve(core.clone(), s, Some(peer), cert_agent).await;
                         } else {
-                            serve_conn(core, Polled(s), peer, true).await;
+                            serve_conn(core, Polled(s), peer, true, cert_agent).await;
                         }
                     }
                 });
@@ -248,7 +254,13 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
-async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, peer: SocketAddr, secure: bool) {
+async fn serve_conn<S: ByteStream>(
+    core: Rc<Core>,
+    stream: S,
+    peer: SocketAddr,
+    secure: bool,
+    cert_agent: Option<std::sync::Arc<str>>,
+) {
     let _open = OpenConnection::new(&core);
     let limits = read_limits(&core);
     let mut conn = Conn::new(stream);
@@ -267,6 +279,7 @@ async fn serve_conn<S: ByteStream>(core: Rc<Core>, stream: S, peer: SocketAddr, 
         };
         head.peer = Some(peer);
         head.secure = secure;
+        head.cert_agent.clone_from(&cert_agent);
         let t0 = Instant::now();
         core.in_flight.set(core.in_flight.get() + 1);
         let keep = serve_request(&core, &mut conn, &head, &limits).await;

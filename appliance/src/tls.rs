@@ -38,6 +38,8 @@ pub struct TlsMaterial {
     pub config: Arc<rustls::ServerConfig>,
     pub fingerprint_sha256: String,
     pub created: bool,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -83,17 +85,56 @@ pub fn load_or_generate(dir: &DataDir) -> Result<TlsMaterial, TlsError> {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rustls)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .map_err(TlsError::Rustls)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = server_config(&cert, &key, None)?;
     Ok(TlsMaterial {
-        config: Arc::new(config),
+        config,
         fingerprint_sha256,
         created,
+        cert,
+        key,
     })
+}
+
+impl TlsMaterial {
+    /// The MCP listener's configuration: as `config`, and with `client_cas` set, asking for a client
+    /// certificate issued by them. A connection without one is still accepted (the agent may present a
+    /// bearer credential instead); one with a certificate the CAs do not verify fails its handshake.
+    pub fn mcp_config(
+        &self,
+        client_cas: Option<rustls::RootCertStore>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        match client_cas {
+            None => Ok(self.config.clone()),
+            Some(roots) => server_config(&self.cert, &self.key, Some(roots)),
+        }
+    }
+}
+
+fn server_config(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+    client_cas: Option<rustls::RootCertStore>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?;
+    let builder = match client_cas {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(vec![cert.clone()], key.clone_key())
+        .map_err(TlsError::Rustls)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -458,5 +458,168 @@ pub fn verify(token: &str, issuer: &Issuer, jwks: &Jwks, now_s: u64) -> Result<S
     }
 }
 
+// ------------------------------------------------------------------ client certificates
+
+/// Which name of a verified client certificate is the agent's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertName {
+    /// The subject's common name (`CN=billing-bot`).
+    CommonName,
+    /// The first URI subject alternative name starting with the prefix, without it
+    /// (`spiffe://corp/agent/` + `billing-bot`).
+    UriSan { prefix: String },
+    /// The first DNS subject alternative name.
+    DnsSan,
+}
+
+/// The agent a client certificate names under `rule`, or `None` when it carries no such name. The
+/// certificate has already been verified by the TLS handshake against the configured client CAs; this
+/// only reads it (a minimal DER walk over the fields it needs).
+pub fn certificate_agent(der: &[u8], rule: &CertName) -> Option<String> {
+    let cert = der::Reader::new(der).expect(der::SEQUENCE)?;
+    let tbs = der::Reader::new(cert).expect(der::SEQUENCE)?;
+    let mut r = der::Reader::new(tbs);
+    if r.peek() == Some(0xA0) {
+        r.any()?; // version
+    }
+    r.expect(der::INTEGER)?; // serial
+    r.expect(der::SEQUENCE)?; // signature algorithm
+    r.expect(der::SEQUENCE)?; // issuer
+    r.expect(der::SEQUENCE)?; // validity
+    let subject = r.expect(der::SEQUENCE)?;
+    r.expect(der::SEQUENCE)?; // subject public key info
+    let name = match rule {
+        CertName::CommonName => common_name(subject),
+        CertName::UriSan { prefix } => san(&mut r, 0x86)
+            .into_iter()
+            .find_map(|u| u.strip_prefix(prefix.as_str()).map(str::to_owned)),
+        CertName::DnsSan => san(&mut r, 0x82).into_iter().next(),
+    }?;
+    (!name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)).then_some(name)
+}
+
+/// The subject's first common name.
+fn common_name(subject: &[u8]) -> Option<String> {
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let mut rdns = der::Reader::new(subject);
+    while let Some((tag, set)) = rdns.any() {
+        if tag != der::SET {
+            continue;
+        }
+        let mut atvs = der::Reader::new(set);
+        while let Some(atv) = atvs.expect(der::SEQUENCE) {
+            let mut a = der::Reader::new(atv);
+            if a.expect(der::OID)? == CN {
+                let (tag, value) = a.any()?;
+                // UTF8String, PrintableString, IA5String.
+                if matches!(tag, 0x0C | 0x13 | 0x16) {
+                    return std::str::from_utf8(value).ok().map(str::to_owned);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The subject alternative names with context tag `tag` (0x82 DNS, 0x86 URI), from the extensions.
+fn san(r: &mut der::Reader<'_>, tag: u8) -> Vec<String> {
+    const SAN: &[u8] = &[0x55, 0x1D, 0x11];
+    let mut out = Vec::new();
+    while let Some((t, body)) = r.any() {
+        if t != 0xA3 {
+            continue;
+        }
+        let Some(exts) = der::Reader::new(body).expect(der::SEQUENCE) else {
+            return out;
+        };
+        let mut exts = der::Reader::new(exts);
+        while let Some(ext) = exts.expect(der::SEQUENCE) {
+            let mut e = der::Reader::new(ext);
+            if e.expect(der::OID) != Some(SAN) {
+                continue;
+            }
+            if e.peek() == Some(der::BOOLEAN) {
+                e.any();
+            }
+            let Some(names) = e
+                .expect(der::OCTET_STRING)
+                .and_then(|v| der::Reader::new(v).expect(der::SEQUENCE))
+            else {
+                continue;
+            };
+            let mut names = der::Reader::new(names);
+            while let Some((t, v)) = names.any() {
+                if t == tag {
+                    if let Ok(s) = std::str::from_utf8(v) {
+                        out.push(s.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Just enough DER to walk a certificate: tag, definite length, contents.
+mod der {
+    pub const BOOLEAN: u8 = 0x01;
+    pub const INTEGER: u8 = 0x02;
+    pub const OCTET_STRING: u8 = 0x04;
+    pub const OID: u8 = 0x06;
+    pub const SEQUENCE: u8 = 0x30;
+    pub const SET: u8 = 0x31;
+
+    pub struct Reader<'a> {
+        rest: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        pub fn new(bytes: &'a [u8]) -> Reader<'a> {
+            Reader { rest: bytes }
+        }
+
+        pub fn peek(&self) -> Option<u8> {
+            self.rest.first().copied()
+        }
+
+        /// The next element: its tag and contents.
+        pub fn any(&mut self) -> Option<(u8, &'a [u8])> {
+            let (&tag, rest) = self.rest.split_first()?;
+            // Multi-byte tags do not occur in the fields read here.
+            if tag & 0x1F == 0x1F {
+                return None;
+            }
+            let (&first, mut rest) = rest.split_first()?;
+            let len = if first < 0x80 {
+                usize::from(first)
+            } else {
+                let n = usize::from(first & 0x7F);
+                if n == 0 || n > 4 || rest.len() < n {
+                    return None;
+                }
+                let (len_bytes, after) = rest.split_at(n);
+                rest = after;
+                len_bytes
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+            };
+            if rest.len() < len {
+                return None;
+            }
+            let (body, after) = rest.split_at(len);
+            self.rest = after;
+            Some((tag, body))
+        }
+
+        /// The next element's contents if it has tag `tag`.
+        pub fn expect(&mut self, tag: u8) -> Option<&'a [u8]> {
+            match self.any()? {
+                (t, body) if t == tag => Some(body),
+                _ => None,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import json
+import ssl
 import sys
 import traceback
 from typing import Any
@@ -126,6 +127,13 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
         progress_events.append(ev)
 
     http = create_mcp_http_client()
+    # TLS to the gateway (https:// URLs): trust its certificate, and present a client certificate when
+    # the test identifies the agent by mTLS.
+    if os.environ.get("PORTCULLIS_TLS_CA"):
+        ctx = ssl.create_default_context(cafile=os.environ["PORTCULLIS_TLS_CA"])
+        if os.environ.get("PORTCULLIS_CLIENT_CERT"):
+            ctx.load_cert_chain(os.environ["PORTCULLIS_CLIENT_CERT"], os.environ["PORTCULLIS_CLIENT_KEY"])
+        http = httpx2.AsyncClient(timeout=http.timeout, verify=ctx)
     # The gateway's agent API key, when the test runs against a governed gateway.
     if os.environ.get("PORTCULLIS_BEARER"):
         http.headers["authorization"] = "Bearer " + os.environ["PORTCULLIS_BEARER"]

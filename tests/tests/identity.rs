@@ -294,3 +294,165 @@ fn keys_outlive_an_outage_until_their_limit_then_tokens_fail_closed() {
     idp.set_down(false);
     eventually("keys back", || list_with(&g, &token).status == 200);
 }
+
+/// Client certificates for `names` (and rogue ones, from an untrusted CA that has the same name, for
+/// `rogues`) in `dir`: `tests/peers/pki.py`.
+fn client_pki(dir: &TempDir, names: &[&str], rogues: &[&str]) {
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(peers_dir().join("pki.py"))
+        .arg("--dir")
+        .arg(dir.path());
+    for n in names {
+        cmd.args(["--client", n]);
+    }
+    for n in rogues {
+        cmd.args(["--rogue", n]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tools/list` over TLS with curl (HTTP/2, or HTTP/1.1), presenting client certificate `cert` from
+/// `pki` and `bearer`: the HTTP status and body, or curl's complaint when the handshake fails.
+fn curl_list(
+    g: &Gateway,
+    pki: &TempDir,
+    cert: Option<&str>,
+    bearer: Option<&str>,
+    h1: bool,
+) -> Result<(u16, Value), String> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--cacert"])
+        .arg(g.data().join("tls-cert.pem"))
+        .args(["-w", "\n%{http_code}"]);
+    cmd.arg(if h1 { "--http1.1" } else { "--http2" });
+    if let Some(c) = cert {
+        cmd.arg("--cert")
+            .arg(pki.path().join(format!("{c}.pem")))
+            .arg("--key")
+            .arg(pki.path().join(format!("{c}.key")));
+    }
+    if let Some(b) = bearer {
+        cmd.args(["-H", &format!("authorization: Bearer {b}")]);
+    }
+    for h in [
+        "content-type: application/json",
+        "accept: application/json, text/event-stream",
+        "mcp-protocol-version: 2026-07-28",
+        "mcp-method: tools/list",
+    ] {
+        cmd.args(["-H", h]);
+    }
+    cmd.args(["--data-binary", &modern_body(1, "tools/list", json!({}))])
+        .arg(format!("https://127.0.0.1:{}/mcp", g.tls_port));
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    Ok((
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
+}
+
+fn names_in(v: &Value) -> Vec<String> {
+    v["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn client_certificates_name_agents_and_untrusted_ones_are_refused() {
+    let pki = TempDir::new("pki");
+    client_pki(&pki, &["ops", "viewer", "ghost"], &["ops"]);
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        &format!(
+            "pinning:\n  recheck_interval: 1h\nidentity:\n  mtls:\n    ca_file: {}\n",
+            pki.path().join("ca.pem").display()
+        ),
+    );
+    add_capability(&g, "alpha", port);
+    register_agent_in(&g, "ops", "operators");
+    let viewer_key = register_agent_in(&g, "viewer", "viewers");
+    ok(
+        &g,
+        &[
+            "policy",
+            "add",
+            "operators-all",
+            "--text",
+            r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
+        ],
+    );
+    ok(
+        &g,
+        &[
+            "policy",
+            "add",
+            "viewers-echo",
+            "--text",
+            r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
+        ],
+    );
+    ok(&g, &["approve", "--note", "mtls agents"]);
+
+    // The official Python SDK client over HTTPS with the ops certificate.
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg(peers_dir().join("py_client.py"))
+        .arg(format!("https://127.0.0.1:{}/mcp", g.tls_port))
+        .args([
+            "--revision",
+            "2025-11-25",
+            "--scenario",
+            "list",
+            "--tools-only",
+        ])
+        .env("PORTCULLIS_TLS_CA", g.data().join("tls-cert.pem"))
+        .env("PORTCULLIS_CLIENT_CERT", pki.path().join("ops.pem"))
+        .env("PORTCULLIS_CLIENT_KEY", pki.path().join("ops.key"));
+    let v = run_client(cmd, "py_client over mTLS");
+    assert!(
+        v["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("alpha__add")),
+        "{v}"
+    );
+
+    // HTTP/2 and HTTP/1.1 each carry the certificate's agent.
+    for h1 in [false, true] {
+        let (status, v) = curl_list(&g, &pki, Some("viewer"), None, h1).unwrap();
+        assert_eq!(
+            (status, names_in(&v)),
+            (200, vec!["alpha__echo".to_owned()])
+        );
+    }
+    // A trusted certificate for no registered agent; no certificate and no bearer.
+    let (status, v) = curl_list(&g, &pki, Some("ghost"), None, false).unwrap();
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["data"]["reason"], json!("agent_not_registered"));
+    let (status, v) = curl_list(&g, &pki, None, None, false).unwrap();
+    assert_eq!(status, 401, "{v}");
+    assert_eq!(v["error"]["data"]["reason"], json!("unauthenticated"));
+    // A certificate for `ops` from a CA with the same name that the gateway does not trust: no
+    // handshake at all.
+    let refused = curl_list(&g, &pki, Some("rogue-ops"), None, false);
+    assert!(refused.is_err(), "{refused:?}");
+    // A bearer credential is used where one is presented: the viewer's key on the ops certificate.
+    let (status, v) = curl_list(&g, &pki, Some("ops"), Some(&viewer_key), false).unwrap();
+    assert_eq!(
+        (status, names_in(&v)),
+        (200, vec!["alpha__echo".to_owned()])
+    );
+}

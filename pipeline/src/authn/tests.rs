@@ -324,3 +324,62 @@ fn jwt_shape() {
         "https://idp.test"
     );
 }
+
+fn cert(cn: Option<&str>, sans: Vec<rcgen::SanType>) -> Vec<u8> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "corp");
+    if let Some(cn) = cn {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    params.subject_alt_names = sans;
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+#[test]
+fn client_certificates_name_agents() {
+    let uri = |u: &str| rcgen::SanType::URI(u.try_into().unwrap());
+    let dns = |d: &str| rcgen::SanType::DnsName(d.try_into().unwrap());
+    let der = cert(
+        Some("billing-bot"),
+        vec![
+            dns("bot.corp.example"),
+            uri("https://corp.example/x"),
+            uri("spiffe://corp/agent/billing-bot"),
+        ],
+    );
+    let spiffe = CertName::UriSan {
+        prefix: "spiffe://corp/agent/".into(),
+    };
+    assert_eq!(
+        certificate_agent(&der, &CertName::CommonName).as_deref(),
+        Some("billing-bot")
+    );
+    assert_eq!(
+        certificate_agent(&der, &spiffe).as_deref(),
+        Some("billing-bot")
+    );
+    assert_eq!(
+        certificate_agent(&der, &CertName::DnsSan).as_deref(),
+        Some("bot.corp.example")
+    );
+    // No such name: no agent (the caller then needs another credential).
+    let bare = cert(None, vec![uri("spiffe://other/agent/x")]);
+    assert_eq!(certificate_agent(&bare, &CertName::CommonName), None);
+    assert_eq!(certificate_agent(&bare, &spiffe), None);
+    assert_eq!(certificate_agent(&bare, &CertName::DnsSan), None);
+    // Truncated or garbage DER never panics.
+    for n in 0..der.len() {
+        let _ = certificate_agent(&der[..n], &CertName::CommonName);
+        let _ = certificate_agent(&der[..n], &spiffe);
+    }
+    assert_eq!(
+        certificate_agent(b"\x30\x84\xff\xff\xff\xff", &CertName::CommonName),
+        None
+    );
+}

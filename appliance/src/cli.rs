@@ -19,6 +19,7 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
                                --environment E --endpoint URL [--tag T]... [--description D] [--status S]
     portcullis agent add NAME --owner O --surface S --environment E
                               --credential-mode service|delegated|agent-scoped [--group G]... [--status S]
+                              [--limit [SCOPE=]COUNT/PERIOD]...   (600/1m, alpha=100/1h, alpha__add=10/1d)
     portcullis policy add ID (--file F | --text T) [--description D]
     portcullis capability|agent|policy list | show NAME | edit NAME --field V... | remove NAME | history NAME
     portcullis agent key issue|list AGENT    portcullis agent key revoke AGENT KEY_ID
@@ -231,7 +232,12 @@ const KINDS: &[(&str, KindInfo)] = &[
         KindInfo {
             plural: "agents",
             key: "name",
-            lists: &[("group", "groups"), ("groups", "groups")],
+            lists: &[
+                ("group", "groups"),
+                ("groups", "groups"),
+                ("limit", "limits"),
+                ("limits", "limits"),
+            ],
             columns: &[
                 "name",
                 "owner",

@@ -540,6 +540,11 @@ impl Core {
                 return self.refuse(conn, None, false, r.into(), headers).await;
             }
         };
+        if let Some(who) = &caller.who {
+            if let Err((limit, wait)) = sv.take(who, None) {
+                return self.rate_refused(conn, None, false, limit, wait).await;
+            }
+        }
         match head.method.as_str() {
             "POST" => self.post(conn, sv, head, body, &caller).await,
             "GET" => {
@@ -862,6 +867,19 @@ impl Core {
                                 )
                                 .await;
                         }
+                    }
+                }
+                if let Some(who) = &caller.who {
+                    let tool = match &route {
+                        Route::ByName { name, .. } if req.method == "tools/call" => {
+                            Some(name.as_str())
+                        }
+                        _ => None,
+                    };
+                    if let Err((limit, wait)) = sv.take(who, Some((upstream, tool))) {
+                        return self
+                            .rate_refused(conn, Some(req.id), modern, limit, wait)
+                            .await;
                     }
                 }
                 let Some(up) = sv.upstream(upstream) else {
@@ -1351,6 +1369,33 @@ impl Core {
     ) -> bool {
         self.refuse_with(conn, id, modern, refusal, extra_headers, Vec::new(), None)
             .await
+    }
+
+    /// `rate_limited`: HTTP 429 with `Retry-After` (whole seconds, rounded up), and the limit and the
+    /// wait in milliseconds in `error.data`.
+    async fn rate_refused<R: Reply>(
+        &self,
+        conn: &mut R,
+        id: Option<Id>,
+        modern: bool,
+        limit: &portcullis_pipeline::ratelimit::Limit,
+        wait: std::time::Duration,
+    ) -> bool {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let secs = ms.div_ceil(1000);
+        self.refuse_with(
+            conn,
+            id,
+            modern,
+            DenyReason::RateLimited.into(),
+            &[("retry-after", secs.to_string())],
+            vec![
+                ("limit", Value::from(limit.to_string().as_str())),
+                ("retry_after_ms", Value::from(ms)),
+            ],
+            Some(format!("{limit}; retry in {secs} s")),
+        )
+        .await
     }
 
     /// `refuse`, with more for `error.data` and a detail appended to `error.message`.

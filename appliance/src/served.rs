@@ -14,11 +14,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use portcullis_pipeline::control::cedar;
-use portcullis_pipeline::control::{PinnedTool, Snapshot};
+use portcullis_pipeline::control::{Agent, PinnedTool, Record, Snapshot};
 use portcullis_pipeline::govern::{Governor, Keys};
 use portcullis_pipeline::mcp::Naming;
+use portcullis_pipeline::ratelimit::{Limit, Scope};
 use portcullis_pipeline::DenyReason;
 
 use crate::config::{parse_http_url, UpstreamUrl};
@@ -51,6 +53,11 @@ pub struct Served {
     /// every core to evaluate (allows nothing in static mode and before the first approval; static mode
     /// does not consult it).
     pub governor: Governor,
+    /// One state cell per rate limit of the governor (`Governor::agent_limits` indexes them), shared
+    /// with later snapshots that keep the same agent and limit, so approving does not reset quotas.
+    limit_cells: Vec<Arc<AtomicU64>>,
+    /// Where the cells' clock starts (`Published::epoch`).
+    epoch: Instant,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -206,6 +213,8 @@ impl Served {
             upstreams: Vec::new(),
             pins: Some(Pins::default()),
             governor: Governor::empty(),
+            limit_cells: Vec::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -251,12 +260,16 @@ impl Served {
         }
         let pins = Pins::new(&snapshot.content.tools, &naming);
         let governor = Governor::new(&snapshot.content, policies)?;
+        let limit_cells = published.limit_cells(&snapshot.content.agents);
+        debug_assert_eq!(limit_cells.len(), governor.limit_count());
         Ok(Served {
             label: format!("v{} blake3:{hash}", snapshot.header.version),
             version: Some(snapshot.header.version),
             upstreams,
             pins: Some(pins),
             governor,
+            limit_cells,
+            epoch: published.epoch,
         })
     }
 
@@ -274,7 +287,53 @@ impl Served {
                 .collect(),
             pins: None,
             governor: Governor::empty(),
+            limit_cells: Vec::new(),
+            epoch: published.epoch,
         }
+    }
+
+    /// Count one request against each of `agent`'s limits that counts it: every request (`call` is
+    /// `None`), or a call to a capability (and, for `tools/call`, its tool's upstream name). `Err` is
+    /// the limit that refused and how long until it admits one more.
+    ///
+    /// Each limit's state is one atomic integer updated by compare-and-swap: exact across cores with no
+    /// lock, and touched only by cores serving that agent. Limits checked before the refusing one have
+    /// counted the request.
+    pub fn take(
+        &self,
+        agent: &str,
+        call: Option<(&str, Option<&str>)>,
+    ) -> Result<(), (&Limit, Duration)> {
+        let limits = self.governor.agent_limits(agent);
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        for (i, limit) in limits {
+            let counts = match call {
+                None => limit.scope == Scope::Agent,
+                Some(_) => limit.applies(call),
+            };
+            let Some(cell) = counts.then(|| self.limit_cells.get(*i)).flatten() else {
+                continue;
+            };
+            let mut tat = cell.load(Ordering::Relaxed);
+            loop {
+                match limit.admit(tat, now) {
+                    Err(wait) => return Err((limit, Duration::from_nanos(wait))),
+                    Ok(next) => match cell.compare_exchange_weak(
+                        tat,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(seen) => tat = seen,
+                    },
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The slot of the served upstream called `name`.
@@ -305,6 +364,10 @@ pub struct Published {
     /// list changes to open streams).
     keys_generation: AtomicU64,
     keys: RwLock<Arc<Keys>>,
+    /// Rate-limit state by (agent, limit), carried from snapshot to snapshot.
+    limits: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
+    /// The rate limits' clock starts here.
+    pub epoch: Instant,
 }
 
 impl Published {
@@ -320,7 +383,28 @@ impl Published {
             recheck_rx,
             keys_generation: AtomicU64::new(0),
             keys: RwLock::new(Arc::new(Keys::default())),
+            limits: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
         }
+    }
+
+    /// The state cells of every agent's limits, in the order `Governor::new` numbers them: the cell an
+    /// earlier snapshot used for the same agent and limit, else a fresh one. Cells no snapshot uses any
+    /// more are dropped.
+    fn limit_cells(&self, agents: &[Record<Agent>]) -> Vec<Arc<AtomicU64>> {
+        let mut map = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = HashMap::new();
+        let mut cells = Vec::new();
+        for a in agents {
+            for spec in &a.spec.limits {
+                let key = (a.spec.name.clone(), spec.clone());
+                let cell = map.get(&key).cloned().unwrap_or_default();
+                cells.push(cell.clone());
+                kept.insert(key, cell);
+            }
+        }
+        *map = kept;
+        cells
     }
 
     pub fn keys_generation(&self) -> u64 {

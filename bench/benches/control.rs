@@ -87,6 +87,7 @@ fn approve(c: &mut Criterion) {
                 credential_mode: CredentialMode::Service,
                 groups: vec![format!("g{}", i % 10)],
                 status: Status::Active,
+                limits: vec![],
             },
             Put::Create,
             "bench",

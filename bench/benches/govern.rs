@@ -49,6 +49,7 @@ fn governor() -> Governor {
                 credential_mode: CredentialMode::Service,
                 groups: vec![format!("g{i}")],
                 status: Status::Active,
+                limits: vec![],
             })
         })
         .collect();

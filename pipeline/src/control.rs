@@ -81,6 +81,10 @@ pub struct Agent {
     pub groups: Vec<String>,
     #[serde(default)]
     pub status: Status,
+    /// Rate limits and quotas, each `[SCOPE=]COUNT/PERIOD` (`crate::ratelimit`): `600/1m`,
+    /// `alpha__transfer=10/1d`. Left out when empty, so agents without limits encode as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<String>,
 }
 
 /// One Cedar policy (a single `permit` or `forbid` statement).
@@ -274,7 +278,24 @@ impl Agent {
         check_text("owner", &self.owner)?;
         check_ident("surface", &self.surface, 64)?;
         check_ident("environment", &self.environment, 64)?;
-        normalize_list("groups", &mut self.groups)
+        normalize_list("groups", &mut self.groups)?;
+        if self.limits.len() > crate::ratelimit::LIMITS_PER_AGENT_MAX {
+            return Err(field_err(
+                "limits",
+                format!(
+                    "more than {} entries",
+                    crate::ratelimit::LIMITS_PER_AGENT_MAX
+                ),
+            ));
+        }
+        for (i, l) in self.limits.iter_mut().enumerate() {
+            let parsed = crate::ratelimit::Limit::parse(l)
+                .map_err(|e| field_err(&format!("limits[{i}]"), e))?;
+            *l = parsed.to_string();
+        }
+        self.limits.sort();
+        self.limits.dedup();
+        Ok(())
     }
 }
 

@@ -24,6 +24,7 @@ use cedar_policy::{
 use serde_json::Value;
 
 use crate::control::{PinnedTool, SnapshotContent, Status};
+use crate::ratelimit::Limit;
 use crate::reason::DenyReason;
 
 /// Prefix of agent API keys (`pcak_<id>_<secret>`), so a leaked key is recognisable.
@@ -407,6 +408,8 @@ struct AgentEntry {
     status: Status,
     uid: EntityUid,
     groups: Vec<EntityUid>,
+    /// The agent's rate limits, each with its index among all agents' limits (its state cell).
+    limits: Vec<(usize, Limit)>,
 }
 
 /// A pinned tool: its entity, its capability's, and the index of its validator.
@@ -454,6 +457,8 @@ fn index(policies: &PolicySet) -> Result<Buckets, String> {
 /// The snapshot compiled for deciding.
 pub struct Governor {
     n_policies: usize,
+    /// Rate limits over all agents (the number of state cells the appliance keeps).
+    n_limits: usize,
     /// Whether some policy reads `context`: then what an agent may discover can change from one
     /// request to the next, and lists are decided per request rather than remembered per agent.
     reads_context: bool,
@@ -514,6 +519,7 @@ impl Governor {
     pub fn empty() -> Governor {
         Governor {
             n_policies: 0,
+            n_limits: 0,
             reads_context: false,
             buckets: Buckets::new(),
             entities: Entities::empty(),
@@ -531,6 +537,7 @@ impl Governor {
         let mut entities = Vec::new();
         let mut groups = HashSet::new();
         let mut agents = HashMap::new();
+        let mut n_limits = 0;
         for a in &content.agents {
             let s = &a.spec;
             let me = uid("Agent", &s.name);
@@ -548,12 +555,20 @@ impl Governor {
             ]);
             let groups_of: Vec<EntityUid> = parents.iter().cloned().collect();
             entities.push(Entity::new(me.clone(), attrs, parents).map_err(|e| e.to_string())?);
+            let mut limits = Vec::with_capacity(s.limits.len());
+            for spec in &s.limits {
+                let l = Limit::parse(spec)
+                    .map_err(|e| format!("agent {} limit {spec}: {e}", s.name))?;
+                limits.push((n_limits, l));
+                n_limits += 1;
+            }
             agents.insert(
                 s.name.clone(),
                 AgentEntry {
                     status: s.status,
                     uid: me,
                     groups: groups_of,
+                    limits,
                 },
             );
         }
@@ -619,6 +634,7 @@ impl Governor {
             .any(|p| p.to_string().contains("context"));
         Ok(Governor {
             n_policies: policies.num_of_policies(),
+            n_limits,
             reads_context,
             buckets: index(&policies)?,
             entities,
@@ -638,6 +654,17 @@ impl Governor {
     }
 
     /// Is `agent` registered in this snapshot and active?
+    /// Rate limits over all agents: the appliance keeps one state cell per limit, indexed as
+    /// `agent_limits` numbers them.
+    pub fn limit_count(&self) -> usize {
+        self.n_limits
+    }
+
+    /// An agent's rate limits and their cell indices (none for an unknown agent).
+    pub fn agent_limits(&self, agent: &str) -> &[(usize, Limit)] {
+        self.agents.get(agent).map_or(&[], |a| a.limits.as_slice())
+    }
+
     pub fn admit(&self, agent: &str) -> Result<(), DenyReason> {
         match self.agents.get(agent).map(|a| a.status) {
             None => Err(DenyReason::AgentNotRegistered),

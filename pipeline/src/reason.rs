@@ -101,11 +101,13 @@ pub enum DenyReason {
     SchemaInvalid,
     /// A 2025-11-25 session used with another agent's credential.
     SessionAgentMismatch,
+    /// The agent is over one of its rate limits or quotas; `Retry-After` says when to try again.
+    RateLimited,
 }
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 36] = [
+    pub const ALL: [DenyReason; 37] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -142,6 +144,7 @@ impl DenyReason {
         Self::PolicyDenied,
         Self::SchemaInvalid,
         Self::SessionAgentMismatch,
+        Self::RateLimited,
     ];
 
     /// The stable `data.reason` string.
@@ -183,6 +186,7 @@ impl DenyReason {
             Self::PolicyDenied => "policy_denied",
             Self::SchemaInvalid => "schema_invalid",
             Self::SessionAgentMismatch => "session_agent_mismatch",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -217,7 +221,8 @@ impl DenyReason {
             | Self::AgentDisabled
             | Self::PolicyDenied
             | Self::SchemaInvalid
-            | Self::SessionAgentMismatch => Blame::Agent,
+            | Self::SessionAgentMismatch
+            | Self::RateLimited => Blame::Agent,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
@@ -250,6 +255,7 @@ impl DenyReason {
             }
             // Implementation-defined server errors (JSON-RPC reserves -32000..-32099).
             Self::Unauthenticated => -32001,
+            Self::RateLimited => -32005,
             Self::AgentNotRegistered
             | Self::AgentDisabled
             | Self::PolicyDenied
@@ -300,6 +306,7 @@ impl DenyReason {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
+            Self::RateLimited => 429,
             Self::UpstreamUnavailable | Self::UpstreamProtocolError => 502,
             Self::Overloaded | Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
@@ -365,6 +372,7 @@ impl DenyReason {
             Self::PolicyDenied => "Denied by policy",
             Self::SchemaInvalid => "Arguments do not match the tool's input schema",
             Self::SessionAgentMismatch => "Session not found for this agent",
+            Self::RateLimited => "Rate limit exceeded for this agent",
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
@@ -427,6 +435,7 @@ mod tests {
             ("policy_denied", -32003, 403, "agent"),
             ("schema_invalid", -32602, 400, "agent"),
             ("session_agent_mismatch", -32003, 404, "agent"),
+            ("rate_limited", -32005, 429, "agent"),
         ];
         assert_eq!(table, expected);
     }

@@ -1330,6 +1330,7 @@ mod tests {
                 credential_mode: CredentialMode::Service,
                 groups: vec![],
                 status: Status::Active,
+                limits: vec![],
             },
             Put::Create,
             "alice",

@@ -216,3 +216,89 @@ fn policy_decides_what_each_agent_lists_and_calls() {
     let r = call(&g, "alpha__echo", json!({"text": "x"}));
     assert_eq!((r.status, r.reason().as_str()), (403, "agent_disabled"));
 }
+
+#[test]
+fn rate_limits_and_quotas_refuse_with_retry_after_and_survive_approval() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    ok(
+        &g,
+        &[
+            "agent",
+            "add",
+            "ops",
+            "--owner",
+            "qa",
+            "--surface",
+            "service",
+            "--environment",
+            "prod",
+            "--credential-mode",
+            "service",
+            "--group",
+            "operators",
+            "--limit",
+            "5/1m",
+            "--limit",
+            "alpha__add=2/1h",
+        ],
+    );
+    let ops = ok(&g, &["agent", "key", "issue", "ops"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = register_agent_in(&g, "other", "operators");
+    policy(
+        &g,
+        "operators-all",
+        r#"permit(principal in Group::"operators", action, resource);"#,
+    );
+    let shown = ok(&g, &["agent", "show", "ops"]);
+    assert_eq!(
+        shown["spec"]["limits"],
+        json!(["5/1m", "alpha__add=2/1h"]),
+        "{shown}"
+    );
+    ok(&g, &["approve", "--note", "limits"]);
+
+    act_as(&ops);
+    // The tool quota: two calls, then 429 naming the limit, with Retry-After.
+    for i in 0..2 {
+        let r = call(&g, "alpha__add", json!({"a": i, "b": 1}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.json()["result"].is_object(), "{}", r.text());
+    }
+    let r = call(&g, "alpha__add", json!({"a": 9, "b": 1}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.reason(), "rate_limited");
+    assert_eq!(r.json()["id"], json!(7), "the refusal answers the call");
+    assert_eq!(r.json()["error"]["data"]["limit"], json!("alpha__add=2/1h"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+
+    // Other tools are still callable until the agent's own limit (5 requests a minute, this one's
+    // sixth refused) runs out.
+    for _ in 0..2 {
+        let r = call(&g, "alpha__echo", json!({"text": "hi"}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = call(&g, "alpha__echo", json!({"text": "hi"}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["limit"], json!("5/1m"));
+
+    // Approving again keeps the counts; another agent has its own.
+    policy(
+        &g,
+        "nobody",
+        r#"forbid(principal == Agent::"nobody", action, resource);"#,
+    );
+    ok(&g, &["approve", "--note", "again"]);
+    assert_eq!(call(&g, "alpha__echo", json!({"text": "hi"})).status, 429);
+    act_as(&other);
+    assert_eq!(call(&g, "alpha__add", json!({"a": 1, "b": 1})).status, 200);
+
+    // A malformed limit is refused at registration, naming the field.
+    let err = fails(&g, &["agent", "edit", "other", "--limit", "lots/1m"]);
+    assert!(err.contains("limits[0]"), "{err}");
+}

@@ -24,6 +24,7 @@ fn agent(name: &str, groups: &[&str], status: Status) -> Record<Agent> {
         credential_mode: CredentialMode::Service,
         groups: groups.iter().map(|g| (*g).into()).collect(),
         status,
+        limits: vec![],
     })
 }
 

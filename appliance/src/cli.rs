@@ -21,6 +21,11 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
                               --credential-mode service|delegated|agent-scoped [--group G]... [--status S]
                               [--limit [SCOPE=]COUNT/PERIOD]...   (600/1m, alpha=100/1h, alpha__add=10/1d)
     portcullis policy add ID (--file F | --text T) [--description D]
+    portcullis policy explain --agent A --tool CAP__TOOL [--action call|discover] [--args JSON]
+                              [--context JSON] [--snapshot active|draft|N]
+                               (the decision, the deciding policies and the reason, as a request gets it)
+    portcullis policy test FILE [--snapshot active|draft|N]
+                               (a table of expected decisions; exits 1 on any mismatch)
     portcullis capability|agent|policy list | show NAME | edit NAME --field V... | remove NAME | history NAME
     portcullis agent key issue|list AGENT    portcullis agent key revoke AGENT KEY_ID
     portcullis apply -f FILE [--dry-run] [--approve [--note N]]
@@ -385,6 +390,17 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
                 Shape::Record,
             )
         }
+        "explain" if kind == "policy" => (policy_explain(c, a)?, Shape::Record),
+        "test" if kind == "policy" => {
+            let (out, failed) = policy_test(c, a)?;
+            if failed > 0 {
+                print(&out, a.json);
+                return Err(format!(
+                    "policy test: {failed} case(s) did not decide as expected"
+                ));
+            }
+            out
+        }
         "key" if kind == "agent" => {
             let sub = word(a, 1, "issue, list or revoke")?;
             let agent = word(a, 2, "an agent name")?;
@@ -407,6 +423,128 @@ fn records(c: &Client, kind: &str, a: &Args) -> Result<Output, String> {
         }
         other => return Err(format!("unknown {kind} command `{other}`\n{USAGE}")),
     })
+}
+
+/// `--snapshot active|draft|N` for explain and test (default active).
+fn snapshot_choice(a: &Args, file: Option<&Value>) -> Value {
+    field(a, "snapshot")
+        .map(Value::from)
+        .or_else(|| file.cloned())
+        .unwrap_or_else(|| Value::from("active"))
+}
+
+/// `policy explain --agent A --tool T [--action call|discover] [--args JSON] [--snapshot S]`.
+fn policy_explain(c: &Client, a: &Args) -> Result<Value, String> {
+    let agent = field(a, "agent").ok_or("policy explain needs --agent AGENT")?;
+    let tool = field(a, "tool").ok_or("policy explain needs --tool CAPABILITY__TOOL")?;
+    let mut q = json!({"agent": agent, "tool": tool});
+    if let Some(action) = field(a, "action") {
+        q["action"] = Value::from(action);
+    }
+    if let Some(args) = field(a, "args") {
+        q["arguments"] =
+            serde_json::from_str(&args).map_err(|e| format!("--args is not JSON: {e}"))?;
+    }
+    if let Some(ctx) = field(a, "context") {
+        q["context"] =
+            serde_json::from_str(&ctx).map_err(|e| format!("--context is not JSON: {e}"))?;
+    }
+    let body = json!({"snapshot": snapshot_choice(a, None), "questions": [q]});
+    let v = c.ok("POST", "/admin/v1/explain", Some(&body))?;
+    let mut answer = v["answers"][0].clone();
+    answer["snapshot"] = v["snapshot"].clone();
+    Ok(answer)
+}
+
+/// `policy test FILE`: a YAML (or JSON) table of questions with the decisions expected,
+/// `{snapshot?, cases: [{agent, tool, action?, arguments?, context?, expect: allow|deny, reason?,
+/// policies?}]}`. Returns the per-case results and how many did not match.
+fn policy_test(c: &Client, a: &Args) -> Result<(Output, usize), String> {
+    let path = word(a, 1, "a test file")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+    let cases = doc["cases"]
+        .as_array()
+        .ok_or_else(|| format!("{path}: no `cases` list"))?;
+    let mut questions = Vec::new();
+    let mut expected = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let Some(obj) = case.as_object() else {
+            return Err(format!("{path}: case {i} is not a mapping"));
+        };
+        let mut q = obj.clone();
+        let expect = match q.remove("expect").as_ref().and_then(Value::as_str) {
+            Some("allow") => true,
+            Some("deny") => false,
+            _ => {
+                return Err(format!(
+                    "{path}: case {i}: `expect: allow` or `expect: deny`"
+                ))
+            }
+        };
+        let reason = q.remove("reason");
+        let mut policies: Option<Vec<String>> = match q.remove("policies") {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value(v)
+                    .map_err(|_| format!("{path}: case {i}: `policies` is a list of ids"))?,
+            ),
+        };
+        if let Some(p) = policies.as_mut() {
+            p.sort();
+        }
+        q.remove("name");
+        expected.push((expect, reason, policies));
+        questions.push(Value::Object(q));
+    }
+    let body = json!({"snapshot": snapshot_choice(a, doc.get("snapshot")), "questions": questions});
+    let v = c.ok("POST", "/admin/v1/explain", Some(&body))?;
+    let answers = v["answers"].as_array().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    for (i, ((case, (expect, reason, policies)), got)) in
+        cases.iter().zip(&expected).zip(&answers).enumerate()
+    {
+        let allowed = got["allowed"].as_bool() == Some(true);
+        let mut got_policies: Vec<String> =
+            serde_json::from_value(got["policies"].clone()).unwrap_or_default();
+        got_policies.sort();
+        let mut why = Vec::new();
+        if allowed != *expect {
+            why.push(format!(
+                "expected {}",
+                if *expect { "allow" } else { "deny" }
+            ));
+        }
+        if let Some(r) = reason {
+            if got.get("reason") != Some(r) {
+                why.push(format!("expected reason {r}"));
+            }
+        }
+        if let Some(p) = policies {
+            if *p != got_policies {
+                why.push(format!("expected policies {}", p.join(",")));
+            }
+        }
+        if !why.is_empty() {
+            failed += 1;
+        }
+        let decision = if allowed {
+            "allow".to_owned()
+        } else {
+            format!("deny {}", got["reason"].as_str().unwrap_or(""))
+        };
+        rows.push(json!({
+            "case": case.get("name").cloned().unwrap_or_else(|| Value::from(i + 1)),
+            "agent": case["agent"],
+            "tool": case["tool"],
+            "got": decision,
+            "policies": got_policies.join(","),
+            "result": if why.is_empty() { "ok".to_owned() } else { format!("FAIL: {}", why.join("; ")) },
+        }));
+    }
+    let shape = Shape::Table(&["case", "agent", "tool", "got", "policies", "result"]);
+    Ok(((Value::Array(rows), shape), failed))
 }
 
 fn apply_fields(rec: &mut Map<String, Value>, k: &KindInfo, a: &Args) -> Result<(), String> {

@@ -27,7 +27,7 @@ use crate::upstream::{ClientLimits, Pool};
 use portcullis_storage::registry::{Followed, Offer};
 
 const TOKEN_FILE: &str = "admin.token";
-use portcullis_pipeline::govern::{KeyEntry, Keys, API_KEY_PREFIX};
+use portcullis_pipeline::govern::{Governor, KeyEntry, Keys, Question, API_KEY_PREFIX};
 
 /// The registry plus what authenticates its operators, and where activations are published.
 #[derive(Debug)]
@@ -310,6 +310,105 @@ impl ControlPlane {
         result(201, r)
     }
 
+    /// Decide each question as the gateway would under the chosen snapshot (`policy explain`,
+    /// `policy test`). A draft is compiled as approval would compile it, so a policy approval would
+    /// refuse is refused here with the same problems.
+    fn explain(&self, req: ExplainRequest, now: u64) -> Answer {
+        if req.questions.len() > EXPLAIN_QUESTIONS_MAX {
+            return error(
+                413,
+                "too_many_questions",
+                format!("at most {EXPLAIN_QUESTIONS_MAX} questions per request"),
+            );
+        }
+        let r = &self.registry;
+        let version = match req.snapshot.as_ref() {
+            None => None,
+            Some(Value::String(s)) if s == "active" => None,
+            Some(Value::String(s)) if s == "draft" => Some(None),
+            Some(v) => match v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            {
+                Some(n) => Some(Some(n)),
+                None => {
+                    return error(
+                        400,
+                        "bad_request",
+                        "snapshot: `active`, `draft` or a version number",
+                    )
+                }
+            },
+        };
+        let active = match r.active_version() {
+            Ok(v) => v,
+            Err(e) => return registry_error(&e),
+        };
+        let (label, content) = match version {
+            Some(None) => {
+                let lists = (|| {
+                    Ok::<_, RegistryError>((
+                        r.list::<Capability>()?,
+                        r.list::<Agent>()?,
+                        r.list::<Policy>()?,
+                    ))
+                })();
+                let (capabilities, agents, policies) = match lists {
+                    Ok(l) => l,
+                    Err(e) => return registry_error(&e),
+                };
+                // New capabilities' tools are pinned at approval; a draft has those already pinned.
+                let tools = match active.map(|v| r.snapshot(v)) {
+                    None => Vec::new(),
+                    Some(Ok((_, s))) => s.content.tools,
+                    Some(Err(e)) => return registry_error(&e),
+                };
+                let tools: Vec<_> = tools
+                    .into_iter()
+                    .filter(|t| capabilities.iter().any(|c| c.spec.name == t.capability))
+                    .collect();
+                let draft = control::Draft {
+                    capabilities: &capabilities,
+                    agents: &agents,
+                    policies: &policies,
+                    tools: &tools,
+                };
+                let approval = control::Approval {
+                    approved_by: "draft",
+                    approved_at: now,
+                    note: "",
+                    latest: None,
+                };
+                match control::compile(draft, &approval) {
+                    Ok(s) => ("draft".to_owned(), s.content),
+                    Err(e) => return registry_error(&RegistryError::Approve(e)),
+                }
+            }
+            _ => {
+                let Some(v) = version.flatten().or(active) else {
+                    return error(
+                        404,
+                        "not_found",
+                        "nothing is approved yet: ask the draft (snapshot: draft)",
+                    );
+                };
+                match r.snapshot(v) {
+                    Ok((info, s)) => (format!("v{v} blake3:{}", info.hash), s.content),
+                    Err(e) => return registry_error(&e),
+                }
+            }
+        };
+        let governor = control::cedar::policy_set(&content.policies)
+            .map_err(|p| format!("{} policy problem(s)", p.len()))
+            .and_then(|set| Governor::new(&content, set));
+        let governor = match governor {
+            Ok(g) => g,
+            Err(e) => return error(422, "policy_invalid", e),
+        };
+        let answers: Vec<_> = req.questions.iter().map(|q| governor.explain(q)).collect();
+        answer(200, &json!({"snapshot": label, "answers": answers}))
+    }
+
     /// Constant-time check of a presented bearer token: both sides are hashed and `blake3::Hash`
     /// compares in constant time, so neither the length nor the content of the token leaks.
     fn authorized(&self, authorization: Option<&str>) -> bool {
@@ -441,6 +540,10 @@ impl ControlPlane {
                 };
                 self.approve(actor, req, now).await
             }
+            ("POST", ["explain"]) => match parse_body::<ExplainRequest>(body) {
+                Ok(req) => self.explain(req, now),
+                Err(a) => a,
+            },
             ("POST", ["apply"]) => match parse_body::<ApplyRequest>(body) {
                 Ok(req) => result(200, r.apply(req.state, actor, now, req.dry_run)),
                 Err(a) => a,
@@ -546,6 +649,19 @@ impl ControlPlane {
         }
     }
 }
+
+/// `POST /admin/v1/explain`: questions for one snapshot (`active` by default, a version, or `draft`:
+/// the registry as it stands, with the tools the active snapshot pinned).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainRequest {
+    #[serde(default)]
+    snapshot: Option<Value>,
+    questions: Vec<Question>,
+}
+
+/// Questions one explain request may ask.
+const EXPLAIN_QUESTIONS_MAX: usize = 10_000;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -24,8 +24,11 @@ use cedar_policy::{
 use serde_json::Value;
 
 use crate::control::{PinnedTool, SnapshotContent, Status};
+
+mod explain;
 use crate::ratelimit::Limit;
 use crate::reason::DenyReason;
+pub use explain::{Explanation, Question, QuestionContext};
 
 /// Prefix of agent API keys (`pcak_<id>_<secret>`), so a leaked key is recognisable.
 pub const API_KEY_PREFIX: &str = "pcak_";

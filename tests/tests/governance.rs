@@ -302,3 +302,165 @@ fn rate_limits_and_quotas_refuse_with_retry_after_and_survive_approval() {
     let err = fails(&g, &["agent", "edit", "other", "--limit", "lots/1m"]);
     assert!(err.contains("limits[0]"), "{err}");
 }
+
+#[test]
+fn policy_explain_and_policy_test_answer_as_the_gateway_decides() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    register_agent_in(&g, "ops", "operators");
+    let viewer = register_agent_in(&g, "viewer", "viewers");
+    policy(
+        &g,
+        "operators-all",
+        r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
+    );
+    policy(
+        &g,
+        "viewers-echo",
+        r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
+    );
+    policy(
+        &g,
+        "no-big-adds",
+        r#"forbid(principal, action == Action::"call", resource == Tool::"alpha__add") when { context.arguments has a && context.arguments.a > 100 };"#,
+    );
+    ok(&g, &["approve", "--note", "explain"]);
+
+    let explain = |args: &[&str]| {
+        let mut a = vec!["policy", "explain"];
+        a.extend_from_slice(args);
+        ok(&g, &a)
+    };
+    let v = explain(&[
+        "--agent",
+        "ops",
+        "--tool",
+        "alpha__add",
+        "--args",
+        r#"{"a": 500, "b": 1}"#,
+    ]);
+    assert_eq!(
+        (&v["allowed"], &v["reason"], &v["policies"]),
+        (
+            &json!(false),
+            &json!("policy_denied"),
+            &json!(["no-big-adds"])
+        ),
+        "{v}"
+    );
+    assert!(
+        v["snapshot"].as_str().unwrap().starts_with("v1 blake3:"),
+        "{v}"
+    );
+    let v = explain(&[
+        "--agent",
+        "ops",
+        "--tool",
+        "alpha__add",
+        "--args",
+        r#"{"a": 5, "b": 1}"#,
+    ]);
+    assert_eq!(
+        (&v["allowed"], &v["policies"]),
+        (&json!(true), &json!(["operators-all"])),
+        "{v}"
+    );
+    let v = explain(&[
+        "--agent",
+        "ops",
+        "--tool",
+        "alpha__add",
+        "--args",
+        r#"{"a": "two", "b": 1}"#,
+    ]);
+    assert_eq!(
+        (&v["reason"], &v["pointer"]),
+        (&json!("schema_invalid"), &json!("/a")),
+        "{v}"
+    );
+    let v = explain(&[
+        "--agent",
+        "viewer",
+        "--tool",
+        "alpha__add",
+        "--action",
+        "discover",
+    ]);
+    assert_eq!(
+        (&v["allowed"], &v["policies"]),
+        (&json!(false), &json!([])),
+        "{v}"
+    );
+
+    // The same answer the gateway gives the agent.
+    act_as(&viewer);
+    let r = call(&g, "alpha__add", json!({"a": 1, "b": 1}));
+    assert_eq!(r.reason(), "policy_denied");
+
+    // A table of expectations: passes against the active snapshot...
+    let file = g.dir.path().join("policy-test.yaml");
+    std::fs::write(
+        &file,
+        r#"cases:
+  - {name: ops adds small, agent: ops, tool: alpha__add, arguments: {a: 5, b: 1}, expect: allow, policies: [operators-all]}
+  - {name: ops adds big, agent: ops, tool: alpha__add, arguments: {a: 500, b: 1}, expect: deny, reason: policy_denied, policies: [no-big-adds]}
+  - {name: viewer echoes, agent: viewer, tool: alpha__echo, arguments: {text: hi}, expect: allow}
+  - {name: viewer cannot see add, agent: viewer, tool: alpha__add, action: discover, expect: deny}
+  - {name: strangers, agent: nobody, tool: alpha__echo, expect: deny, reason: agent_not_registered}
+"#,
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let rows = ok(&g, &["policy", "test", path]);
+    assert_eq!(rows.as_array().unwrap().len(), 5, "{rows}");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == json!("ok")),
+        "{rows}"
+    );
+
+    // ...and fails, naming the case, against a draft that changes a decision.
+    policy(
+        &g,
+        "viewers-quiet",
+        r#"forbid(principal in Group::"viewers", action == Action::"call", resource);"#,
+    );
+    let out = cli(&g, &["policy", "test", path, "--snapshot", "draft"]);
+    assert!(!out.status.success());
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["result"] != json!("ok"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{rows}");
+    assert_eq!(failed[0]["case"], json!("viewer echoes"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not decide as expected"));
+    // The active snapshot is unchanged until approval.
+    assert!(cli(&g, &["policy", "test", path]).status.success());
+
+    // A draft approval would refuse is refused with the same problems.
+    policy(
+        &g,
+        "broken",
+        r#"permit(principal, action, resource) when { context.nope > 1 };"#,
+    );
+    let err = fails(
+        &g,
+        &[
+            "policy",
+            "explain",
+            "--agent",
+            "ops",
+            "--tool",
+            "alpha__add",
+            "--snapshot",
+            "draft",
+        ],
+    );
+    assert!(err.contains("broken"), "{err}");
+}

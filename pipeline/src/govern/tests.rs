@@ -336,3 +336,86 @@ fn api_keys_authenticate_their_agent_only() {
     );
     assert_eq!(credential(Some("Basic dXNlcg==")), Credential::Unsupported);
 }
+
+#[test]
+fn explain_answers_as_a_request_would_be_decided() {
+    let g = governor(&[
+        (
+            "finance-bank",
+            r#"permit(principal in Group::"finance", action, resource in Capability::"bank");"#,
+        ),
+        (
+            "no-big-transfers",
+            r#"forbid(principal, action == Action::"call", resource == Tool::"bank__transfer") when { context.arguments has amount && context.arguments.amount > 1000 };"#,
+        ),
+    ]);
+    let ask = |agent: &str, tool: &str, action: &str, args: Value| {
+        g.explain(&Question {
+            agent: agent.into(),
+            tool: tool.into(),
+            action: action.into(),
+            arguments: Some(args),
+            context: QuestionContext::default(),
+        })
+    };
+    let ok = ask(
+        "teller",
+        "bank__transfer",
+        "call",
+        json!({"amount": 5, "to": "x"}),
+    );
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(ok.policies, ["finance-bank"]);
+    let big = ask(
+        "teller",
+        "bank__transfer",
+        "call",
+        json!({"amount": 5000, "to": "x"}),
+    );
+    assert_eq!(
+        (big.allowed, big.reason.as_deref(), big.policies.as_slice()),
+        (
+            false,
+            Some("policy_denied"),
+            &["no-big-transfers".to_owned()][..]
+        )
+    );
+    let bad = ask(
+        "teller",
+        "bank__transfer",
+        "call",
+        json!({"amount": 0, "to": "x"}),
+    );
+    assert_eq!(bad.reason.as_deref(), Some("schema_invalid"));
+    assert_eq!(
+        (bad.pointer.as_deref(), bad.keyword.as_deref()),
+        (Some("/amount"), Some("minimum"))
+    );
+    let hidden = ask("reader", "bank__transfer", "discover", json!({}));
+    assert_eq!(hidden.reason.as_deref(), Some("policy_denied"));
+    assert_eq!(hidden.detail.as_deref(), Some("no policy permits it"));
+    assert_eq!(
+        ask("nobody", "bank__transfer", "call", json!({}))
+            .reason
+            .as_deref(),
+        Some("agent_not_registered")
+    );
+    assert_eq!(
+        ask("gone", "bank__transfer", "call", json!({}))
+            .reason
+            .as_deref(),
+        Some("agent_disabled")
+    );
+    assert_eq!(
+        ask("teller", "bank__nope", "call", json!({}))
+            .reason
+            .as_deref(),
+        Some("tool_not_found")
+    );
+    assert_eq!(
+        ask("teller", "bank__transfer", "delete", json!({}))
+            .reason
+            .as_deref(),
+        Some("invalid_params")
+    );
+}

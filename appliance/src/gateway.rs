@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use portcullis_pipeline::control::OutputSchemaMode;
 use portcullis_pipeline::govern::{self, Action, Env, Keys, Verdict};
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use portcullis_pipeline::listen::{self, ListenFilter, UpstreamWant};
@@ -893,8 +894,21 @@ impl Core {
                         )
                         .await;
                 };
+                let check = match &route {
+                    Route::ByName { upstream, name }
+                        if req.method == "tools/call"
+                            && sv.governor.checks_output(upstream, name) =>
+                    {
+                        Some(OutputCheck {
+                            sv,
+                            capability: upstream.clone(),
+                            tool: name.clone(),
+                        })
+                    }
+                    _ => None,
+                };
                 let fwd = mcp::rewrite_for_upstream(req, &route);
-                self.forward(conn, agent, up, fwd).await
+                self.forward(conn, agent, up, fwd, check.as_ref()).await
             }
         }
     }
@@ -1371,6 +1385,51 @@ impl Core {
             .await
     }
 
+    /// Hold a `tools/call` result against the tool's pinned output schema (`Governor::check_output`):
+    /// a mismatch is logged in mode `report`, and replaces the result with `output_schema_invalid` in
+    /// mode `enforce`. Only the failing pointer and rule are logged, never the result.
+    fn check_output(&self, c: &OutputCheck<'_>, id: Id, result: &Value) -> Result<(), Message> {
+        let structured = to_serde(result);
+        let Err((mode, p)) =
+            c.sv.governor
+                .check_output(&c.capability, &c.tool, &structured)
+        else {
+            return Ok(());
+        };
+        crate::warn!(
+            "core {}: capability={} tool={} result does not fit its output schema at `{}` ({}){}",
+            self.id,
+            c.capability,
+            c.tool,
+            p.pointer,
+            p.keyword,
+            if mode == OutputSchemaMode::Enforce {
+                "; withheld"
+            } else {
+                ""
+            }
+        );
+        if mode != OutputSchemaMode::Enforce {
+            return Ok(());
+        }
+        self.metrics.deny(DenyReason::OutputSchemaInvalid);
+        let mut msg = jsonrpc::deny_response(
+            Some(id),
+            DenyReason::OutputSchemaInvalid,
+            &[
+                ("snapshot", Value::from(c.sv.label.as_str())),
+                ("pointer", Value::from(p.pointer.as_str())),
+                ("keyword", Value::from(p.keyword.as_str())),
+            ],
+        );
+        if let Message::Response(r) = &mut msg {
+            if let Err(e) = &mut r.outcome {
+                e.message = format!("{}: {}", e.message, p.message);
+            }
+        }
+        Err(msg)
+    }
+
     /// `rate_limited`: HTTP 429 with `Retry-After` (whole seconds, rounded up), and the limit and the
     /// wait in milliseconds in `error.data`.
     async fn rate_refused<R: Reply>(
@@ -1818,6 +1877,7 @@ impl Core {
         agent: &Agent,
         up: usize,
         req: Request,
+        check: Option<&OutputCheck<'_>>,
     ) -> bool {
         let modern = agent.is_modern();
         let mut ephemeral = Ephemeral::new();
@@ -1838,7 +1898,7 @@ impl Core {
         };
         let upstream = self.slot_name(up);
         let keep = if resp.is_event_stream() && resp.status == 200 {
-            self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp)
+            self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp, check)
                 .await
         } else {
             let upstream_status = resp.status;
@@ -1853,7 +1913,7 @@ impl Core {
                         } else {
                             200
                         };
-                    let msg = self.rewrite_response(agent, &upstream, &req_origin, r);
+                    let msg = self.rewrite_response(agent, &upstream, &req_origin, r, check);
                     inc(&self.metrics.shared.counters.responses_ok);
                     let out = Response::new(status).header("content-type", "application/json");
                     conn.full(out, &jsonrpc::encode(&msg), false).await
@@ -1874,9 +1934,15 @@ impl Core {
         upstream: &str,
         req: &Request,
         mut r: jsonrpc::Response,
+        check: Option<&OutputCheck<'_>>,
     ) -> Message {
         // The agent's id, whatever the upstream echoed.
         r.id = Some(req.id.clone());
+        if let (Some(c), Ok(result)) = (check, &r.outcome) {
+            if let Err(refused) = self.check_output(c, req.id.clone(), result) {
+                return refused;
+            }
+        }
         if let Ok(result) = &mut r.outcome {
             if req.method == "resources/read" {
                 mcp::rewrite_read_result(&self.shared.naming, upstream, result);
@@ -1899,6 +1965,7 @@ impl Core {
         upstream: &str,
         req: &Request,
         resp: &mut UpstreamResponse,
+        check: Option<&OutputCheck<'_>>,
     ) -> bool {
         let head = Response::new(200)
             .header("content-type", "text/event-stream")
@@ -1936,7 +2003,7 @@ impl Core {
                 let msg = match msg {
                     Message::Response(r) => {
                         answered = true;
-                        self.rewrite_response(agent, upstream, req, r)
+                        self.rewrite_response(agent, upstream, req, r, check)
                     }
                     Message::Notification(mut n) => {
                         if let Some(p) = n.params.as_mut() {
@@ -2135,6 +2202,13 @@ fn to_serde(v: &Value) -> serde_json::Value {
                 .collect(),
         ),
     }
+}
+
+/// A `tools/call` whose result is held against the pinned output schema.
+struct OutputCheck<'a> {
+    sv: &'a Served,
+    capability: String,
+    tool: String,
 }
 
 /// What a refused call carries: the reason, `error.data` fields, a detail for `error.message`.

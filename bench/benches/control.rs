@@ -27,6 +27,7 @@ fn capability(name: &str, description: &str) -> Capability {
         tags: vec!["internal".into()],
         description: description.into(),
         status: Status::Active,
+        output_schema: Default::default(),
     }
 }
 

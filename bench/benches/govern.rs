@@ -36,6 +36,7 @@ fn governor() -> Governor {
                 tags: vec!["internal".into()],
                 description: String::new(),
                 status: Status::Active,
+                output_schema: Default::default(),
             })
         })
         .collect();

@@ -65,6 +65,29 @@ pub struct Capability {
     pub description: String,
     #[serde(default)]
     pub status: Status,
+    /// What the gateway does with a tool result whose `structuredContent` does not fit the tool's
+    /// pinned `outputSchema`. Left out when `report` (the default), so capabilities encode as before.
+    #[serde(default, skip_serializing_if = "OutputSchemaMode::is_report")]
+    pub output_schema: OutputSchemaMode,
+}
+
+/// Checking tool results against their pinned output schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputSchemaMode {
+    /// Not checked.
+    Off,
+    /// Checked; a mismatch is logged and counted, and the result still reaches the agent.
+    #[default]
+    Report,
+    /// Checked; a mismatch reaches the agent as an `output_schema_invalid` error instead of the result.
+    Enforce,
+}
+
+impl OutputSchemaMode {
+    pub fn is_report(&self) -> bool {
+        *self == OutputSchemaMode::Report
+    }
 }
 
 /// A registered, accountable agent: the principal of every decision.
@@ -873,6 +896,7 @@ mod tests {
             tags: vec![],
             description: String::new(),
             status: Status::Active,
+            output_schema: Default::default(),
         })
     }
 

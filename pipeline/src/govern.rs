@@ -23,7 +23,7 @@ use cedar_policy::{
 };
 use serde_json::Value;
 
-use crate::control::{PinnedTool, SnapshotContent, Status};
+use crate::control::{OutputSchemaMode, PinnedTool, SnapshotContent, Status};
 
 mod explain;
 use crate::ratelimit::Limit;
@@ -421,6 +421,8 @@ struct ToolEntry {
     uid: EntityUid,
     capability: EntityUid,
     validator: usize,
+    /// Index of the output validator, for tools that pin an `outputSchema`.
+    output: Option<usize>,
 }
 
 fn principal_key(c: PrincipalConstraint) -> Option<EntityUid> {
@@ -471,6 +473,9 @@ pub struct Governor {
     /// `capability` → tool name → its entities and validator.
     tools: HashMap<String, HashMap<String, ToolEntry>>,
     validators: Vec<InputValidator>,
+    output_validators: Vec<InputValidator>,
+    /// Capabilities whose results are checked (`report` or `enforce`); absent ones are not.
+    output_modes: HashMap<String, OutputSchemaMode>,
     arguments: BTreeMap<String, Slot>,
     discover: EntityUid,
     call: EntityUid,
@@ -529,6 +534,8 @@ impl Governor {
             agents: HashMap::new(),
             tools: HashMap::new(),
             validators: Vec::new(),
+            output_validators: Vec::new(),
+            output_modes: HashMap::new(),
             arguments: BTreeMap::new(),
             discover: uid("Action", "discover"),
             call: uid("Action", "call"),
@@ -604,6 +611,7 @@ impl Governor {
         }
         let mut tools: HashMap<String, HashMap<String, ToolEntry>> = HashMap::new();
         let mut validators = Vec::with_capacity(content.tools.len());
+        let mut output_validators = Vec::new();
         for t in &content.tools {
             let Some((cap_uid, attrs)) = caps.get(&t.capability) else {
                 return Err(format!(
@@ -626,9 +634,14 @@ impl Governor {
                     uid: me,
                     capability: cap_uid.clone(),
                     validator: validators.len(),
+                    output: t.output_schema.as_ref().map(|_| output_validators.len()),
                 },
             );
             validators.push(jsonschema::validator_for(&t.input_schema).map_err(|e| e.to_string()));
+            if let Some(schema) = &t.output_schema {
+                output_validators
+                    .push(jsonschema::validator_for(schema).map_err(|e| e.to_string()));
+            }
         }
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         // Conservative: any mention of `context` (even in a string) counts.
@@ -644,6 +657,13 @@ impl Governor {
             agents,
             tools,
             validators,
+            output_validators,
+            output_modes: content
+                .capabilities
+                .iter()
+                .filter(|c| c.spec.output_schema != OutputSchemaMode::Off)
+                .map(|c| (c.spec.name.clone(), c.spec.output_schema))
+                .collect(),
             arguments: arguments_type(&content.tools),
             discover: uid("Action", "discover"),
             call: uid("Action", "call"),
@@ -833,6 +853,76 @@ impl Governor {
 
     /// Check a call's arguments against the tool's pinned input schema. A tool whose schema does not
     /// compile refuses every call.
+    /// Whether `check_output` would look at this tool's results (its capability checks them and it
+    /// pins an output schema), so callers convert a result only when it will be read.
+    pub fn checks_output(&self, capability: &str, name: &str) -> bool {
+        self.output_modes.contains_key(capability)
+            && self
+                .tools
+                .get(capability)
+                .and_then(|m| m.get(name))
+                .is_some_and(|t| t.output.is_some())
+    }
+
+    /// Check a `tools/call` result against the tool's pinned `outputSchema`, as its capability's mode
+    /// says: `Err` carries the mode (`report` or `enforce`) and what failed. Results of tools without
+    /// an output schema, tool errors (`isError: true`) and capabilities in mode `off` pass unchecked.
+    /// A declared schema with no `structuredContent` in the result fails (MCP: the server MUST then
+    /// provide structured results).
+    pub fn check_output(
+        &self,
+        capability: &str,
+        name: &str,
+        result: &Value,
+    ) -> Result<(), (OutputSchemaMode, SchemaProblem)> {
+        let Some(&mode) = self.output_modes.get(capability) else {
+            return Ok(());
+        };
+        let Some(i) = self
+            .tools
+            .get(capability)
+            .and_then(|m| m.get(name))
+            .and_then(|t| t.output)
+        else {
+            return Ok(());
+        };
+        if result.get("isError").and_then(Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        let problem = |pointer: String, keyword: &str, message: String| {
+            Err((
+                mode,
+                SchemaProblem {
+                    pointer,
+                    keyword: keyword.to_owned(),
+                    message: clip(&message),
+                },
+            ))
+        };
+        let Some(structured) = result.get("structuredContent") else {
+            return problem(
+                String::new(),
+                "structuredContent",
+                "the result has no structuredContent, but the tool declares an outputSchema".into(),
+            );
+        };
+        match &self.output_validators[i] {
+            Err(e) => problem(
+                String::new(),
+                "$schema",
+                format!("the pinned output schema does not compile: {e}"),
+            ),
+            Ok(v) => match v.validate(structured) {
+                Ok(()) => Ok(()),
+                Err(e) => problem(
+                    e.instance_path().as_str().to_owned(),
+                    e.kind().keyword(),
+                    e.to_string(),
+                ),
+            },
+        }
+    }
+
     pub fn validate(
         &self,
         capability: &str,

@@ -103,11 +103,14 @@ pub enum DenyReason {
     SessionAgentMismatch,
     /// The agent is over one of its rate limits or quotas; `Retry-After` says when to try again.
     RateLimited,
+    /// The upstream's tool result does not fit the tool's pinned output schema (capability mode
+    /// `enforce`); the result was withheld.
+    OutputSchemaInvalid,
 }
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 37] = [
+    pub const ALL: [DenyReason; 38] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -145,6 +148,7 @@ impl DenyReason {
         Self::SchemaInvalid,
         Self::SessionAgentMismatch,
         Self::RateLimited,
+        Self::OutputSchemaInvalid,
     ];
 
     /// The stable `data.reason` string.
@@ -187,6 +191,7 @@ impl DenyReason {
             Self::SchemaInvalid => "schema_invalid",
             Self::SessionAgentMismatch => "session_agent_mismatch",
             Self::RateLimited => "rate_limited",
+            Self::OutputSchemaInvalid => "output_schema_invalid",
         }
     }
 
@@ -226,7 +231,8 @@ impl DenyReason {
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
-            | Self::ToolDefinitionChanged => Blame::Upstream,
+            | Self::ToolDefinitionChanged
+            | Self::OutputSchemaInvalid => Blame::Upstream,
             Self::Overloaded | Self::ShuttingDown => Blame::Gateway,
         }
     }
@@ -267,6 +273,7 @@ impl DenyReason {
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
             | Self::ToolDefinitionChanged
+            | Self::OutputSchemaInvalid
             | Self::Overloaded
             | Self::ShuttingDown => -32603,
         }
@@ -307,7 +314,9 @@ impl DenyReason {
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
             Self::RateLimited => 429,
-            Self::UpstreamUnavailable | Self::UpstreamProtocolError => 502,
+            Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
+                502
+            }
             Self::Overloaded | Self::ShuttingDown => 503,
             Self::UpstreamTimeout => 504,
         }
@@ -328,6 +337,7 @@ impl DenyReason {
                 | Self::ToolDefinitionChanged
                 | Self::PolicyDenied
                 | Self::SchemaInvalid
+                | Self::OutputSchemaInvalid
         )
     }
 
@@ -373,6 +383,7 @@ impl DenyReason {
             Self::SchemaInvalid => "Arguments do not match the tool's input schema",
             Self::SessionAgentMismatch => "Session not found for this agent",
             Self::RateLimited => "Rate limit exceeded for this agent",
+            Self::OutputSchemaInvalid => "The tool's result does not fit its declared output schema",
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
@@ -436,6 +447,7 @@ mod tests {
             ("schema_invalid", -32602, 400, "agent"),
             ("session_agent_mismatch", -32003, 404, "agent"),
             ("rate_limited", -32005, 429, "agent"),
+            ("output_schema_invalid", -32603, 502, "upstream"),
         ];
         assert_eq!(table, expected);
     }

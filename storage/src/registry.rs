@@ -1281,6 +1281,7 @@ mod tests {
             tags: vec![],
             description: String::new(),
             status: Status::Active,
+            output_schema: Default::default(),
         }
     }
 

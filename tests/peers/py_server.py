@@ -28,10 +28,26 @@ import sys
 import anyio
 from typing import Any
 
-from mcp_types import InputRequiredResult
+from mcp_types import CallToolResult, InputRequiredResult, TextContent
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+
+
+def add_broken_tool(mcp: MCPServer) -> None:
+    """`bad_add`: declares an integer `result` in its output schema but reports a string, as a buggy or
+    hostile upstream would. The SDK validates structured output against the function's return model, so
+    the model is removed after registration: the schema is still published, no longer enforced here."""
+
+    @mcp.tool(description="Add two integers; the structured result breaks the declared output schema.")
+    def bad_add(a: int, b: int) -> int:
+        return CallToolResult(
+            content=[TextContent(type="text", text=str(a + b))],
+            structured_content={"result": f"{a + b}"},
+        )
+
+    tool = mcp._tool_manager.get_tool("bad_add")
+    tool.fn_metadata.output_model = None
 
 
 def build_server(name: str) -> MCPServer:
@@ -136,11 +152,16 @@ def main() -> int:
     )
     parser.add_argument("--path", default="/mcp", help="endpoint path (default /mcp)")
     parser.add_argument("--verbose", action="store_true", help="uvicorn/SDK logs at INFO on stderr")
+    parser.add_argument(
+        "--broken-output", action="store_true", help="also serve bad_add, whose results break its output schema"
+    )
     args = parser.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING)
 
     mcp = build_server(args.name)
+    if args.broken_output:
+        add_broken_tool(mcp)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if args.no_host_check else None
     app = mcp.streamable_http_app(
         streamable_http_path=args.path,

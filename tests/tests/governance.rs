@@ -464,3 +464,124 @@ fn policy_explain_and_policy_test_answer_as_the_gateway_decides() {
     );
     assert!(err.contains("broken"), "{err}");
 }
+
+#[test]
+fn tool_results_are_held_against_their_pinned_output_schema() {
+    let (_a, pa) = py_server("alpha", &["--broken-output"]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    approve_tester(&g);
+    let structured = |r: &RawResponse| r.json()["result"]["structuredContent"].clone();
+
+    // Default `report`: results pass; the broken one too (the gateway logs it).
+    let r = call(&g, "alpha__add", json!({"a": 1, "b": 2}));
+    assert_eq!(structured(&r), json!({"result": 3}), "{}", r.text());
+    let r = call(&g, "alpha__bad_add", json!({"a": 1, "b": 2}));
+    assert_eq!(structured(&r), json!({"result": "3"}), "{}", r.text());
+
+    // `enforce`: the broken result is withheld, naming where it breaks the schema.
+    ok(
+        &g,
+        &["capability", "edit", "alpha", "--output-schema", "enforce"],
+    );
+    ok(&g, &["approve", "--note", "enforce outputs"]);
+    let r = call(&g, "alpha__bad_add", json!({"a": 1, "b": 2}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.reason(), "output_schema_invalid", "{}", r.text());
+    let data = &r.json()["error"]["data"];
+    assert_eq!(
+        (&data["pointer"], &data["keyword"]),
+        (&json!("/result"), &json!("type")),
+        "{data}"
+    );
+    assert!(
+        !r.text().contains("\"3\""),
+        "the result is not shown: {}",
+        r.text()
+    );
+    let r = call(&g, "alpha__add", json!({"a": 1, "b": 2}));
+    assert_eq!(structured(&r), json!({"result": 3}), "{}", r.text());
+    // Through a 2025-11-25 session too (SSE responses pass the same check).
+    let sid = initialize(g.plain_port);
+    let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "alpha__bad_add", "arguments": {"a": 2, "b": 2}}});
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        &body.to_string(),
+    );
+    let m = r.message();
+    assert_eq!(
+        m["error"]["data"]["reason"],
+        json!("output_schema_invalid"),
+        "{m}"
+    );
+    assert_eq!(m["id"], json!(3));
+
+    // `off`: nothing is checked.
+    ok(
+        &g,
+        &["capability", "edit", "alpha", "--output-schema", "off"],
+    );
+    ok(&g, &["approve", "--note", "outputs unchecked"]);
+    let r = call(&g, "alpha__bad_add", json!({"a": 1, "b": 2}));
+    assert_eq!(structured(&r), json!({"result": "3"}), "{}", r.text());
+}
+
+#[test]
+fn odd_arguments_are_refused_or_decided_without_harm() {
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "alpha", pa);
+    approve_tester(&g);
+    policy(
+        &g,
+        "no-big-adds",
+        r#"forbid(principal, action == Action::"call", resource == Tool::"alpha__add") when { context.arguments has a && context.arguments.a > 100 };"#,
+    );
+    ok(&g, &["approve", "--note", "forbid"]);
+
+    // Arguments that are not an object never reach the upstream.
+    for args in [json!([1, 2]), json!("a=1"), json!(7), json!(null)] {
+        let r = call(&g, "alpha__add", args.clone());
+        assert_eq!(r.reason(), "schema_invalid", "{args}: {}", r.text());
+        assert_eq!(
+            r.json()["error"]["data"]["keyword"],
+            json!("type"),
+            "{args}"
+        );
+    }
+    // A huge array and deep nesting beside the real arguments: decided on what policies read, the
+    // forbid still fires, and a small call still goes through.
+    let pad: Vec<u32> = vec![0; 200_000];
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!({"d": deep});
+    }
+    let r = call(
+        &g,
+        "alpha__add",
+        json!({"a": 500, "b": 1, "pad": pad, "deep": deep}),
+    );
+    assert_eq!(
+        r.reason(),
+        "policy_denied",
+        "{}",
+        &r.text()[..200.min(r.text().len())]
+    );
+    let r = call(
+        &g,
+        "alpha__add",
+        json!({"a": 5, "b": 1, "pad": pad, "deep": deep}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["result"].is_object(),
+        "{}",
+        &r.text()[..200.min(r.text().len())]
+    );
+    assert_eq!(received(&g), "add:5,1");
+}

@@ -39,6 +39,7 @@ fn cap(name: &str, risk: Risk) -> Record<Capability> {
         tags: vec![],
         description: String::new(),
         status: Status::Active,
+        output_schema: Default::default(),
     })
 }
 
@@ -418,4 +419,54 @@ fn explain_answers_as_a_request_would_be_decided() {
             .as_deref(),
         Some("invalid_params")
     );
+}
+
+#[test]
+fn results_are_checked_against_the_pinned_output_schema_as_the_capability_says() {
+    let out =
+        json!({"type": "object", "required": ["sum"], "properties": {"sum": {"type": "integer"}}});
+    let with_mode = |mode: OutputSchemaMode| {
+        let mut c = cap("calc", Risk::Low);
+        c.spec.output_schema = mode;
+        let mut t = tool("calc", "add", json!({"type": "object"}));
+        t.output_schema = Some(out.clone());
+        let plain = tool("calc", "echo", json!({"type": "object"}));
+        let content = SnapshotContent {
+            capabilities: vec![c],
+            agents: vec![],
+            policies: vec![],
+            tools: vec![t, plain],
+            cedar_schema: String::new(),
+        };
+        Governor::new(&content, PolicySet::new()).unwrap()
+    };
+    let g = with_mode(OutputSchemaMode::Enforce);
+    assert!(g
+        .check_output("calc", "add", &json!({"structuredContent": {"sum": 3}}))
+        .is_ok());
+    let (mode, p) = g
+        .check_output("calc", "add", &json!({"structuredContent": {"sum": "3"}}))
+        .unwrap_err();
+    assert_eq!(
+        (mode, p.pointer.as_str(), p.keyword.as_str()),
+        (OutputSchemaMode::Enforce, "/sum", "type")
+    );
+    let (_, p) = g
+        .check_output("calc", "add", &json!({"content": []}))
+        .unwrap_err();
+    assert_eq!(p.keyword, "structuredContent");
+    // Tool errors, tools without an output schema, and unknown tools pass.
+    assert!(g
+        .check_output("calc", "add", &json!({"isError": true, "content": []}))
+        .is_ok());
+    assert!(g
+        .check_output("calc", "echo", &json!({"content": []}))
+        .is_ok());
+    assert!(g.check_output("calc", "nope", &json!({})).is_ok());
+    let report = with_mode(OutputSchemaMode::Report);
+    let (mode, _) = report.check_output("calc", "add", &json!({})).unwrap_err();
+    assert_eq!(mode, OutputSchemaMode::Report);
+    assert!(with_mode(OutputSchemaMode::Off)
+        .check_output("calc", "add", &json!({}))
+        .is_ok());
 }

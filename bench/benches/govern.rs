@@ -8,6 +8,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+/// The appliance's global allocator (`appliance/src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_pipeline::control::{
     cedar, compile, Agent, Approval, Capability, CapabilityKind, CredentialMode, Draft, PinnedTool,

@@ -3,6 +3,7 @@
 //! hdrhistogram. Prints one JSON object.
 //!
 //! Usage: loadgen --url http://127.0.0.1:PORT/mcp --tool NAME [--concurrency 32] [--seconds 10] [--warmup 2]
+//!                [--bearer TOKEN]   (an agent API key, for a governed gateway)
 //!        loadgen --proto h2 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
 //!
 //! h1: one OS thread per connection, blocking keep-alive. h2: `--concurrency` streams in flight, spread over
@@ -30,6 +31,8 @@ struct Args {
     concurrency: usize,
     seconds: u64,
     warmup: u64,
+    /// `authorization: Bearer …` line (with CRLF), or empty.
+    auth: String,
 }
 
 fn args() -> Args {
@@ -45,6 +48,7 @@ fn args() -> Args {
         concurrency: 32,
         seconds: 10,
         warmup: 2,
+        auth: String::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -74,6 +78,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = val.parse().unwrap(),
             "--seconds" => a.seconds = val.parse().unwrap(),
             "--warmup" => a.warmup = val.parse().unwrap(),
+            "--bearer" => a.auth = format!("authorization: Bearer {val}\r\n"),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
@@ -108,8 +113,8 @@ fn main() {
                 id += 1;
                 let body = call_body(id, &a.tool);
                 let req = format!(
-                    "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {}\r\ncontent-length: {}\r\n\r\n{}",
-                    a.path, a.host, a.port, a.tool, body.len(), body
+                    "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {}\r\n{}content-length: {}\r\n\r\n{}",
+                    a.path, a.host, a.port, a.tool, a.auth, body.len(), body
                 );
                 let t0 = Instant::now();
                 let resp = match s.write_all(req.as_bytes()).and_then(|_| r.read(&mut s, false)) {
@@ -211,7 +216,11 @@ mod h2load {
         while !stop.load(Ordering::Relaxed) {
             id += 1;
             let body = Bytes::from(call_body(id, &a.tool));
-            let req = http::Request::post(uri.as_str())
+            let mut req = http::Request::post(uri.as_str());
+            if let Some(token) = a.auth.strip_prefix("authorization: ") {
+                req = req.header("authorization", token.trim_end());
+            }
+            let req = req
                 .header("content-type", "application/json")
                 .header("accept", "application/json, text/event-stream")
                 .header("mcp-protocol-version", "2026-07-28")

@@ -92,6 +92,8 @@ pub struct Core {
     keys: RefCell<(u64, LocalKeys)>,
     /// Which pinned tools each agent may discover, per snapshot label (see `visible_tools`).
     discovered: RefCell<Discovered>,
+    /// Call decisions that depend only on their key, per snapshot label.
+    decisions: RefCell<Decisions>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -103,7 +105,16 @@ type LocalServed = Rc<Arc<Served>>;
 #[allow(clippy::redundant_allocation)]
 type LocalKeys = Rc<Arc<Keys>>;
 /// A snapshot label and, per agent, which of its pinned tools the agent may discover.
-type Discovered = (String, std::collections::HashMap<String, Rc<Vec<bool>>>);
+type Discovered = (
+    String,
+    std::collections::HashMap<(String, govern::EnvKey), Rc<Vec<bool>>>,
+);
+
+/// Call decisions one core remembers, per snapshot label (see `Core::decide_call`).
+type Decisions = (
+    String,
+    std::collections::HashMap<govern::DecisionKey, Verdict>,
+);
 
 /// Who is calling, as governance sees it: the registered agent a credential proved, and what the
 /// policies' context reads about the request.
@@ -231,6 +242,7 @@ impl Core {
             served: RefCell::new((generation, Rc::new(served))),
             keys: RefCell::new(keys),
             discovered: RefCell::new((String::new(), std::collections::HashMap::new())),
+            decisions: RefCell::new((String::new(), std::collections::HashMap::new())),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -830,7 +842,7 @@ impl Core {
                         }
                         if let Some(who) = &caller.who {
                             if let Err((reason, data, detail)) =
-                                govern_call(sv, who, upstream, name, &req, &caller.env(agent))
+                                govern_call(self, sv, who, upstream, name, &req, &caller.env(agent))
                             {
                                 return self
                                     .refuse_with(
@@ -1353,21 +1365,57 @@ impl Core {
                     .collect(),
             )
         };
-        if !sv.governor.discovery_is_per_agent() {
-            return compute();
-        }
+        // What the agent may discover changes only with the context attributes policies read (the
+        // hour, say): one list per agent and such values, until the snapshot changes.
+        let key = (who.to_owned(), sv.governor.discovery_env(env));
         let mut memo = self.discovered.borrow_mut();
         if memo.0 != sv.label {
             *memo = (sv.label.clone(), std::collections::HashMap::new());
         }
-        if let Some(v) = memo.1.get(who) {
+        if let Some(v) = memo.1.get(&key) {
             return v.clone();
         }
         if memo.1.len() >= DISCOVERED_AGENTS_MAX {
             memo.1.clear();
         }
         let v = compute();
-        memo.1.insert(who.to_owned(), v.clone());
+        memo.1.insert(key, v.clone());
+        v
+    }
+
+    /// Decide a `tools/call` with Cedar, remembering the decision on this core when it depends only on
+    /// what `Governor::decision_key` holds (not on the arguments), until the snapshot changes.
+    fn decide_call(
+        &self,
+        sv: &Served,
+        who: &str,
+        capability: &str,
+        name: &str,
+        arguments: &serde_json::Value,
+        env: &Env<'_>,
+    ) -> Verdict {
+        let decide = || {
+            sv.governor
+                .decide(who, Action::Call, capability, name, Some(arguments), env)
+        };
+        let Some(key) = sv
+            .governor
+            .decision_key(who, Action::Call, capability, name, env)
+        else {
+            return decide();
+        };
+        let mut memo = self.decisions.borrow_mut();
+        if memo.0 != sv.label {
+            *memo = (sv.label.clone(), std::collections::HashMap::new());
+        }
+        if let Some(v) = memo.1.get(&key) {
+            return v.clone();
+        }
+        if memo.1.len() >= DECISIONS_MAX {
+            memo.1.clear();
+        }
+        let v = decide();
+        memo.1.insert(key, v.clone());
         v
     }
 
@@ -2154,6 +2202,9 @@ impl<R: Reply> Reply for Stamped<'_, R> {
 /// Response header naming the snapshot a request was served from: `v3 blake3:<hex>`, `none`, `static`.
 pub const SNAPSHOT_HEADER: &str = "portcullis-snapshot";
 
+/// Call decisions one core remembers per snapshot (`Core::decide_call`); past it the memo starts over.
+const DECISIONS_MAX: usize = 65_536;
+
 /// Agents whose discoverable tools one core remembers per snapshot (`Core::visible_tools`).
 const DISCOVERED_AGENTS_MAX: usize = 1024;
 
@@ -2242,6 +2293,7 @@ fn policy_refusal(sv: &Served, verdict: Verdict) -> Result<(), CallRefusal> {
 /// Govern one `tools/call` of a pinned tool: Cedar `call` with the arguments, then the pinned input
 /// schema. Nothing reaches the upstream unless both pass.
 fn govern_call(
+    core: &Core,
     sv: &Served,
     who: &str,
     capability: &str,
@@ -2254,9 +2306,7 @@ fn govern_call(
         .as_ref()
         .and_then(|p| p.get("arguments"))
         .map_or_else(|| serde_json::Value::Object(Default::default()), to_serde);
-    let verdict = sv
-        .governor
-        .decide(who, Action::Call, capability, name, Some(&arguments), env);
+    let verdict = core.decide_call(sv, who, capability, name, &arguments, env);
     policy_refusal(sv, verdict)?;
     if let Err(p) = sv.governor.validate(capability, name, &arguments) {
         let detail = format!("{} ({} at `{}`)", p.message, p.keyword, p.pointer);

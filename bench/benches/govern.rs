@@ -27,7 +27,8 @@ fn rec<T>(spec: T) -> Record<T> {
     }
 }
 
-fn governor() -> Governor {
+/// The bench snapshot; `argument_forbid` adds the forbid that reads every call's arguments.
+fn governor(argument_forbid: bool) -> Governor {
     let caps: Vec<_> = (0..10)
         .map(|i| {
             rec(Capability {
@@ -73,9 +74,14 @@ fn governor() -> Governor {
         })
         .collect();
     policies.push(rec(Policy {
-        id: "limit".into(),
+        id: if argument_forbid { "limit" } else { "night" }.into(),
         description: String::new(),
-        text: "forbid(principal, action == Action::\"call\", resource) when { context.arguments has limit && context.arguments.limit > 50 };".into(),
+        text: if argument_forbid {
+            "forbid(principal, action == Action::\"call\", resource) when { context.arguments has limit && context.arguments.limit > 50 };"
+        } else {
+            "forbid(principal, action == Action::\"call\", resource) when { context.hour < 6 };"
+        }
+        .into(),
     }));
     let tools: Vec<PinnedTool> = (0..1000)
         .map(|i| {
@@ -112,7 +118,7 @@ fn governor() -> Governor {
 }
 
 fn govern(c: &mut Criterion) {
-    let g = governor();
+    let g = governor(true);
     let env = Env {
         transport: "h1",
         revision: "2026-07-28",
@@ -135,6 +141,31 @@ fn govern(c: &mut Criterion) {
             })
         },
     );
+    // A core remembers decisions no applicable policy makes on the arguments (`Core::decide_call`):
+    // what a repeated call costs then is its key, one lookup and the schema check.
+    let g2 = governor(false);
+    let key = g2
+        .decision_key("agent0", Action::Call, "cap0", "tool_0", &env)
+        .unwrap();
+    let memo = std::collections::HashMap::from([(
+        key,
+        g2.decide("agent0", Action::Call, "cap0", "tool_0", Some(&args), &env),
+    )]);
+    assert!(g
+        .decision_key("agent0", Action::Call, "cap0", "tool_0", &env)
+        .is_none());
+    c.bench_function("govern/call_remembered_decision_and_validate", |b| {
+        b.iter(|| {
+            let k = g2
+                .decision_key("agent0", Action::Call, "cap0", "tool_0", &env)
+                .unwrap();
+            assert!(memo[&k].allowed);
+            g2.validate("cap0", "tool_0", &args).unwrap();
+        })
+    });
+    c.bench_function("govern/call_decide_only_no_argument_policies", |b| {
+        b.iter(|| g2.decide("agent0", Action::Call, "cap0", "tool_0", Some(&args), &env))
+    });
     c.bench_function("govern/call_decide_only", |b| {
         b.iter(|| g.decide("agent0", Action::Call, "cap0", "tool_0", Some(&args), &env))
     });

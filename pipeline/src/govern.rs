@@ -335,7 +335,7 @@ fn record(
 // ------------------------------------------------------------------ decisions
 
 /// `discover` (may see in a list) or `call` (may invoke).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     Discover,
     Call,
@@ -403,11 +403,108 @@ pub struct SchemaProblem {
 /// (or type-only) scope. A request can only be decided by the buckets of its agent (itself, its groups,
 /// any) and its tool (itself, its capability, any), so a decision costs what those policies cost, not
 /// what the whole set costs.
-type Buckets = HashMap<(Option<EntityUid>, Option<EntityUid>), PolicySet>;
+/// The policies filed under one (principal, resource) scope, and which parts of `context` any of
+/// them reads (`READS_*`).
+type Buckets = HashMap<(Option<EntityUid>, Option<EntityUid>), (PolicySet, u8)>;
+
+const READS_TRANSPORT: u8 = 1;
+const READS_REVISION: u8 = 2;
+const READS_CLIENT: u8 = 4;
+const READS_AGE: u8 = 8;
+const READS_HOUR: u8 = 16;
+const READS_WEEKDAY: u8 = 32;
+const READS_ARGUMENTS: u8 = 64;
+const READS_ALL: u8 = 127;
+
+/// Which context attributes a policy reads, from its JSON form: every `context.X` and
+/// `context has X`; `context` used any other way (whole, or through a function) reads everything.
+fn context_reads(p: &cedar_policy::Policy) -> u8 {
+    fn attr_bit(attr: &str) -> u8 {
+        match attr {
+            "transport" => READS_TRANSPORT,
+            "revision" => READS_REVISION,
+            "client_address" => READS_CLIENT,
+            "session_age_secs" => READS_AGE,
+            "hour" => READS_HOUR,
+            "weekday" => READS_WEEKDAY,
+            "arguments" => READS_ARGUMENTS,
+            // Not in the schema: approval refuses it; reading it changes nothing we key on.
+            _ => 0,
+        }
+    }
+    fn is_context(v: &Value) -> bool {
+        v.get("Var").and_then(Value::as_str) == Some("context")
+    }
+    fn walk(v: &Value) -> u8 {
+        match v {
+            Value::Object(m) => {
+                for op in [".", "has"] {
+                    if let Some(inner) = m.get(op) {
+                        if let (Some(left), Some(attr)) = (inner.get("left"), inner.get("attr")) {
+                            if is_context(left) {
+                                return attr.as_str().map_or(READS_ALL, attr_bit);
+                            }
+                        }
+                    }
+                }
+                if is_context(v) {
+                    return READS_ALL;
+                }
+                m.values().fold(0, |acc, v| acc | walk(v))
+            }
+            Value::Array(a) => a.iter().fold(0, |acc, v| acc | walk(v)),
+            _ => 0,
+        }
+    }
+    match p.to_json() {
+        Ok(json) => walk(&json),
+        Err(_) => READS_ALL,
+    }
+}
+
+/// What a `call` or `discover` decision depends on beyond the snapshot: the agent, the tool, the
+/// action and the context attributes the policies that can apply read. Equal keys get equal
+/// decisions, so a core may remember them for the snapshot's lifetime. There is no key for a decision
+/// that reads the call's arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    agent: u32,
+    tool: u32,
+    action: Action,
+    env: EnvKey,
+}
+
+/// The request context attributes some policies read (the rest left out), as a memo key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EnvKey {
+    transport: Option<Box<str>>,
+    revision: Option<Box<str>>,
+    client: Option<Box<str>>,
+    age: Option<i64>,
+    hour: Option<i64>,
+    weekday: Option<i64>,
+}
+
+impl EnvKey {
+    fn new(reads: u8, env: &Env<'_>) -> EnvKey {
+        let text = |bit: u8, v: &str| (reads & bit != 0).then(|| Box::from(v));
+        let num = |bit: u8, v: i64| (reads & bit != 0).then_some(v);
+        EnvKey {
+            transport: text(READS_TRANSPORT, env.transport),
+            revision: text(READS_REVISION, env.revision),
+            client: text(READS_CLIENT, env.client_address),
+            age: num(READS_AGE, env.session_age_secs),
+            hour: num(READS_HOUR, env.hour),
+            weekday: num(READS_WEEKDAY, env.weekday),
+        }
+    }
+}
 
 /// A registered agent: status, its entity, the groups it is in.
 #[derive(Debug)]
 struct AgentEntry {
+    /// Its number in this snapshot (for decision keys).
+    idx: u32,
     status: Status,
     uid: EntityUid,
     groups: Vec<EntityUid>,
@@ -450,11 +547,9 @@ fn index(policies: &PolicySet) -> Result<Buckets, String> {
             principal_key(p.principal_constraint()),
             resource_key(p.resource_constraint()),
         );
-        buckets
-            .entry(key)
-            .or_default()
-            .add(p.clone())
-            .map_err(|e| e.to_string())?;
+        let bucket = buckets.entry(key).or_insert_with(|| (PolicySet::new(), 0));
+        bucket.1 |= context_reads(p);
+        bucket.0.add(p.clone()).map_err(|e| e.to_string())?;
     }
     Ok(buckets)
 }
@@ -466,7 +561,8 @@ pub struct Governor {
     n_limits: usize,
     /// Whether some policy reads `context`: then what an agent may discover can change from one
     /// request to the next, and lists are decided per request rather than remembered per agent.
-    reads_context: bool,
+    /// Which context attributes any policy reads (`READS_*`).
+    reads: u8,
     buckets: Buckets,
     entities: Entities,
     agents: HashMap<String, AgentEntry>,
@@ -528,7 +624,7 @@ impl Governor {
         Governor {
             n_policies: 0,
             n_limits: 0,
-            reads_context: false,
+            reads: 0,
             buckets: Buckets::new(),
             entities: Entities::empty(),
             agents: HashMap::new(),
@@ -575,6 +671,7 @@ impl Governor {
             agents.insert(
                 s.name.clone(),
                 AgentEntry {
+                    idx: u32::try_from(agents.len()).unwrap_or(u32::MAX),
                     status: s.status,
                     uid: me,
                     groups: groups_of,
@@ -644,15 +741,12 @@ impl Governor {
             }
         }
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        // Conservative: any mention of `context` (even in a string) counts.
-        let reads_context = policies
-            .policies()
-            .any(|p| p.to_string().contains("context"));
+        let buckets = index(&policies)?;
         Ok(Governor {
             n_policies: policies.num_of_policies(),
             n_limits,
-            reads_context,
-            buckets: index(&policies)?,
+            reads: buckets.values().fold(0, |acc, (_, m)| acc | m),
+            buckets,
             entities,
             agents,
             tools,
@@ -670,13 +764,6 @@ impl Governor {
         })
     }
 
-    /// Whether an agent's `discover` decisions depend only on the agent and the snapshot, so a core may
-    /// remember them per agent until the snapshot changes.
-    pub fn discovery_is_per_agent(&self) -> bool {
-        !self.reads_context
-    }
-
-    /// Is `agent` registered in this snapshot and active?
     /// Rate limits over all agents: the appliance keeps one state cell per limit, indexed as
     /// `agent_limits` numbers them.
     pub fn limit_count(&self) -> usize {
@@ -688,6 +775,7 @@ impl Governor {
         self.agents.get(agent).map_or(&[], |a| a.limits.as_slice())
     }
 
+    /// Is `agent` registered in this snapshot and active?
     pub fn admit(&self, agent: &str) -> Result<(), DenyReason> {
         match self.agents.get(agent).map(|a| a.status) {
             None => Err(DenyReason::AgentNotRegistered),
@@ -752,6 +840,60 @@ impl Governor {
         self.decide_on(who, action, &tool.uid, &resources, arguments, env)
     }
 
+    /// The buckets a decision for `who` on `resources` consults, and what of the context they read.
+    fn consulted(
+        &self,
+        who: &AgentEntry,
+        resources: &[Option<&EntityUid>],
+    ) -> (Vec<&PolicySet>, u8) {
+        let principals = std::iter::once(None)
+            .chain(std::iter::once(Some(&who.uid)))
+            .chain(who.groups.iter().map(Some));
+        let mut sets = Vec::new();
+        let mut reads = 0;
+        for p in principals {
+            for r in resources.iter().copied() {
+                if let Some((set, m)) = self.buckets.get(&(p.cloned(), r.cloned())) {
+                    sets.push(set);
+                    reads |= m;
+                }
+            }
+        }
+        (sets, reads)
+    }
+
+    /// The key under which `decide(agent, action, capability, name, _, env)` may be remembered for this
+    /// snapshot: `None` for an unknown agent or tool, and for a call some applicable policy decides on
+    /// its arguments.
+    pub fn decision_key(
+        &self,
+        agent: &str,
+        action: Action,
+        capability: &str,
+        name: &str,
+        env: &Env<'_>,
+    ) -> Option<DecisionKey> {
+        let who = self.agents.get(agent)?;
+        let tool = self.tools.get(capability)?.get(name)?;
+        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
+        let (_, reads) = self.consulted(who, &resources);
+        if action == Action::Call && reads & READS_ARGUMENTS != 0 {
+            return None;
+        }
+        Some(DecisionKey {
+            agent: who.idx,
+            tool: u32::try_from(tool.validator).unwrap_or(u32::MAX),
+            action,
+            env: EnvKey::new(reads, env),
+        })
+    }
+
+    /// What an agent's `discover` decisions depend on beyond the agent and the snapshot: the context
+    /// attributes any policy reads (discovery has no arguments). Equal keys list equally.
+    pub fn discovery_env(&self, env: &Env<'_>) -> EnvKey {
+        EnvKey::new(self.reads & !READS_ARGUMENTS, env)
+    }
+
     /// Decide over the buckets of `who` and `resources` (the resource itself and what it is in).
     fn decide_on(
         &self,
@@ -762,6 +904,17 @@ impl Governor {
         arguments: Option<&Value>,
         env: &Env<'_>,
     ) -> Verdict {
+        let (sets, reads) = self.consulted(who, resources);
+        if sets.is_empty() {
+            // No policy can apply: the default deny, without asking Cedar.
+            return Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                detail: None,
+            };
+        }
+        // Arguments reach the context only when a policy that can apply reads them.
+        let arguments = arguments.filter(|_| reads & READS_ARGUMENTS != 0);
         let context = match self.context(env, arguments) {
             Ok(c) => c,
             Err(v) => return v,
@@ -782,16 +935,10 @@ impl Governor {
         };
         // Cedar's answer over the union of the buckets equals the union of its answers per bucket: a
         // satisfied forbid anywhere denies, else a satisfied permit anywhere allows.
-        let principals = std::iter::once(None)
-            .chain(std::iter::once(Some(&who.uid)))
-            .chain(who.groups.iter().map(Some));
         let authorizer = Authorizer::new();
         let (mut permits, mut forbids, mut failed_forbids) = (Vec::new(), Vec::new(), Vec::new());
-        for p in principals {
-            for r in resources.iter().copied() {
-                let Some(set) = self.buckets.get(&(p.cloned(), r.cloned())) else {
-                    continue;
-                };
+        {
+            for set in sets {
                 let response = authorizer.is_authorized(&request, set, &self.entities);
                 // Cedar skips a policy that errors; for a forbid that would turn an error into access.
                 failed_forbids.extend(
@@ -851,8 +998,6 @@ impl Governor {
         self.decide_on(who, action, &cap, &[None, Some(&cap)], None, env)
     }
 
-    /// Check a call's arguments against the tool's pinned input schema. A tool whose schema does not
-    /// compile refuses every call.
     /// Whether `check_output` would look at this tool's results (its capability checks them and it
     /// pins an output schema), so callers convert a result only when it will be read.
     pub fn checks_output(&self, capability: &str, name: &str) -> bool {
@@ -923,6 +1068,8 @@ impl Governor {
         }
     }
 
+    /// Check a call's arguments against the tool's pinned input schema. A tool whose schema does not
+    /// compile refuses every call.
     pub fn validate(
         &self,
         capability: &str,

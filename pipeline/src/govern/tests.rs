@@ -470,3 +470,71 @@ fn results_are_checked_against_the_pinned_output_schema_as_the_capability_says()
         .check_output("calc", "add", &json!({}))
         .is_ok());
 }
+
+#[test]
+fn decision_keys_hold_what_the_applicable_policies_read() {
+    let g = governor(&[
+        (
+            "finance-bank",
+            r#"permit(principal in Group::"finance", action, resource in Capability::"bank") when { context.hour >= 9 };"#,
+        ),
+        (
+            "docs-all",
+            r#"permit(principal, action, resource in Capability::"docs");"#,
+        ),
+        (
+            "no-big",
+            r#"forbid(principal, action == Action::"call", resource == Tool::"bank__transfer") when { context.arguments has amount && context.arguments.amount > 1000 };"#,
+        ),
+    ]);
+    let at = |hour| Env { hour, ..ENV };
+    // No policy on docs reads the context: one key whatever the hour.
+    let k = |hour| g.decision_key("teller", Action::Call, "docs", "query", &at(hour));
+    assert_eq!(k(3).unwrap(), k(15).unwrap());
+    // A forbid decides transfers on their arguments: no key, decided every time.
+    assert!(g
+        .decision_key("teller", Action::Call, "bank", "transfer", &at(10))
+        .is_none());
+    // Discovering the transfer tool reads the hour, not arguments: one key per hour.
+    let d = |hour| g.decision_key("teller", Action::Discover, "bank", "transfer", &at(hour));
+    assert_ne!(d(3).unwrap(), d(15).unwrap());
+    assert_eq!(d(15).unwrap(), d(15).unwrap());
+    assert!(g
+        .decision_key("nobody", Action::Call, "docs", "query", &ENV)
+        .is_none());
+    // What lists depend on: the hour, not the weekday no policy reads.
+    assert_ne!(g.discovery_env(&at(3)), g.discovery_env(&at(4)));
+    assert_eq!(
+        g.discovery_env(&Env {
+            weekday: 5,
+            ..at(3)
+        }),
+        g.discovery_env(&at(3))
+    );
+    // Arguments reach policies only where one reads them: a fractional number on docs is no reason
+    // to deny, on a transfer it still is.
+    let frac = json!({"limit": 2.5});
+    assert!(
+        g.decide(
+            "teller",
+            Action::Call,
+            "docs",
+            "query",
+            Some(&frac),
+            &at(10)
+        )
+        .allowed
+    );
+    let t = json!({"amount": 2.5, "to": "x"});
+    assert!(
+        !g.decide(
+            "teller",
+            Action::Call,
+            "bank",
+            "transfer",
+            Some(&t),
+            &at(10)
+        )
+        .allowed
+    );
+}

@@ -405,7 +405,14 @@ pub struct SchemaProblem {
 /// what the whole set costs.
 /// The policies filed under one (principal, resource) scope, and which parts of `context` any of
 /// them reads (`READS_*`).
-type Buckets = HashMap<(Option<EntityUid>, Option<EntityUid>), (PolicySet, u8)>;
+type Buckets = HashMap<(u32, u32), (PolicySet, u8)>;
+
+/// The entities policy scopes name, numbered from 1, so a decision finds its buckets by integers.
+type Scopes = HashMap<EntityUid, u32>;
+/// The bucket number of an unconstrained principal or resource.
+const ANY: u32 = 0;
+/// An entity no policy scope names: it has no buckets of its own.
+const NO_SCOPE: u32 = u32::MAX;
 
 const READS_TRANSPORT: u8 = 1;
 const READS_REVISION: u8 = 2;
@@ -507,7 +514,8 @@ struct AgentEntry {
     idx: u32,
     status: Status,
     uid: EntityUid,
-    groups: Vec<EntityUid>,
+    /// The scopes a policy could name it by: any, itself, its groups (`Scopes` numbers).
+    principals: Vec<u32>,
     /// The agent's rate limits, each with its index among all agents' limits (its state cell).
     limits: Vec<(usize, Limit)>,
 }
@@ -516,7 +524,8 @@ struct AgentEntry {
 #[derive(Debug)]
 struct ToolEntry {
     uid: EntityUid,
-    capability: EntityUid,
+    /// The scopes a policy could name it by: any, itself, its capability (`NO_SCOPE` where none does).
+    resources: [u32; 3],
     validator: usize,
     /// Index of the output validator, for tools that pin an `outputSchema`.
     output: Option<usize>,
@@ -540,18 +549,26 @@ fn resource_key(c: ResourceConstraint) -> Option<EntityUid> {
     }
 }
 
-fn index(policies: &PolicySet) -> Result<Buckets, String> {
+fn index(policies: &PolicySet) -> Result<(Buckets, Scopes), String> {
     let mut buckets = Buckets::new();
+    let mut scopes = Scopes::new();
+    let mut number = |u: Option<EntityUid>| match u {
+        None => ANY,
+        Some(u) => {
+            let next = u32::try_from(scopes.len() + 1).unwrap_or(NO_SCOPE);
+            *scopes.entry(u).or_insert(next)
+        }
+    };
     for p in policies.policies() {
         let key = (
-            principal_key(p.principal_constraint()),
-            resource_key(p.resource_constraint()),
+            number(principal_key(p.principal_constraint())),
+            number(resource_key(p.resource_constraint())),
         );
         let bucket = buckets.entry(key).or_insert_with(|| (PolicySet::new(), 0));
         bucket.1 |= context_reads(p);
         bucket.0.add(p.clone()).map_err(|e| e.to_string())?;
     }
-    Ok(buckets)
+    Ok((buckets, scopes))
 }
 
 /// The snapshot compiled for deciding.
@@ -564,6 +581,7 @@ pub struct Governor {
     /// Which context attributes any policy reads (`READS_*`).
     reads: u8,
     buckets: Buckets,
+    scopes: Scopes,
     entities: Entities,
     agents: HashMap<String, AgentEntry>,
     /// `capability` → tool name → its entities and validator.
@@ -626,6 +644,7 @@ impl Governor {
             n_limits: 0,
             reads: 0,
             buckets: Buckets::new(),
+            scopes: Scopes::new(),
             entities: Entities::empty(),
             agents: HashMap::new(),
             tools: HashMap::new(),
@@ -640,6 +659,8 @@ impl Governor {
 
     /// Compile an approved snapshot's content with its already parsed policies.
     pub fn new(content: &SnapshotContent, policies: PolicySet) -> Result<Governor, String> {
+        let (buckets, scopes) = index(&policies)?;
+        let scope = |u: &EntityUid| scopes.get(u).copied().unwrap_or(NO_SCOPE);
         let mut entities = Vec::new();
         let mut groups = HashSet::new();
         let mut agents = HashMap::new();
@@ -659,7 +680,11 @@ impl Governor {
                 ),
                 ("groups".to_owned(), strings(&s.groups)),
             ]);
-            let groups_of: Vec<EntityUid> = parents.iter().cloned().collect();
+            let principals: Vec<u32> = std::iter::once(ANY)
+                .chain(std::iter::once(scope(&me)))
+                .chain(parents.iter().map(scope))
+                .filter(|n| *n != NO_SCOPE)
+                .collect();
             entities.push(Entity::new(me.clone(), attrs, parents).map_err(|e| e.to_string())?);
             let mut limits = Vec::with_capacity(s.limits.len());
             for spec in &s.limits {
@@ -674,7 +699,7 @@ impl Governor {
                     idx: u32::try_from(agents.len()).unwrap_or(u32::MAX),
                     status: s.status,
                     uid: me,
-                    groups: groups_of,
+                    principals,
                     limits,
                 },
             );
@@ -728,8 +753,8 @@ impl Governor {
             tools.entry(t.capability.clone()).or_default().insert(
                 t.name.clone(),
                 ToolEntry {
+                    resources: [ANY, scope(&me), scope(cap_uid)],
                     uid: me,
-                    capability: cap_uid.clone(),
                     validator: validators.len(),
                     output: t.output_schema.as_ref().map(|_| output_validators.len()),
                 },
@@ -741,12 +766,12 @@ impl Governor {
             }
         }
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        let buckets = index(&policies)?;
         Ok(Governor {
             n_policies: policies.num_of_policies(),
             n_limits,
             reads: buckets.values().fold(0, |acc, (_, m)| acc | m),
             buckets,
+            scopes,
             entities,
             agents,
             tools,
@@ -836,24 +861,16 @@ impl Governor {
                 detail: None,
             };
         };
-        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
-        self.decide_on(who, action, &tool.uid, &resources, arguments, env)
+        self.decide_on(who, action, &tool.uid, &tool.resources, arguments, env)
     }
 
     /// The buckets a decision for `who` on `resources` consults, and what of the context they read.
-    fn consulted(
-        &self,
-        who: &AgentEntry,
-        resources: &[Option<&EntityUid>],
-    ) -> (Vec<&PolicySet>, u8) {
-        let principals = std::iter::once(None)
-            .chain(std::iter::once(Some(&who.uid)))
-            .chain(who.groups.iter().map(Some));
+    fn consulted(&self, who: &AgentEntry, resources: &[u32]) -> (Vec<&PolicySet>, u8) {
         let mut sets = Vec::new();
         let mut reads = 0;
-        for p in principals {
-            for r in resources.iter().copied() {
-                if let Some((set, m)) = self.buckets.get(&(p.cloned(), r.cloned())) {
+        for p in &who.principals {
+            for r in resources.iter().filter(|r| **r != NO_SCOPE) {
+                if let Some((set, m)) = self.buckets.get(&(*p, *r)) {
                     sets.push(set);
                     reads |= m;
                 }
@@ -875,8 +892,7 @@ impl Governor {
     ) -> Option<DecisionKey> {
         let who = self.agents.get(agent)?;
         let tool = self.tools.get(capability)?.get(name)?;
-        let resources = [None, Some(&tool.uid), Some(&tool.capability)];
-        let (_, reads) = self.consulted(who, &resources);
+        let (_, reads) = self.consulted(who, &tool.resources);
         if action == Action::Call && reads & READS_ARGUMENTS != 0 {
             return None;
         }
@@ -900,7 +916,7 @@ impl Governor {
         who: &AgentEntry,
         action: Action,
         resource: &EntityUid,
-        resources: &[Option<&EntityUid>],
+        resources: &[u32],
         arguments: Option<&Value>,
         env: &Env<'_>,
     ) -> Verdict {
@@ -995,7 +1011,8 @@ impl Governor {
             };
         };
         let cap = uid("Capability", capability);
-        self.decide_on(who, action, &cap, &[None, Some(&cap)], None, env)
+        let resources = [ANY, self.scopes.get(&cap).copied().unwrap_or(NO_SCOPE)];
+        self.decide_on(who, action, &cap, &resources, None, env)
     }
 
     /// Whether `check_output` would look at this tool's results (its capability checks them and it

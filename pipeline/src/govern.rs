@@ -809,7 +809,17 @@ impl Governor {
         }
     }
 
-    fn context(&self, env: &Env<'_>, arguments: Option<&Value>) -> Result<Context, Verdict> {
+    /// The request context with the attributes `reads` names (the policies that can apply read no
+    /// others, and Cedar evaluates each attribute given, about a microsecond apiece).
+    fn context(
+        &self,
+        env: &Env<'_>,
+        arguments: Option<&Value>,
+        reads: u8,
+    ) -> Result<Context, Verdict> {
+        if reads & READS_ARGUMENTS == 0 {
+            return self.env_context(env, reads, None);
+        }
         let args = match arguments {
             Some(Value::Object(obj)) => record(obj, &self.arguments, &mut String::new()).map_err(
                 |u| {
@@ -822,22 +832,40 @@ impl Governor {
             _ => RestrictedExpression::new_record(Vec::new())
                 .map_err(|e| Verdict::deny(e.to_string()))?,
         };
-        Context::from_pairs([
-            ("transport".to_owned(), text(env.transport)),
-            ("revision".to_owned(), text(env.revision)),
-            ("client_address".to_owned(), text(env.client_address)),
-            (
-                "session_age_secs".to_owned(),
-                RestrictedExpression::new_long(env.session_age_secs),
-            ),
-            ("hour".to_owned(), RestrictedExpression::new_long(env.hour)),
-            (
-                "weekday".to_owned(),
-                RestrictedExpression::new_long(env.weekday),
-            ),
-            ("arguments".to_owned(), args),
-        ])
-        .map_err(|e| Verdict::deny(e.to_string()))
+        self.env_context(env, reads, Some(args))
+    }
+
+    fn env_context(
+        &self,
+        env: &Env<'_>,
+        reads: u8,
+        arguments: Option<RestrictedExpression>,
+    ) -> Result<Context, Verdict> {
+        let mut pairs = Vec::with_capacity(7);
+        let mut add = |bit: u8, name: &str, v: &dyn Fn() -> RestrictedExpression| {
+            if reads & bit != 0 {
+                pairs.push((name.to_owned(), v()));
+            }
+        };
+        add(READS_TRANSPORT, "transport", &|| text(env.transport));
+        add(READS_REVISION, "revision", &|| text(env.revision));
+        add(READS_CLIENT, "client_address", &|| text(env.client_address));
+        add(READS_AGE, "session_age_secs", &|| {
+            RestrictedExpression::new_long(env.session_age_secs)
+        });
+        add(READS_HOUR, "hour", &|| {
+            RestrictedExpression::new_long(env.hour)
+        });
+        add(READS_WEEKDAY, "weekday", &|| {
+            RestrictedExpression::new_long(env.weekday)
+        });
+        if let Some(args) = arguments {
+            pairs.push(("arguments".to_owned(), args));
+        }
+        if pairs.is_empty() {
+            return Ok(Context::empty());
+        }
+        Context::from_pairs(pairs).map_err(|e| Verdict::deny(e.to_string()))
     }
 
     /// May `agent` `action` the tool `name` of `capability`? `arguments` are the call's (`None` for
@@ -929,9 +957,8 @@ impl Governor {
                 detail: None,
             };
         }
-        // Arguments reach the context only when a policy that can apply reads them.
-        let arguments = arguments.filter(|_| reads & READS_ARGUMENTS != 0);
-        let context = match self.context(env, arguments) {
+        // Only what a policy that can apply reads goes into the context; arguments included.
+        let context = match self.context(env, arguments, reads) {
             Ok(c) => c,
             Err(v) => return v,
         };

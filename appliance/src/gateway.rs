@@ -1444,6 +1444,7 @@ impl Core {
         else {
             return Ok(());
         };
+        inc(&self.metrics.shared.counters.output_schema_mismatches);
         crate::warn!(
             "core {}: capability={} tool={} result does not fit its output schema at `{}` ({}){}",
             self.id,

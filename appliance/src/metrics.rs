@@ -29,6 +29,8 @@ pub struct Counters {
     pub sessions_opened: AtomicU64,
     pub upstream_requests: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// Tool results that did not fit their pinned output schema (reported or withheld).
+    pub output_schema_mismatches: AtomicU64,
     pub denials: [AtomicU64; DenyReason::ALL.len()],
 }
 
@@ -43,6 +45,7 @@ impl Default for Counters {
             sessions_opened: AtomicU64::new(0),
             upstream_requests: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            output_schema_mismatches: AtomicU64::new(0),
             denials: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -179,7 +182,7 @@ pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
             c.core, c.driver
         );
     }
-    let counters: [CounterDef; 8] = [
+    let counters: [CounterDef; 9] = [
         (
             "portcullis_connections_accepted_total",
             "Agent connections accepted.",
@@ -219,6 +222,11 @@ pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
             "portcullis_upstream_errors_total",
             "Upstream exchanges that failed.",
             |c| &c.upstream_errors,
+        ),
+        (
+            "portcullis_output_schema_mismatches_total",
+            "Tool results that did not fit their pinned output schema (mode report or enforce).",
+            |c| &c.output_schema_mismatches,
         ),
     ];
     for (name, help, pick) in counters {

@@ -479,6 +479,14 @@ fn tool_results_are_held_against_their_pinned_output_schema() {
     let r = call(&g, "alpha__bad_add", json!({"a": 1, "b": 2}));
     assert_eq!(structured(&r), json!({"result": "3"}), "{}", r.text());
 
+    let counted = |m: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with("portcullis_output_schema_mismatches_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(counted(&g.metrics()), 1, "{}", g.metrics());
+
     // `enforce`: the broken result is withheld, naming where it breaks the schema.
     ok(
         &g,
@@ -520,6 +528,8 @@ fn tool_results_are_held_against_their_pinned_output_schema() {
         "{m}"
     );
     assert_eq!(m["id"], json!(3));
+
+    assert_eq!(counted(&g.metrics()), 3);
 
     // `off`: nothing is checked.
     ok(

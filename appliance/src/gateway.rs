@@ -183,6 +183,9 @@ fn hour_and_weekday() -> (i64, i64) {
 enum Agent {
     Modern {
         meta: Value,
+        /// The request's `Mcp-Param-*` headers (SEP-2243: tool arguments mirrored for intermediaries),
+        /// passed on to a 2026-07-28 upstream, which checks them against the body.
+        params: Vec<(String, String)>,
     },
     Session {
         id: SessionId,
@@ -659,6 +662,7 @@ impl Core {
             }
             Era::Modern(_) => Agent::Modern {
                 meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
+                params: param_headers(head),
             },
             Era::Session(sid) => match self.session_touch(sid).await {
                 // A session id is no credential: another agent's session looks like no session.
@@ -1176,7 +1180,7 @@ impl Core {
             let mut params = simd_json::owned::Object::new();
             params.insert("notifications".into(), want.to_filter());
             let meta = match agent {
-                Agent::Modern { meta } => meta.clone(),
+                Agent::Modern { meta, .. } => meta.clone(),
                 Agent::Session { session, .. } => modern_meta(
                     session
                         .client_capabilities
@@ -1778,7 +1782,7 @@ impl Core {
         let (rev, sid) = self.exchange_revision(agent, up, ephemeral).await?;
         if rev.is_stateless() {
             let meta = match agent {
-                Agent::Modern { meta } => meta.clone(),
+                Agent::Modern { meta, .. } => meta.clone(),
                 Agent::Session { session, .. } => modern_meta(
                     session
                         .client_capabilities
@@ -1805,7 +1809,12 @@ impl Core {
             .ok();
             fwd.params = Some(params_with_meta(fwd.params.take(), m));
             let name = name_of(&fwd);
-            let headers = modern_headers(&fwd.method, name.as_deref());
+            let mut headers: Vec<(&str, String)> = modern_headers(&fwd.method, name.as_deref());
+            if let Agent::Modern { params, .. } = agent {
+                if fwd.method == "tools/call" {
+                    headers.extend(params.iter().map(|(n, v)| (n.as_str(), v.clone())));
+                }
+            }
             return self
                 .send_upstream(
                     up,
@@ -2561,6 +2570,29 @@ fn strip_modern_meta(req: &mut Request) {
         }
     }
 }
+
+/// `Mcp-Param-*` headers a request carries, at most `PARAM_HEADERS_MAX` (the header limits already
+/// bound their size), names lowercased.
+fn param_headers(head: &RequestHead) -> Vec<(String, String)> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| {
+            n.len() > PARAM_PREFIX.len()
+                && n.as_bytes()[..PARAM_PREFIX.len()].eq_ignore_ascii_case(PARAM_PREFIX.as_bytes())
+        })
+        .filter_map(|(n, v)| {
+            Some((
+                n.to_ascii_lowercase(),
+                std::str::from_utf8(v).ok()?.to_owned(),
+            ))
+        })
+        .take(PARAM_HEADERS_MAX)
+        .collect()
+}
+
+const PARAM_PREFIX: &str = "mcp-param-";
+/// `Mcp-Param-*` headers passed on per request, at most.
+const PARAM_HEADERS_MAX: usize = 64;
 
 fn name_of(req: &Request) -> Option<String> {
     let field = match req.method.as_str() {

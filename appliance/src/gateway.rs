@@ -845,9 +845,19 @@ impl Core {
                             return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
                         }
                         if let Some(who) = &caller.who {
-                            if let Err((reason, data, detail)) =
-                                govern_call(self, sv, who, upstream, name, &req, &caller.env(agent))
-                            {
+                            if let Err((reason, data, detail)) = govern_call(
+                                self,
+                                sv,
+                                who,
+                                upstream,
+                                name,
+                                &req,
+                                &caller.env(agent),
+                                match agent {
+                                    Agent::Modern { params, .. } => Some(params.as_slice()),
+                                    Agent::Session { .. } => None,
+                                },
+                            ) {
                                 return self
                                     .refuse_with(
                                         conn,
@@ -2302,6 +2312,7 @@ fn policy_refusal(sv: &Served, verdict: Verdict) -> Result<(), CallRefusal> {
 
 /// Govern one `tools/call` of a pinned tool: Cedar `call` with the arguments, then the pinned input
 /// schema. Nothing reaches the upstream unless both pass.
+#[allow(clippy::too_many_arguments)]
 fn govern_call(
     core: &Core,
     sv: &Served,
@@ -2310,6 +2321,7 @@ fn govern_call(
     name: &str,
     req: &Request,
     env: &Env<'_>,
+    param_headers: Option<&[(String, String)]>,
 ) -> Result<(), CallRefusal> {
     let arguments = req
         .params
@@ -2329,6 +2341,26 @@ fn govern_call(
             ],
             Some(detail),
         ));
+    }
+    // A 2026-07-28 agent mirrors annotated arguments into headers that intermediaries may have acted
+    // on: they must say what the body says before the body is acted on.
+    if let Some(headers) = param_headers {
+        if let Err(m) = sv
+            .governor
+            .check_param_headers(capability, name, &arguments, headers)
+        {
+            let (reason, what) = if m.missing {
+                (DenyReason::MissingHeader, "is absent")
+            } else {
+                (DenyReason::HeaderMismatch, "disagrees with the arguments")
+            };
+            let detail = format!("{} {what}", m.header);
+            return Err((
+                reason,
+                vec![("header", Value::from(m.header.as_str()))],
+                Some(detail),
+            ));
+        }
     }
     Ok(())
 }

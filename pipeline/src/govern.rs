@@ -529,6 +529,8 @@ struct ToolEntry {
     validator: usize,
     /// Index of the output validator, for tools that pin an `outputSchema`.
     output: Option<usize>,
+    /// Its `x-mcp-header` declarations (`Mcp-Param-*` headers a call must carry).
+    params: Vec<crate::params::Binding>,
 }
 
 fn principal_key(c: PrincipalConstraint) -> Option<EntityUid> {
@@ -757,6 +759,7 @@ impl Governor {
                     uid: me,
                     validator: validators.len(),
                     output: t.output_schema.as_ref().map(|_| output_validators.len()),
+                    params: crate::params::bindings(&t.input_schema),
                 },
             );
             validators.push(jsonschema::validator_for(&t.input_schema).map_err(|e| e.to_string()));
@@ -1040,6 +1043,21 @@ impl Governor {
         let cap = uid("Capability", capability);
         let resources = [ANY, self.scopes.get(&cap).copied().unwrap_or(NO_SCOPE)];
         self.decide_on(who, action, &cap, &resources, None, env)
+    }
+
+    /// Check a 2026-07-28 call's `Mcp-Param-*` headers (lowercase names) against its arguments, by the
+    /// pinned tool's `x-mcp-header` declarations (`crate::params`).
+    pub fn check_param_headers(
+        &self,
+        capability: &str,
+        name: &str,
+        arguments: &Value,
+        headers: &[(String, String)],
+    ) -> Result<(), crate::params::Mismatch> {
+        match self.tools.get(capability).and_then(|m| m.get(name)) {
+            Some(t) if !t.params.is_empty() => crate::params::check(&t.params, arguments, headers),
+            _ => Ok(()),
+        }
     }
 
     /// Whether `check_output` would look at this tool's results (its capability checks them and it

@@ -14,6 +14,7 @@ pub mod jsonrpc;
 pub mod listen;
 pub mod mcp;
 pub mod names;
+pub mod params;
 pub mod ratelimit;
 pub mod reason;
 pub mod revision;

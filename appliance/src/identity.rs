@@ -204,8 +204,9 @@ impl Providers {
         if self.providers.is_empty() {
             return out;
         }
+        let status = self.status();
         out.push_str("# HELP portcullis_jwks_keys Usable keys held per identity provider.\n# TYPE portcullis_jwks_keys gauge\n");
-        for s in self.status() {
+        for s in &status {
             let _ = writeln!(
                 out,
                 "portcullis_jwks_keys{{issuer=\"{}\"}} {}",
@@ -214,7 +215,7 @@ impl Providers {
             );
         }
         out.push_str("# HELP portcullis_jwks_fetch_failures_total JWKS fetches that failed.\n# TYPE portcullis_jwks_fetch_failures_total counter\n");
-        for s in self.status() {
+        for s in &status {
             let _ = writeln!(
                 out,
                 "portcullis_jwks_fetch_failures_total{{issuer=\"{}\"}} {}",

@@ -228,36 +228,7 @@ fn strip_zeros(mut v: Vec<u8>) -> Vec<u8> {
 
 /// Strict unpadded base64url (RFC 7515 §2): other alphabets, padding and stray bits are refused.
 pub fn b64url(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let bytes = s.as_bytes();
-    if bytes.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= val(*c)? << (18 - 6 * i);
-        }
-        let produced = chunk.len() * 6 / 8;
-        let all = acc.to_be_bytes();
-        // Bits below the last whole byte must be zero, so each token has exactly one encoding.
-        let used_bits = produced * 8;
-        if used_bits < 24 && acc & ((1u32 << (24 - used_bits)) - 1) != 0 {
-            return None;
-        }
-        out.extend_from_slice(&all[1..=produced]);
-    }
-    Some(out)
+    crate::base64::url_strict(s)
 }
 
 // ------------------------------------------------------------------ tokens

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authn;
+pub mod base64;
 pub mod chunked;
 pub mod control;
 pub mod frame;

@@ -597,26 +597,50 @@ pub fn add_capability(g: &Gateway, name: &str, port: u16) {
 
 /// Register agent `name` in `group` and issue it a key; returns the key.
 pub fn register_agent_in(g: &Gateway, name: &str, group: &str) -> String {
-    ok(
-        g,
-        &[
-            "agent",
-            "add",
-            name,
-            "--owner",
-            "qa",
-            "--surface",
-            "service",
-            "--environment",
-            "prod",
-            "--credential-mode",
-            "service",
-            "--group",
-            group,
-        ],
-    );
+    register_agent_with(g, name, group, &[])
+}
+
+/// `register_agent_in` with more `agent add` flags (e.g. `--limit 5/1m`).
+pub fn register_agent_with(g: &Gateway, name: &str, group: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "agent",
+        "add",
+        name,
+        "--owner",
+        "qa",
+        "--surface",
+        "service",
+        "--environment",
+        "prod",
+        "--credential-mode",
+        "service",
+        "--group",
+        group,
+    ];
+    args.extend_from_slice(extra);
+    ok(g, &args);
     let issued = ok(g, &["agent", "key", "issue", name]);
     issued["key"].as_str().unwrap().to_owned()
+}
+
+/// Agents `ops` (group `operators`: everything of capability `alpha`) and `viewer` (group `viewers`:
+/// only `alpha__echo`), with the two policies that say so; returns their keys. The caller approves.
+pub fn ops_and_viewer(g: &Gateway) -> (String, String) {
+    let ops = register_agent_in(g, "ops", "operators");
+    let viewer = register_agent_in(g, "viewer", "viewers");
+    for (id, text) in [
+        (
+            "operators-all",
+            r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
+        ),
+        (
+            "viewers-echo",
+            r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
+        ),
+    ] {
+        ok(g, &["policy", "add", id, "--text", text]);
+    }
+    (ops, viewer)
 }
 
 /// Register agent `name` (group `testers`), a policy letting the group discover and call everything, and

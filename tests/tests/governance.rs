@@ -36,19 +36,8 @@ fn policy_decides_what_each_agent_lists_and_calls() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
     add_capability(&g, "alpha", pa);
-    let ops = register_agent_in(&g, "ops", "operators");
-    let viewer = register_agent_in(&g, "viewer", "viewers");
+    let (ops, viewer) = ops_and_viewer(&g);
     register_agent_in(&g, "idle", "nobody");
-    policy(
-        &g,
-        "operators-all",
-        r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
-    );
-    policy(
-        &g,
-        "viewers-echo",
-        r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
-    );
     policy(
         &g,
         "no-big-adds",
@@ -222,32 +211,12 @@ fn rate_limits_and_quotas_refuse_with_retry_after_and_survive_approval() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
     add_capability(&g, "alpha", pa);
-    ok(
+    let ops = register_agent_with(
         &g,
-        &[
-            "agent",
-            "add",
-            "ops",
-            "--owner",
-            "qa",
-            "--surface",
-            "service",
-            "--environment",
-            "prod",
-            "--credential-mode",
-            "service",
-            "--group",
-            "operators",
-            "--limit",
-            "5/1m",
-            "--limit",
-            "alpha__add=2/1h",
-        ],
+        "ops",
+        "operators",
+        &["--limit", "5/1m", "--limit", "alpha__add=2/1h"],
     );
-    let ops = ok(&g, &["agent", "key", "issue", "ops"])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let other = register_agent_in(&g, "other", "operators");
     policy(
         &g,
@@ -308,18 +277,7 @@ fn policy_explain_and_policy_test_answer_as_the_gateway_decides() {
     let (_a, pa) = py_server("alpha", &[]);
     let g = Gateway::start(&[], CONFIG);
     add_capability(&g, "alpha", pa);
-    register_agent_in(&g, "ops", "operators");
-    let viewer = register_agent_in(&g, "viewer", "viewers");
-    policy(
-        &g,
-        "operators-all",
-        r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
-    );
-    policy(
-        &g,
-        "viewers-echo",
-        r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
-    );
+    let (_, viewer) = ops_and_viewer(&g);
     policy(
         &g,
         "no-big-adds",

@@ -38,20 +38,7 @@ fn governed(idp: &Idp, extra: &str) -> (Gateway, Proc) {
     let (up, port) = py_server("alpha", &[]);
     let g = Gateway::start(&[], &config(idp, extra));
     add_capability(&g, "alpha", port);
-    register_agent_in(&g, "ops", "operators");
-    register_agent_in(&g, "viewer", "viewers");
-    for (id, text) in [
-        (
-            "operators-all",
-            r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
-        ),
-        (
-            "viewers-echo",
-            r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
-        ),
-    ] {
-        ok(&g, &["policy", "add", id, "--text", text]);
-    }
+    ops_and_viewer(&g);
     ok(&g, &["approve", "--note", "jwt agents"]);
     (g, up)
 }
@@ -383,28 +370,7 @@ fn client_certificates_name_agents_and_untrusted_ones_are_refused() {
         ),
     );
     add_capability(&g, "alpha", port);
-    register_agent_in(&g, "ops", "operators");
-    let viewer_key = register_agent_in(&g, "viewer", "viewers");
-    ok(
-        &g,
-        &[
-            "policy",
-            "add",
-            "operators-all",
-            "--text",
-            r#"permit(principal in Group::"operators", action, resource in Capability::"alpha");"#,
-        ],
-    );
-    ok(
-        &g,
-        &[
-            "policy",
-            "add",
-            "viewers-echo",
-            "--text",
-            r#"permit(principal in Group::"viewers", action, resource == Tool::"alpha__echo");"#,
-        ],
-    );
+    let (_, viewer_key) = ops_and_viewer(&g);
     ok(&g, &["approve", "--note", "mtls agents"]);
 
     // The official Python SDK client over HTTPS with the ops certificate.

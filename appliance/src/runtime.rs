@@ -148,20 +148,23 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let max = core.shared.config.limits.connections_per_core_max;
+    // The accept is never raced against a timer: an io_uring accept dropped while the kernel completes it
+    // leaks the accepted socket, and its client waits for an answer that never comes. Only draining, once,
+    // drops a pending accept.
+    let mut drained = std::pin::pin!(drain_flag(&core));
     loop {
-        if core.shared.draining.load(Ordering::SeqCst) {
-            return;
-        }
-        let accepted =
-            match monoio::time::timeout(Duration::from_millis(200), listener.accept()).await {
-                Err(_) => continue,
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => {
-                    crate::warn!("core={} accept error={e}", core.id);
-                    monoio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
+        let accepted = monoio::select! {
+            _ = &mut drained => return,
+            a = listener.accept() => a,
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                crate::warn!("core={} accept error={e}", core.id);
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
         let (stream, peer) = accepted;
         let counters = &core.metrics.shared.counters;
         if core.connections.get() >= max {
@@ -199,6 +202,13 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
                 });
             }
         }
+    }
+}
+
+/// Resolves once the process starts draining.
+async fn drain_flag(core: &Core) {
+    while !core.shared.draining.load(Ordering::SeqCst) {
+        monoio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -18,8 +18,11 @@ pub use serde_json::{json, Value};
 /// Longest wait for a process to become ready. Generous: the CI machine has 2 cores and builds in parallel.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The checkout the tests run from. Cargo and nextest name it at run time; the path compiled in is only a
+/// fallback, since a shared build cache may hold a binary built from another checkout of the same sources.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .unwrap()
         .to_owned()

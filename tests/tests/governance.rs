@@ -553,3 +553,51 @@ fn odd_arguments_are_refused_or_decided_without_harm() {
     );
     assert_eq!(received(&g), "add:5,1");
 }
+
+#[test]
+fn mcp_param_headers_must_agree_with_the_arguments() {
+    let (_c, pc) = conformance_server();
+    let g = Gateway::start(&[], CONFIG);
+    add_capability(&g, "conf", pc);
+    approve_tester(&g);
+    let tool = "conf__test_custom_header";
+    let send = |header: Option<&str>, region: &str| {
+        let body = modern_body(
+            9,
+            "tools/call",
+            json!({"name": tool, "arguments": {"region": region}}),
+        );
+        let mut h = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", tool),
+        ];
+        if let Some(v) = header {
+            h.push(("Mcp-Param-Region", v));
+        }
+        post(g.plain_port, &h, &body)
+    };
+    // Agreeing headers, plain or in the base64 wrapper, reach the upstream (which checks them too).
+    for header in ["us-west1", "=?base64?dXMtd2VzdDE=?="] {
+        let r = send(Some(header), "us-west1");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.json()["result"]["content"][0]["text"],
+            json!("region us-west1"),
+            "{}",
+            r.text()
+        );
+    }
+    // A header that disagrees with the body, or is missing, is refused before the upstream.
+    let r = send(Some("eu-west1"), "us-west1");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.reason(), "header_mismatch", "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["data"]["header"],
+        json!("mcp-param-region")
+    );
+    assert_eq!(r.json()["id"], json!(9));
+    let r = send(None, "us-west1");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.reason(), "missing_header", "{}", r.text());
+}

@@ -94,6 +94,8 @@ pub struct Core {
     discovered: RefCell<Discovered>,
     /// Call decisions that depend only on their key, per snapshot label.
     decisions: RefCell<Decisions>,
+    /// The policy buckets decisions consult, merged per (agent, tool), per snapshot label.
+    merged: RefCell<(String, govern::MergedSets)>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -246,6 +248,7 @@ impl Core {
             keys: RefCell::new(keys),
             discovered: RefCell::new((String::new(), std::collections::HashMap::new())),
             decisions: RefCell::new((String::new(), std::collections::HashMap::new())),
+            merged: RefCell::new((String::new(), govern::MergedSets::default())),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -1372,8 +1375,7 @@ impl Core {
             Rc::new(
                 pins.pinned()
                     .map(|t| {
-                        sv.governor
-                            .decide(who, Action::Discover, &t.capability, &t.name, None, env)
+                        self.decide(sv, who, Action::Discover, &t.capability, &t.name, None, env)
                             .allowed
                     })
                     .collect(),
@@ -1397,6 +1399,27 @@ impl Core {
         v
     }
 
+    /// One Cedar decision, over the consulted policy buckets merged once on this core per snapshot.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        sv: &Served,
+        who: &str,
+        action: Action,
+        capability: &str,
+        name: &str,
+        arguments: Option<&serde_json::Value>,
+        env: &Env<'_>,
+    ) -> Verdict {
+        let mut merged = self.merged.borrow_mut();
+        if merged.0 != sv.label {
+            merged.0.clone_from(&sv.label);
+            merged.1.clear();
+        }
+        sv.governor
+            .decide_merged(&mut merged.1, who, action, capability, name, arguments, env)
+    }
+
     /// Decide a `tools/call` with Cedar, remembering the decision on this core when it depends only on
     /// what `Governor::decision_key` holds (not on the arguments), until the snapshot changes.
     fn decide_call(
@@ -1409,8 +1432,15 @@ impl Core {
         env: &Env<'_>,
     ) -> Verdict {
         let decide = || {
-            sv.governor
-                .decide(who, Action::Call, capability, name, Some(arguments), env)
+            self.decide(
+                sv,
+                who,
+                Action::Call,
+                capability,
+                name,
+                Some(arguments),
+                env,
+            )
         };
         let Some(key) = sv
             .governor

@@ -414,6 +414,51 @@ const ANY: u32 = 0;
 /// An entity no policy scope names: it has no buckets of its own.
 const NO_SCOPE: u32 = u32::MAX;
 
+/// How many merged sets a `MergedSets` holds before it starts over.
+pub const MERGED_SETS_MAX: usize = 4096;
+
+/// The buckets one decision consults, merged into one policy set per (agent, resource scopes): one Cedar
+/// call per decision instead of one per bucket, since each call costs microseconds before it reads a
+/// policy. Cedar's answer over a union of sets is the union of its answers (a satisfied forbid anywhere
+/// denies, else a satisfied permit allows), so merging changes no decision.
+///
+/// Kept by the caller (one per core, no lock) for one `Governor`: `clear` it when the governor changes.
+/// Bounded by `MERGED_SETS_MAX`.
+#[derive(Debug, Default)]
+pub struct MergedSets {
+    sets: HashMap<(u32, [u32; 3]), PolicySet>,
+}
+
+impl MergedSets {
+    pub fn clear(&mut self) {
+        self.sets.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// The union of `sets`, merged once per `key`; `None` if Cedar refuses the union (it cannot: policy ids
+    /// are unique across buckets), and the caller then asks each set.
+    fn merged(&mut self, key: (u32, [u32; 3]), sets: &[&PolicySet]) -> Option<&PolicySet> {
+        if !self.sets.contains_key(&key) {
+            let mut union = PolicySet::new();
+            for p in sets.iter().flat_map(|s| s.policies()) {
+                union.add(p.clone()).ok()?;
+            }
+            if self.sets.len() >= MERGED_SETS_MAX {
+                self.sets.clear();
+            }
+            self.sets.insert(key, union);
+        }
+        self.sets.get(&key)
+    }
+}
+
 const READS_TRANSPORT: u8 = 1;
 const READS_REVISION: u8 = 2;
 const READS_CLIENT: u8 = 4;
@@ -892,7 +937,40 @@ impl Governor {
                 detail: None,
             };
         };
-        self.decide_on(who, action, &tool.uid, &tool.resources, arguments, env)
+        self.decide_on(who, action, &tool.uid, tool.resources, arguments, env, None)
+    }
+
+    /// `decide`, with the consulted buckets merged into one set kept in `merged` (see `MergedSets`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_merged(
+        &self,
+        merged: &mut MergedSets,
+        agent: &str,
+        action: Action,
+        capability: &str,
+        name: &str,
+        arguments: Option<&Value>,
+        env: &Env<'_>,
+    ) -> Verdict {
+        let (Some(who), Some(tool)) = (
+            self.agents.get(agent),
+            self.tools.get(capability).and_then(|m| m.get(name)),
+        ) else {
+            return Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                detail: None,
+            };
+        };
+        self.decide_on(
+            who,
+            action,
+            &tool.uid,
+            tool.resources,
+            arguments,
+            env,
+            Some(merged),
+        )
     }
 
     /// The buckets a decision for `who` on `resources` consults, and what of the context they read.
@@ -942,16 +1020,18 @@ impl Governor {
     }
 
     /// Decide over the buckets of `who` and `resources` (the resource itself and what it is in).
+    #[allow(clippy::too_many_arguments)]
     fn decide_on(
         &self,
         who: &AgentEntry,
         action: Action,
         resource: &EntityUid,
-        resources: &[u32],
+        resources: [u32; 3],
         arguments: Option<&Value>,
         env: &Env<'_>,
+        merged: Option<&mut MergedSets>,
     ) -> Verdict {
-        let (sets, reads) = self.consulted(who, resources);
+        let (mut sets, reads) = self.consulted(who, &resources);
         if sets.is_empty() {
             // No policy can apply: the default deny, without asking Cedar.
             return Verdict {
@@ -981,6 +1061,11 @@ impl Governor {
         };
         // Cedar's answer over the union of the buckets equals the union of its answers per bucket: a
         // satisfied forbid anywhere denies, else a satisfied permit anywhere allows.
+        if sets.len() > 1 {
+            if let Some(union) = merged.and_then(|m| m.merged((who.idx, resources), &sets)) {
+                sets = vec![union];
+            }
+        }
         let authorizer = Authorizer::new();
         let (mut permits, mut forbids, mut failed_forbids) = (Vec::new(), Vec::new(), Vec::new());
         {
@@ -1041,8 +1126,12 @@ impl Governor {
             };
         };
         let cap = uid("Capability", capability);
-        let resources = [ANY, self.scopes.get(&cap).copied().unwrap_or(NO_SCOPE)];
-        self.decide_on(who, action, &cap, &resources, None, env)
+        let resources = [
+            ANY,
+            self.scopes.get(&cap).copied().unwrap_or(NO_SCOPE),
+            NO_SCOPE,
+        ];
+        self.decide_on(who, action, &cap, resources, None, env, None)
     }
 
     /// Check a 2026-07-28 call's `Mcp-Param-*` headers (lowercase names) against its arguments, by the

@@ -538,3 +538,45 @@ fn decision_keys_hold_what_the_applicable_policies_read() {
         .allowed
     );
 }
+
+#[test]
+fn merged_sets_decide_exactly_as_the_buckets_do() {
+    let g = governor(POLICIES);
+    let mut merged = crate::govern::MergedSets::default();
+    let calls = [
+        json!({"amount": 5, "to": "x"}),
+        json!({"amount": 5000, "to": "x"}),
+        json!({"amount": 5000.5, "to": "x"}),
+        json!({"table": "public_a"}),
+        json!({"table": "salaries"}),
+        json!({}),
+        json!([1, 2]),
+    ];
+    let mut compared = 0;
+    // Twice: the second round decides on sets merged by the first.
+    for _ in 0..2 {
+        for agent in ["teller", "reader", "gone", "nobody"] {
+            for (c, t) in [("bank", "transfer"), ("docs", "query"), ("bank", "nope")] {
+                for action in [Action::Discover, Action::Call] {
+                    for args in calls.iter().map(Some).chain([None]) {
+                        let plain = g.decide(agent, action, c, t, args, &ENV);
+                        let m = g.decide_merged(&mut merged, agent, action, c, t, args, &ENV);
+                        assert_eq!(
+                            (plain.allowed, &plain.policies, &plain.detail),
+                            (m.allowed, &m.policies, &m.detail),
+                            "{agent} {action:?} {c}__{t} {args:?}"
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 2 * 4 * 3 * 2 * 8);
+    // teller on bank__transfer consults three buckets, on docs__query two; reader's two on docs__query
+    // and on bank__transfer: each (agent, resource) pair with more than one bucket is merged once.
+    assert!(!merged.is_empty());
+    assert!(merged.len() <= 6, "{}", merged.len());
+    merged.clear();
+    assert!(merged.is_empty());
+}

@@ -233,6 +233,7 @@ fn govern(c: &mut Criterion) {
 
 /// Criterion reports means; the bar is a p99. Time each of many single decisions (the appliance's path:
 /// merged sets, then validation) and print the percentiles from an HDR histogram.
+#[allow(clippy::print_stdout)] // The report is what a bench is for.
 fn percentiles() {
     let g = governor(true);
     let env = Env {

@@ -1,5 +1,6 @@
-//! Base64 decoding for the two places the wire carries it: JWS parts (unpadded base64url, RFC 7515 §2,
-//! one encoding per value) and the `=?base64?…?=` header sentinel (standard alphabet, padding allowed).
+//! Base64 for the places the wire carries it: decoding JWS parts (unpadded base64url, RFC 7515 §2, one
+//! encoding per value) and the `=?base64?…?=` header sentinel (standard alphabet, padding allowed);
+//! encoding binary tool results (MCP `blob`, standard alphabet, padded).
 
 #[derive(Clone, Copy)]
 enum Alphabet {
@@ -51,4 +52,40 @@ pub fn standard(s: &str) -> Option<Vec<u8>> {
         Alphabet::Standard,
         false,
     )
+}
+
+/// Standard base64 with padding.
+pub fn encode_standard(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut acc = 0u32;
+        for (i, b) in chunk.iter().enumerate() {
+            acc |= u32::from(*b) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((acc >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encoding_round_trips_through_the_decoder() {
+        for n in 0..40u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+            let e = super::encode_standard(&bytes);
+            assert_eq!(e.len() % 4, 0);
+            assert_eq!(super::standard(&e).unwrap(), bytes, "{e}");
+        }
+        assert_eq!(super::encode_standard(b"Man"), "TWFu");
+        assert_eq!(super::encode_standard(b"Ma"), "TWE=");
+        assert_eq!(super::encode_standard(b"M"), "TQ==");
+    }
 }

@@ -15,6 +15,7 @@ pub mod jsonrpc;
 pub mod listen;
 pub mod mcp;
 pub mod names;
+pub mod openapi;
 pub mod params;
 pub mod ratelimit;
 pub mod reason;

@@ -92,9 +92,9 @@ setup_python() {
   log "creating python venv $venv with $py (Python $pyver)"
   rm -rf "$venv"
   "$py" -m venv "$venv"
-  log "pip install -r tests/peers/requirements.txt (mcp==2.3.0, aioquic==1.7.2, pinned deps)"
+  log "pip install -r tests/peers/requirements.txt (mcp==2.3.0, aioquic==1.7.2, fastapi==0.165.0, pinned deps)"
   "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$peers/requirements.txt" 1>&2
-  "$venv/bin/python" -c 'import mcp, aioquic, uvicorn, httpx2' || die "venv import check failed"
+  "$venv/bin/python" -c 'import mcp, aioquic, uvicorn, httpx2, fastapi' || die "venv import check failed"
   printf '%s\n' "$want" >"$py_stamp"
   log "python venv ready"
 }

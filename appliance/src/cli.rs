@@ -31,6 +31,11 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis apply -f FILE [--dry-run] [--approve [--note N]]
                                (YAML desired state: capabilities, agents, policies; records not in
                                the file are removed; a policy may give `file:` instead of `text:`)
+    portcullis openapi import CAP FILE|-      (an openapi capability's document, JSON or YAML; shows its
+                                               operations and what changed since the last import)
+    portcullis openapi ops CAP                (operations: convertible or why not, selected or not)
+    portcullis openapi select CAP SELECTOR... (operationId, 'METHOD /path', tag:T or *; tags and * pick
+                                               only GET/HEAD: writes must be named)
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
     portcullis signing-key | tls-fingerprint    (what a data plane needs to follow this control plane)
@@ -148,6 +153,12 @@ impl Client {
 
     /// One request; returns the status and the JSON body.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.call_bytes(method, path, body.as_bytes())
+    }
+
+    /// A call with a raw body (an OpenAPI document, JSON or YAML as written).
+    fn call_bytes(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value), String> {
         let mut s = TcpStream::connect(&self.host).map_err(|e| {
             format!(
                 "admin API at {}: {e} (is `portcullis up` running?)",
@@ -155,15 +166,16 @@ impl Client {
             )
         })?;
         s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\nx-portcullis-actor: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\nx-portcullis-actor: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             self.host,
             self.token,
             self.actor,
             body.len()
         );
-        s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(head.as_bytes())
+            .and_then(|()| s.write_all(body))
+            .map_err(|e| e.to_string())?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&raw);
@@ -182,6 +194,10 @@ impl Client {
     /// A call whose non-2xx answer becomes the error message.
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
         let (status, v) = self.call(method, path, body)?;
+        Self::checked(status, v)
+    }
+
+    fn checked(status: u16, v: Value) -> Result<Value, String> {
         if (200..300).contains(&status) {
             return Ok(v);
         }
@@ -277,6 +293,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 | "data-planes"
                 | "sync"
                 | "identity"
+                | "openapi"
         );
     if !is_cli {
         return Ok(false);
@@ -295,6 +312,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
             (v, Shape::Snapshot)
         }
         "apply" => apply(&c, &a)?,
+        "openapi" => openapi(&c, &a)?,
         "snapshot" => snapshot(&c, &a)?,
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         "tls-fingerprint" => (c.ok("GET", "/admin/v1/tls", None)?, Shape::Record),
@@ -308,6 +326,55 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
     };
     print(&out, a.json);
     Ok(true)
+}
+
+/// `openapi import CAP FILE` (`-` reads stdin), `openapi ops CAP`, `openapi select CAP SELECTOR...`.
+fn openapi(c: &Client, a: &Args) -> Result<Output, String> {
+    const COLUMNS: &[&str] = &[
+        "method",
+        "path",
+        "tool",
+        "convertible",
+        "selected",
+        "reason",
+    ];
+    let sub = word(a, 0, "openapi import|ops|select")?;
+    let cap = word(a, 1, "capability name")?;
+    let path = format!("/admin/v1/capabilities/{cap}/openapi");
+    let v = match sub.as_str() {
+        "import" => {
+            let file = word(a, 2, "document file (or - for stdin)")?;
+            let mut bytes = Vec::new();
+            if file == "-" {
+                std::io::stdin()
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("stdin: {e}"))?;
+            } else {
+                bytes = std::fs::read(&file).map_err(|e| format!("{file}: {e}"))?;
+            }
+            let (status, v) = c.call_bytes("POST", &path, &bytes)?;
+            Client::checked(status, v)?
+        }
+        "ops" => c.ok("GET", &path, None)?,
+        "select" => {
+            let select: Vec<&String> = a.words.iter().skip(2).collect();
+            if select.is_empty() {
+                return Err(format!(
+                    "openapi select {cap}: name operations (operationId, 'METHOD /path', tag:T, *)"
+                ));
+            }
+            c.ok(
+                "PUT",
+                &format!("{path}/select"),
+                Some(&json!({ "select": select })),
+            )?
+        }
+        other => return Err(format!("openapi {other}: not a subcommand\n{USAGE}")),
+    };
+    if a.json {
+        return Ok((v, Shape::Record));
+    }
+    Ok((v["operations"].clone(), Shape::Table(COLUMNS)))
 }
 
 fn field(a: &Args, name: &str) -> Option<String> {

@@ -10,7 +10,10 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_pipeline::control::{self, Agent, ApproveError, Capability, Policy};
+use portcullis_pipeline::control::{
+    self, Agent, ApproveError, Capability, CapabilityKind, OpenApiSource, Policy,
+};
+use portcullis_pipeline::openapi;
 use portcullis_storage::registry::{FetchedTools, Kind, Put, Registry, RegistryError};
 use portcullis_storage::signing::hex;
 use portcullis_storage::{DataDir, StorageError};
@@ -298,6 +301,23 @@ impl ControlPlane {
                 }
             }
         }
+        for c in capabilities.iter().filter(|c| c.spec.serves_api()) {
+            match self.converted_tools(&c.spec) {
+                Ok(tools) => fetched.push(FetchedTools {
+                    capability: c.spec.name.clone(),
+                    version: c.meta.version,
+                    tools,
+                }),
+                Err(message) => {
+                    return registry_error(&RegistryError::Approve(
+                        ApproveError::ToolsUnavailable {
+                            capability: c.spec.name.clone(),
+                            message,
+                        },
+                    ))
+                }
+            }
+        }
         let activate = req.activate.unwrap_or(true);
         let r = self
             .registry
@@ -308,6 +328,24 @@ impl ControlPlane {
             }
         }
         result(201, r)
+    }
+
+    /// An `openapi` capability's selected operations, converted from its stored document.
+    fn converted_tools(&self, c: &Capability) -> Result<Vec<control::PinnedTool>, String> {
+        let src = c
+            .openapi
+            .as_ref()
+            .ok_or("no OpenAPI document imported (portcullis openapi import)")?;
+        let bytes = self
+            .registry
+            .document(&src.document)
+            .map_err(|e| e.to_string())?
+            .ok_or("its document is not stored")?;
+        let doc = openapi::import(&bytes).map_err(|e| e.to_string())?;
+        if src.select.is_empty() {
+            return Err("no operations selected (portcullis openapi select)".into());
+        }
+        openapi::pin(&c.name, &doc, &src.select).map_err(|e| e.to_string())
     }
 
     /// Decide each question as the gateway would under the chosen snapshot (`policy explain`,
@@ -520,6 +558,23 @@ impl ControlPlane {
                 Some(fp) => answer(200, &json!({"fingerprint_sha256": fp})),
                 None => error(404, "not_found", "no TLS listener is configured"),
             },
+            (_, ["capabilities", name, "openapi", tail @ ..]) => {
+                self.openapi(method, name, tail, body, actor, now)
+            }
+            ("PUT", ["capabilities", name]) => {
+                // The document and selection are set by the `openapi` resource; a plain edit keeps them.
+                let mut spec: Capability = match parse_body(body) {
+                    Ok(s) => s,
+                    Err(a) => return a,
+                };
+                if spec.openapi.is_none() {
+                    if let Ok(old) = r.get::<Capability>(name) {
+                        spec.openapi = old.spec.openapi;
+                    }
+                }
+                let body = serde_json::to_vec(&spec).unwrap_or_default();
+                self.records::<Capability>(method, &[name], &body, actor, now)
+            }
             (_, ["capabilities", tail @ ..]) => {
                 self.records::<Capability>(method, tail, body, actor, now)
             }
@@ -625,6 +680,123 @@ impl ControlPlane {
             ),
             (_, [] | [_]) => not_allowed("GET, POST, PUT, DELETE"),
             _ => error(404, "not_found", format!("no such {} resource", T::NAME)),
+        }
+    }
+
+    /// An `openapi` capability's document: `POST` imports one (JSON or YAML bytes), `GET` lists its
+    /// operations, `PUT …/select` chooses which become tools. Each change is a draft, like any edit.
+    fn openapi(
+        &self,
+        method: &str,
+        name: &str,
+        tail: &[&str],
+        body: &[u8],
+        actor: &str,
+        now: u64,
+    ) -> Answer {
+        let r = &self.registry;
+        let cap = match r.get::<Capability>(name) {
+            Ok(c) => c,
+            Err(e) => return registry_error(&e),
+        };
+        if cap.spec.kind != CapabilityKind::Openapi {
+            return error(
+                409,
+                "not_openapi",
+                format!(
+                    "capability `{name}` is of kind mcp; only openapi capabilities take a document"
+                ),
+            );
+        }
+        let stored = |source: &Option<OpenApiSource>| -> Result<Option<openapi::Document>, Answer> {
+            let Some(src) = source else { return Ok(None) };
+            let bytes = r
+                .document(&src.document)
+                .map_err(|e| registry_error(&e))?
+                .ok_or_else(|| error(500, "internal", "the capability's document is not stored"))?;
+            openapi::import(&bytes)
+                .map(Some)
+                .map_err(|e| error(500, "internal", format!("stored document: {e}")))
+        };
+        let select = cap
+            .spec
+            .openapi
+            .as_ref()
+            .map(|s| s.select.clone())
+            .unwrap_or_default();
+        match (method, tail) {
+            ("GET", []) => match stored(&cap.spec.openapi) {
+                Ok(Some(doc)) => answer(200, &operations_report(&cap.spec, &doc, &select)),
+                Ok(None) => error(
+                    404,
+                    "no_document",
+                    format!("capability `{name}` has no OpenAPI document yet (portcullis openapi import)"),
+                ),
+                Err(a) => a,
+            },
+            ("POST", []) => {
+                let doc = match openapi::import(body) {
+                    Ok(d) => d,
+                    Err(e) => return error(400, "openapi_invalid", e.to_string()),
+                };
+                let before = match stored(&cap.spec.openapi) {
+                    Ok(d) => d,
+                    Err(a) => return a,
+                };
+                let hash = match r.put_document(body) {
+                    Ok(h) => h,
+                    Err(e) => return registry_error(&e),
+                };
+                let mut spec = cap.spec.clone();
+                spec.openapi = Some(OpenApiSource {
+                    document: hash,
+                    select: select.clone(),
+                });
+                if spec != cap.spec {
+                    if let Err(e) = r.put(spec.clone(), Put::Update, actor, now) {
+                        return registry_error(&e);
+                    }
+                }
+                let mut report = operations_report(&spec, &doc, &select);
+                report["changes"] = json!(before.map(|b| openapi::diff(&b, &doc)));
+                answer(200, &report)
+            }
+            ("PUT", ["select"]) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct SelectRequest {
+                    select: Vec<String>,
+                }
+                let req: SelectRequest = match parse_body(body) {
+                    Ok(q) => q,
+                    Err(a) => return a,
+                };
+                let doc = match stored(&cap.spec.openapi) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        return error(
+                            409,
+                            "no_document",
+                            format!("import a document into `{name}` before selecting operations"),
+                        )
+                    }
+                    Err(a) => return a,
+                };
+                if let Err(e) = openapi::pin(name, &doc, &req.select) {
+                    return error(400, "selection_invalid", e.to_string());
+                }
+                let mut spec = cap.spec.clone();
+                if let Some(src) = spec.openapi.as_mut() {
+                    src.select.clone_from(&req.select);
+                }
+                if spec != cap.spec {
+                    if let Err(e) = r.put(spec.clone(), Put::Update, actor, now) {
+                        return registry_error(&e);
+                    }
+                }
+                answer(200, &operations_report(&spec, &doc, &req.select))
+            }
+            _ => not_allowed("GET, POST, PUT …/select"),
         }
     }
 
@@ -748,3 +920,40 @@ fn registry_error(e: &RegistryError) -> Answer {
 
 /// The admin API's own description (OpenAPI 3.1), served at `/admin/openapi.json`.
 pub const OPENAPI: &str = include_str!("admin-openapi.json");
+
+/// The operations of a document as `openapi ops` shows them: which convert, why not, which are selected.
+fn operations_report(c: &Capability, doc: &openapi::Document, select: &[String]) -> Value {
+    let chosen: Vec<String> = openapi::pin(&c.name, doc, select)
+        .map(|t| t.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default();
+    let ops: Vec<Value> = doc
+        .operations
+        .iter()
+        .map(|o| {
+            json!({
+                "method": o.method,
+                "path": o.path,
+                "operation_id": o.operation_id,
+                "tool": format!("{}{}{}", c.name, portcullis_pipeline::names::NAME_SEPARATOR, o.tool_name),
+                "summary": o.summary,
+                "tags": o.tags,
+                "convertible": o.converted().is_some(),
+                "reason": match &o.outcome {
+                    openapi::Outcome::Unconvertible(w) => Some(w.as_str()),
+                    openapi::Outcome::Converted(_) => None,
+                },
+                "selected": chosen.contains(&o.tool_name),
+            })
+        })
+        .collect();
+    json!({
+        "capability": c.name,
+        "document": c.openapi.as_ref().map(|s| s.document.as_str()),
+        "openapi": doc.dialect,
+        "title": doc.title,
+        "version": doc.version,
+        "servers": doc.servers,
+        "select": select,
+        "operations": ops,
+    })
+}

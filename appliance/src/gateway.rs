@@ -912,6 +912,14 @@ impl Core {
                             .await;
                     }
                 }
+                if let (Route::ByName { upstream, name }, Some(pins)) = (&route, &sv.pins) {
+                    let plan = pins.get(upstream, name).and_then(|t| t.call.as_ref());
+                    if let (Some(plan), true) = (plan, req.method == "tools/call") {
+                        return self
+                            .call_api(conn, sv, agent, &req, upstream, name, plan)
+                            .await;
+                    }
+                }
                 let Some(up) = sv.upstream(upstream) else {
                     return self
                         .refuse(
@@ -940,6 +948,112 @@ impl Core {
                 self.forward(conn, agent, up, fwd, check.as_ref()).await
             }
         }
+    }
+
+    /// A `tools/call` of a tool converted from an OpenAPI operation: the HTTP request its plan builds
+    /// from the (already validated) arguments, to the API's registered base URL only; the response as a
+    /// tool result, held against the pinned output schema like any other.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_api<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        agent: &Agent,
+        req: &Request,
+        capability: &str,
+        tool: &str,
+        plan: &portcullis_pipeline::openapi::CallPlan,
+    ) -> bool {
+        use portcullis_pipeline::openapi::call;
+        let modern = agent.is_modern();
+        let arguments = req
+            .params
+            .as_ref()
+            .and_then(|p| p.get("arguments"))
+            .map_or_else(|| serde_json::json!({}), to_serde);
+        let built = match call::build(plan, &arguments) {
+            Ok(b) => b,
+            Err(e) => {
+                crate::info!("capability={capability} tool={tool} call refused: {e}");
+                return self
+                    .refuse(
+                        conn,
+                        Some(req.id.clone()),
+                        modern,
+                        DenyReason::SchemaInvalid.into(),
+                        &[],
+                    )
+                    .await;
+            }
+        };
+        let Some((slot, mut url)) = sv
+            .api(capability)
+            .and_then(|s| self.upstream_url(s).map(|u| (s, u)))
+        else {
+            return self
+                .refuse(
+                    conn,
+                    Some(req.id.clone()),
+                    modern,
+                    DenyReason::UpstreamUnavailable.into(),
+                    &[],
+                )
+                .await;
+        };
+        // The operation's path under the base URL's; `build` encoded every argument into it.
+        url.path = format!("{}{}", url.path.trim_end_matches('/'), built.path_and_query);
+        let headers: Vec<(&str, String)> = built
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        inc(&self.metrics.shared.counters.upstream_requests);
+        let t0 = Instant::now();
+        let sent = self
+            .pool
+            .send(
+                slot,
+                &url,
+                &built.method,
+                &headers,
+                built.body.as_deref().unwrap_or_default(),
+            )
+            .await;
+        let outcome = match sent {
+            Ok(mut resp) => {
+                let status = resp.status;
+                let content_type = resp.header("content-type").map(str::to_owned);
+                resp.read_all(&self.pool)
+                    .await
+                    .map(|body| (status, content_type, body))
+            }
+            Err(e) => Err(e),
+        };
+        self.metrics.record_upstream(t0.elapsed());
+        let (status, content_type, body) = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                inc(&self.metrics.shared.counters.upstream_errors);
+                crate::warn!("capability={capability} api error={e:?}");
+                return self
+                    .refuse(conn, Some(req.id.clone()), modern, e.reason().into(), &[])
+                    .await;
+            }
+        };
+        let result = call::result(status, content_type.as_deref(), &body, plan.structured);
+        let result = from_serde(&result);
+        if sv.governor.checks_output(capability, tool) {
+            let check = OutputCheck {
+                sv,
+                capability: capability.to_owned(),
+                tool: tool.to_owned(),
+            };
+            if let Err(refused) = self.check_output(&check, req.id.clone(), &result) {
+                let resp = Response::new(200).header("content-type", "application/json");
+                return conn.full(resp, &jsonrpc::encode(&refused), false).await;
+            }
+        }
+        self.reply_result(conn, agent, req.id.clone(), result).await
     }
 
     // ---- the standalone stream of a 2025-11-25 session ----
@@ -2286,6 +2400,27 @@ fn protected_resource_url(head: &RequestHead) -> String {
 }
 
 /// simd-json's value as serde_json's (what the schema validator and the policy context read).
+fn from_serde(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::null(),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::from)
+            .or_else(|| n.as_u64().map(Value::from))
+            .unwrap_or_else(|| Value::from(n.as_f64().unwrap_or_default())),
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(a) => Value::Array(Box::new(a.iter().map(from_serde).collect())),
+        serde_json::Value::Object(o) => {
+            let mut m = simd_json::owned::Object::with_capacity(o.len());
+            for (k, v) in o {
+                m.insert(k.clone(), from_serde(v));
+            }
+            Value::Object(Box::new(m))
+        }
+    }
+}
+
 fn to_serde(v: &Value) -> serde_json::Value {
     use simd_json::StaticNode;
     match v {

@@ -47,6 +47,9 @@ pub struct Served {
     pub label: String,
     pub version: Option<u64>,
     pub upstreams: Vec<ServedUpstream>,
+    /// The REST APIs whose converted operations this snapshot serves (`openapi` capabilities): their
+    /// slot's URL is the API's base.
+    pub apis: Vec<ServedUpstream>,
     /// The approved tool definitions; `None` in static mode, where tools are listed live.
     pub pins: Option<Pins>,
     /// The snapshot's agents, tools and Cedar policies compiled for deciding, once at activation, for
@@ -119,6 +122,12 @@ impl Pins {
             return Err(DenyReason::ToolDefinitionChanged);
         }
         Ok(())
+    }
+
+    /// The pinned definition of `capability`'s tool `name`.
+    pub fn get(&self, capability: &str, name: &str) -> Option<&PinnedTool> {
+        let i = self.index.get(capability)?.get(name)?;
+        self.tools.get(*i).map(|p| &p.tool)
     }
 
     /// The encoded `Tool` objects to list: every pinned tool whose upstream has not changed it.
@@ -211,6 +220,7 @@ impl Served {
             label: "none".into(),
             version: None,
             upstreams: Vec::new(),
+            apis: Vec::new(),
             pins: Some(Pins::default()),
             governor: Governor::empty(),
             limit_cells: Vec::new(),
@@ -242,12 +252,17 @@ impl Served {
         })?;
         let naming = Naming::Prefixed;
         let mut upstreams = Vec::new();
+        let mut apis = Vec::new();
         for c in &snapshot.content.capabilities {
-            if !c.spec.serves_mcp() {
+            let list = if c.spec.serves_mcp() {
+                &mut upstreams
+            } else if c.spec.serves_api() {
+                &mut apis
+            } else {
                 continue;
-            }
+            };
             match parse_http_url(&c.spec.endpoint) {
-                Ok(url) => upstreams.push(ServedUpstream {
+                Ok(url) => list.push(ServedUpstream {
                     name: c.spec.name.clone(),
                     slot: published.slot(&c.spec.name, url),
                 }),
@@ -266,6 +281,7 @@ impl Served {
             label: format!("v{} blake3:{hash}", snapshot.header.version),
             version: Some(snapshot.header.version),
             upstreams,
+            apis,
             pins: Some(pins),
             governor,
             limit_cells,
@@ -285,6 +301,7 @@ impl Served {
                     slot: published.slot(name, url.clone()),
                 })
                 .collect(),
+            apis: Vec::new(),
             pins: None,
             governor: Governor::empty(),
             limit_cells: Vec::new(),
@@ -337,6 +354,11 @@ impl Served {
     }
 
     /// The slot of the served upstream called `name`.
+    /// The slot of a served REST API.
+    pub fn api(&self, name: &str) -> Option<usize> {
+        self.apis.iter().find(|u| u.name == name).map(|u| u.slot)
+    }
+
     pub fn upstream(&self, name: &str) -> Option<usize> {
         self.upstreams
             .iter()

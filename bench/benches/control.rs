@@ -28,6 +28,7 @@ fn capability(name: &str, description: &str) -> Capability {
         description: description.into(),
         status: Status::Active,
         output_schema: Default::default(),
+        openapi: None,
     }
 }
 

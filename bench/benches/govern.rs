@@ -42,6 +42,7 @@ fn governor(argument_forbid: bool) -> Governor {
                 description: String::new(),
                 status: Status::Active,
                 output_schema: Default::default(),
+                openapi: None,
             })
         })
         .collect();

@@ -69,6 +69,20 @@ pub struct Capability {
     /// pinned `outputSchema`. Left out when `report` (the default), so capabilities encode as before.
     #[serde(default, skip_serializing_if = "OutputSchemaMode::is_report")]
     pub output_schema: OutputSchemaMode,
+    /// An `openapi` capability's document and selection (set by `openapi import` and `openapi select`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OpenApiSource>,
+}
+
+/// Which OpenAPI document an `openapi` capability converts, and which of its operations become tools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiSource {
+    /// BLAKE3 (hex) of the document as stored; the registry keeps the bytes by this hash.
+    pub document: String,
+    /// `crate::openapi::Selector`s as written: operationId or tool name, `METHOD /path`, `tag:T`, `*`.
+    #[serde(default)]
+    pub select: Vec<String>,
 }
 
 /// Checking tool results against their pinned output schema.
@@ -288,10 +302,16 @@ impl Capability {
 }
 
 impl Capability {
-    /// Whether approval pins this capability's tools and the data plane serves it: an active MCP server.
-    /// (OpenAPI capabilities become tools by conversion, not by listing.)
+    /// Whether approval pins this capability's tools by listing them and the data plane serves it: an
+    /// active MCP server. (OpenAPI capabilities become tools by conversion: `serves_api`.)
     pub fn serves_mcp(&self) -> bool {
         self.kind == CapabilityKind::Mcp && self.status == Status::Active
+    }
+
+    /// Whether approval converts this capability's selected operations and the data plane calls its API:
+    /// an active OpenAPI capability.
+    pub fn serves_api(&self) -> bool {
+        self.kind == CapabilityKind::Openapi && self.status == Status::Active
     }
 }
 
@@ -375,6 +395,9 @@ pub struct PinnedTool {
     pub output_schema: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<serde_json::Value>,
+    /// For a tool converted from an OpenAPI operation: the HTTP request its calls make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<crate::openapi::CallPlan>,
 }
 
 /// Tools one capability may pin; past it approval refuses rather than pin a truncated list.
@@ -409,6 +432,7 @@ impl PinnedTool {
             input_schema,
             output_schema: obj.get("outputSchema").filter(|v| v.is_object()).cloned(),
             annotations: obj.get("annotations").filter(|v| v.is_object()).cloned(),
+            call: None,
         })
     }
 
@@ -897,6 +921,7 @@ mod tests {
             description: String::new(),
             status: Status::Active,
             output_schema: Default::default(),
+            openapi: None,
         })
     }
 

@@ -106,6 +106,10 @@ pub struct CallPlan {
     pub body: Option<String>,
     #[serde(default)]
     pub body_required: bool,
+    /// How a 2xx JSON response becomes `structuredContent`; `None` where the operation describes no JSON
+    /// response (the result is text only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<call::Structured>,
 }
 
 /// One operation as converted.
@@ -570,6 +574,7 @@ impl Cx<'_> {
         if !defs_obj.is_empty() {
             input.insert("$defs".into(), Value::Object(defs_obj));
         }
+        let structured = output.as_ref().map(call::structured);
         Ok(Converted {
             input_schema: Value::Object(input),
             output_schema: output,
@@ -579,6 +584,7 @@ impl Cx<'_> {
                 params: plans,
                 body,
                 body_required,
+                structured,
             },
         })
     }
@@ -955,4 +961,63 @@ pub fn tool_definition(op: &Operation) -> Option<Value> {
         t["outputSchema"] = call::output_schema(out);
     }
     Some(t)
+}
+
+/// The tools approval pins for an `openapi` capability: the operations `select` picks, converted, each
+/// with its call plan.
+pub fn pin(
+    capability: &str,
+    doc: &Document,
+    select_specs: &[String],
+) -> Result<Vec<crate::control::PinnedTool>, SelectError> {
+    let selectors: Vec<Selector> = select_specs.iter().map(|s| Selector::parse(s)).collect();
+    let mut tools = Vec::new();
+    for op in select(doc, &selectors)? {
+        let (Some(def), Some(c)) = (tool_definition(op), op.converted()) else {
+            continue;
+        };
+        // `tool_definition` gives a well-formed MCP tool, so reading it back cannot fail.
+        if let Ok(mut t) = crate::control::PinnedTool::from_listed(capability, &def) {
+            t.call = Some(c.plan.clone());
+            tools.push(t);
+        }
+    }
+    Ok(tools)
+}
+
+/// What a re-import changes, by operation (`METHOD /path`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OperationsDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl OperationsDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// Compare two imports of a document operation by operation.
+pub fn diff(old: &Document, new: &Document) -> OperationsDiff {
+    let key = |o: &Operation| format!("{} {}", o.method, o.path);
+    let old_ops: BTreeMap<String, &Operation> =
+        old.operations.iter().map(|o| (key(o), o)).collect();
+    let new_ops: BTreeMap<String, &Operation> =
+        new.operations.iter().map(|o| (key(o), o)).collect();
+    let mut d = OperationsDiff::default();
+    for (k, o) in &new_ops {
+        match old_ops.get(k) {
+            None => d.added.push(k.clone()),
+            Some(prev) if prev != o => d.changed.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    d.removed = old_ops
+        .keys()
+        .filter(|k| !new_ops.contains_key(*k))
+        .cloned()
+        .collect();
+    d
 }

@@ -335,6 +335,8 @@ struct Tables {
     snapshots: Database<U64<BE>, Bytes>,
     /// version → header JSON, for cheap listing.
     snapshot_headers: Database<U64<BE>, Bytes>,
+    /// BLAKE3 hex → an OpenAPI document as imported (capabilities name theirs by this hash).
+    documents: Database<Str, Bytes>,
     /// `latest`, `active` → version, `activation` → activation sequence (8 bytes BE each); `signer` →
     /// the public key the stored snapshots are signed with (32 bytes).
     meta: Database<Str, Bytes>,
@@ -386,6 +388,7 @@ impl Registry {
         let api_keys = db("api_keys").map_err(&err)?;
         let history = db("history").map_err(&err)?;
         let meta = db("meta").map_err(&err)?;
+        let documents = db("documents").map_err(&err)?;
         let snapshots = env
             .create_database::<U64<BE>, Bytes>(&mut w, Some("snapshots"))
             .map_err(&err)?;
@@ -407,6 +410,7 @@ impl Registry {
                 history,
                 snapshots,
                 snapshot_headers,
+                documents,
                 meta,
             },
         };
@@ -916,7 +920,10 @@ impl Registry {
         let agents = self.list_in::<Agent>(&w)?;
         let policies = self.list_in::<Policy>(&w)?;
         let mut tools = Vec::new();
-        for c in capabilities.iter().filter(|c| c.spec.serves_mcp()) {
+        for c in capabilities
+            .iter()
+            .filter(|c| c.spec.serves_mcp() || c.spec.serves_api())
+        {
             let f = fetched.iter().find(|f| f.capability == c.spec.name);
             match f {
                 Some(f) if f.version == c.meta.version => {
@@ -989,6 +996,31 @@ impl Registry {
                 .unwrap_or_default(),
             active: activate,
         })
+    }
+
+    /// Store a document by its content hash (BLAKE3 hex), which is returned; storing it again is a no-op.
+    pub fn put_document(&self, bytes: &[u8]) -> Result<String> {
+        let hash = blake3::hash(bytes).to_hex().to_string();
+        let mut w = self.write()?;
+        let err = self.err();
+        self.tables
+            .documents
+            .put(&mut w, &hash, bytes)
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(hash)
+    }
+
+    /// A stored document by its hash.
+    pub fn document(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.read()?;
+        let v = self
+            .tables
+            .documents
+            .get(&r, hash)
+            .map_err(self.err())?
+            .map(<[u8]>::to_vec);
+        Ok(v)
     }
 
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
@@ -1282,6 +1314,7 @@ mod tests {
             description: String::new(),
             status: Status::Active,
             output_schema: Default::default(),
+            openapi: None,
         }
     }
 

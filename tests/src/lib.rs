@@ -205,6 +205,14 @@ pub fn py_server(name: &str, extra: &[&str]) -> (Proc, u16) {
     start_ready(cmd, &format!("py_server:{name}"))
 }
 
+/// The FastAPI REST upstream (`tests/peers/rest_api.py`), whose OpenAPI document FastAPI generates.
+pub fn rest_api() -> (Proc, u16) {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("rest_api.py"))
+        .args(["--port", "0"]);
+    start_ready(cmd, "rest_api")
+}
+
 /// An upstream MCP server written with an official TypeScript SDK: `v1` (`@modelcontextprotocol/sdk` 1.x)
 /// or `v2` (`@modelcontextprotocol/server` 2.x).
 pub fn ts_server(sdk: &str, name: &str) -> (Proc, u16) {

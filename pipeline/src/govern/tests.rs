@@ -40,6 +40,7 @@ fn cap(name: &str, risk: Risk) -> Record<Capability> {
         description: String::new(),
         status: Status::Active,
         output_schema: Default::default(),
+        openapi: None,
     })
 }
 

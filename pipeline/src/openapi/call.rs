@@ -210,10 +210,34 @@ fn describes_object(schema: &Value) -> bool {
         == Some("object")
 }
 
+/// How a JSON result becomes structured content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Structured {
+    /// The response is an object: it is the structured content.
+    Object,
+    /// Anything else: `{"result": …}`.
+    Wrapped,
+}
+
+/// How results of an operation with this 2xx JSON schema are structured.
+pub fn structured(schema: &Value) -> Structured {
+    if describes_object(schema) {
+        Structured::Object
+    } else {
+        Structured::Wrapped
+    }
+}
+
 /// The MCP `outputSchema` for a converted operation's 2xx JSON schema (always an object schema).
 pub fn output_schema(schema: &Value) -> Value {
     if describes_object(schema) {
-        return schema.clone();
+        // MCP (and the SDKs' models) want `type: object` at the top even when a `$ref` says so.
+        let mut s = schema.clone();
+        if let Some(o) = s.as_object_mut() {
+            o.entry("type").or_insert_with(|| "object".into());
+        }
+        return s;
     }
     let mut inner = schema.clone();
     let defs = inner.as_object_mut().and_then(|o| o.remove("$defs"));
@@ -228,13 +252,12 @@ pub fn output_schema(schema: &Value) -> Value {
     wrapped
 }
 
-/// The tool result for an upstream HTTP response. `output_schema` is the operation's converted 2xx JSON
-/// schema, if it has one.
+/// The tool result for an upstream HTTP response; `structured` is the plan's.
 pub fn result(
     status: u16,
     content_type: Option<&str>,
     body: &[u8],
-    output_schema: Option<&Value>,
+    structured: Option<Structured>,
 ) -> Value {
     let ct = content_type
         .unwrap_or_default()
@@ -256,12 +279,10 @@ pub fn result(
         if let Ok(v) = serde_json::from_slice::<Value>(body) {
             let text = String::from_utf8_lossy(body).into_owned();
             let mut r = json!({"content": [{"type": "text", "text": text}], "isError": false});
-            if let Some(schema) = output_schema {
-                r["structuredContent"] = if describes_object(schema) {
-                    v
-                } else {
-                    json!({ "result": v })
-                };
+            match structured {
+                Some(Structured::Object) => r["structuredContent"] = v,
+                Some(Structured::Wrapped) => r["structuredContent"] = json!({ "result": v }),
+                None => {}
             }
             return r;
         }

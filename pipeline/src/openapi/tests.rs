@@ -442,7 +442,7 @@ fn responses_become_tool_results() {
         200,
         Some("application/json; charset=utf-8"),
         br#"[{"name":"Rex"}]"#,
-        c.output_schema.as_ref(),
+        c.plan.structured,
     );
     assert_eq!(r["isError"], false);
     assert_eq!(r["structuredContent"], json!({"result": [{"name": "Rex"}]}));
@@ -456,9 +456,13 @@ fn responses_become_tool_results() {
         200,
         Some("application/json"),
         br#"{"name":"Rex"}"#,
-        get.converted().unwrap().output_schema.as_ref(),
+        get.converted().unwrap().plan.structured,
     );
     assert_eq!(r["structuredContent"], json!({"name": "Rex"}));
+    assert_eq!(
+        def["outputSchema"]["type"], "object",
+        "MCP wants it at the top"
+    );
     assert!(validator(&def["outputSchema"]).is_valid(&r["structuredContent"]));
 
     // Errors: the status and a bounded excerpt, flagged.
@@ -498,4 +502,49 @@ fn a_thousand_operations_convert() {
     let d = import(doc.to_string().as_bytes()).unwrap();
     assert_eq!(d.operations.len(), 1000);
     assert!(d.operations.iter().all(|o| o.converted().is_some()));
+}
+
+#[test]
+fn pinned_tools_carry_their_plan_and_reimports_are_diffed() {
+    let doc = import(PETS_30.as_bytes()).unwrap();
+    let tools = super::pin("pets", &doc, &["tag:pets".into(), "createPet".into()]).unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["listPets", "createPet", "get_pet_by_id"]);
+    assert!(tools
+        .iter()
+        .all(|t| t.capability == "pets" && t.call.is_some()));
+    assert_eq!(tools[1].call.as_ref().unwrap().method, "POST");
+    assert_eq!(tools[0].title.as_deref(), Some("List pets"));
+    assert!(tools[0].output_schema.is_some());
+    assert!(super::pin("pets", &doc, &["nothing".into()]).is_err());
+
+    let edited = PETS_30
+        .replace("maximum: 100", "maximum: 50")
+        .replace("  /external:", "  /new:\n    get:\n      operationId: fresh\n      responses: {\"200\": {description: ok}}\n  /external:")
+        .replace("    delete:\n      operationId: deletePet\n      responses:\n        \"204\": {description: gone}\n", "");
+    let d = super::diff(&doc, &import(edited.as_bytes()).unwrap());
+    assert_eq!(d.added, ["GET /new"]);
+    assert_eq!(d.removed, ["DELETE /pets/{id}"]);
+    assert_eq!(d.changed, ["GET /pets"]);
+    assert!(super::diff(&doc, &doc).is_empty());
+}
+
+#[test]
+fn the_admin_apis_own_description_converts() {
+    // A real 3.1 document we maintain by hand (served at /admin/openapi.json).
+    let doc = import(include_bytes!("../../../appliance/src/admin-openapi.json")).unwrap();
+    assert_eq!(doc.dialect, Dialect::V31);
+    assert!(doc.operations.len() > 30, "{}", doc.operations.len());
+    let unconvertible: Vec<_> = doc
+        .operations
+        .iter()
+        .filter_map(|o| match &o.outcome {
+            Outcome::Unconvertible(w) => Some(format!("{} {}: {w}", o.method, o.path)),
+            Outcome::Converted(_) => None,
+        })
+        .collect();
+    assert!(unconvertible.is_empty(), "{unconvertible:#?}");
+    for o in &doc.operations {
+        validator(&o.converted().unwrap().input_schema);
+    }
 }

@@ -1,0 +1,294 @@
+//! REST APIs as governed tools: a FastAPI app's own OpenAPI 3.1 document is imported, two reads and one
+//! write are selected, approved, and the official Python SDK client lists and calls them through the
+//! gateway. Unselected operations are neither listed nor callable, and the app's request log proves what
+//! reached it.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+
+use portcullis_tests::*;
+
+const CONFIG: &str = "pinning:\n  recheck_interval: 1h\n";
+
+/// What the REST app received, in order.
+fn calls(port: u16) -> Vec<Value> {
+    let r = request(port, "GET", "/_calls", &[], b"").unwrap();
+    r.json().as_array().unwrap().clone()
+}
+
+fn shop(g: &Gateway, port: u16) -> TempDir {
+    ok(
+        g,
+        &[
+            "capability",
+            "add",
+            "shop",
+            "--kind",
+            "openapi",
+            "--owner",
+            "team",
+            "--risk",
+            "medium",
+            "--environment",
+            "prod",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    );
+    let doc = request(port, "GET", "/openapi.json", &[], b"").unwrap();
+    assert_eq!(doc.status, 200);
+    let dir = TempDir::new("openapi");
+    std::fs::write(dir.path().join("shop.json"), &doc.body).unwrap();
+    dir
+}
+
+#[test]
+fn selected_operations_of_a_fastapi_app_become_governed_tools() {
+    let (_api, port) = rest_api();
+    let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
+    let dir = shop(&g, port);
+    let file = dir.path().join("shop.json");
+
+    // Import: every operation listed, all convertible, none selected yet.
+    let imported = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
+    assert_eq!(imported["openapi"], "3.1", "{imported}");
+    let ops = imported["operations"].as_array().unwrap();
+    assert_eq!(ops.len(), 6, "{imported}");
+    assert!(
+        ops.iter().all(|o| o["convertible"] == json!(true)),
+        "{imported}"
+    );
+    assert!(imported["changes"].is_null());
+    // Approval refuses an openapi capability with nothing selected.
+    let e = fails(&g, &["approve"]);
+    assert!(e.contains("no operations selected"), "{e}");
+
+    // A tag selects only reads; writes must be named.
+    let sel = ok(
+        &g,
+        &[
+            "openapi",
+            "select",
+            "shop",
+            "tag:items",
+            "POST /items",
+            "GET /echo/{value}",
+            "GET /broken",
+        ],
+    );
+    let selected: Vec<&str> = sel["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["selected"] == json!(true))
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(selected.len(), 5, "{sel}");
+    assert!(!sel["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["method"] == "DELETE" && o["selected"] == json!(true)));
+    let delete_tool = sel["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["method"] == "DELETE")
+        .map(|o| o["tool"].as_str().unwrap().to_owned())
+        .unwrap();
+    let e = fails(&g, &["openapi", "select", "shop", "no_such_operation"]);
+    assert!(e.contains("selects no operation"), "{e}");
+    ok(&g, &["approve", "--note", "shop reads and create"]);
+
+    // The official SDK client sees the selected operations only.
+    let listed = py_client(&g.url(), "2025-11-25", "list", &["--tools-only"]);
+    let tools: Vec<String> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tools.len(), 5, "{tools:?}");
+    let find = |fragment: &str| {
+        tools
+            .iter()
+            .find(|t| t.starts_with("shop__") && t.contains(fragment))
+            .unwrap_or_else(|| panic!("no {fragment} in {tools:?}"))
+            .clone()
+    };
+    assert!(!tools.iter().any(|t| t.contains("delete")), "{tools:?}");
+    let (create, get, echo, broken) = (
+        find("create"),
+        find("get_item"),
+        find("echo"),
+        find("broken"),
+    );
+
+    // A write and a read, through the SDK: JSON comes back as structured content.
+    let made = py_client(
+        &g.url(),
+        "2025-11-25",
+        "call",
+        &[
+            "--tool",
+            &create,
+            "--args",
+            r#"{"body": {"name": "desk", "price": 120, "tags": ["office"]}}"#,
+        ],
+    );
+    assert_eq!(made["structured"]["name"], "desk", "{made}");
+    let id = made["structured"]["id"].as_i64().unwrap();
+    let got = py_client(
+        &g.url(),
+        "2026-07-28",
+        "call",
+        &["--tool", &get, "--args", &format!(r#"{{"item_id": {id}}}"#)],
+    );
+    assert_eq!(got["structured"]["price"], 120, "{got}");
+
+    // An argument cannot add path segments or a query.
+    let r = modern(
+        g.plain_port,
+        5,
+        "tools/call",
+        json!({"name": echo, "arguments": {"value": "a b?admin=1#x"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.message()["result"]["structuredContent"]["value"],
+        "a b?admin=1#x",
+        "{}",
+        r.text()
+    );
+    let before = calls(port).len();
+    for value in ["..", "."] {
+        let r = modern(
+            g.plain_port,
+            6,
+            "tools/call",
+            json!({"name": echo, "arguments": {"value": value}}),
+        );
+        assert_eq!(r.reason(), "schema_invalid", "{}", r.text());
+    }
+    // Arguments that break the schema never reach the app.
+    let r = modern(
+        g.plain_port,
+        7,
+        "tools/call",
+        json!({"name": create, "arguments": {"body": {"name": "", "price": -1}}}),
+    );
+    assert_eq!(r.reason(), "schema_invalid", "{}", r.text());
+    // The unselected DELETE is not callable.
+    let r = modern(
+        g.plain_port,
+        8,
+        "tools/call",
+        json!({"name": delete_tool, "arguments": {"item_id": 1}}),
+    );
+    assert_eq!(r.reason(), "tool_not_found", "{}", r.text());
+    assert_eq!(calls(port).len(), before, "refused calls reached the app");
+
+    // An upstream error is a tool error with the status and a bounded excerpt.
+    let r = modern(
+        g.plain_port,
+        9,
+        "tools/call",
+        json!({"name": broken, "arguments": {}}),
+    );
+    let result = &r.message()["result"];
+    assert_eq!(result["isError"], true, "{}", r.text());
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("HTTP 500: <html>") && text.len() < 2200,
+        "{text}"
+    );
+
+    // The agent's own credential never went upstream (the test's own direct fetch of the document
+    // carried it; the gateway's requests did not).
+    let log = calls(port);
+    let through: Vec<&Value> = log
+        .iter()
+        .filter(|c| c["raw_path"] != "/openapi.json")
+        .collect();
+    assert!(through.len() >= 4, "{log:?}");
+    assert!(
+        through.iter().all(|c| c["authorization"].is_null()),
+        "{log:?}"
+    );
+    assert!(through
+        .iter()
+        .any(|c| c["raw_path"] == "/echo/a%20b%3Fadmin%3D1%23x" && c["query"] == ""));
+
+    // Re-import of the same document changes nothing; an edited one says what changed.
+    let again = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
+    assert_eq!(
+        again["changes"],
+        json!({"added": [], "removed": [], "changed": []})
+    );
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    doc["paths"].as_object_mut().unwrap().remove("/broken");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let edited = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
+    assert_eq!(
+        edited["changes"]["removed"],
+        json!(["GET /broken"]),
+        "{edited}"
+    );
+    // The selection still names the removed operation: approval says so, and the pinned tool serves on.
+    let e = fails(&g, &["approve"]);
+    assert!(e.contains("`GET /broken` selects no operation"), "{e}");
+    let r = modern(
+        g.plain_port,
+        10,
+        "tools/call",
+        json!({"name": broken, "arguments": {}}),
+    );
+    assert_eq!(r.message()["result"]["isError"], true, "{}", r.text());
+    ok(
+        &g,
+        &["openapi", "select", "shop", "tag:items", "POST /items"],
+    );
+    ok(&g, &["approve", "--note", "drop the debug operations"]);
+    let listed = py_client(&g.url(), "2026-07-28", "list", &["--tools-only"]);
+    assert_eq!(listed["tools"].as_array().unwrap().len(), 3, "{listed}");
+}
+
+#[test]
+fn documents_that_cannot_be_imported_are_refused_with_the_reason() {
+    let (_api, port) = rest_api();
+    let g = Gateway::start(&[], CONFIG);
+    let dir = shop(&g, port);
+    let bad = dir.path().join("bad.yaml");
+    for (text, expect) in [
+        ("swagger: '2.0'\npaths: {}\n", "convert it to OpenAPI 3.x"),
+        ("openapi: 3.0.0\ninfo: [unclosed\n", "neither JSON nor YAML"),
+        ("hello: world\n", "not an OpenAPI document"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let e = fails(&g, &["openapi", "import", "shop", bad.to_str().unwrap()]);
+        assert!(e.contains(expect), "{text}: {e}");
+    }
+    // Only openapi capabilities take a document.
+    ok(
+        &g,
+        &[
+            "capability",
+            "add",
+            "mcpcap",
+            "--kind",
+            "mcp",
+            "--owner",
+            "t",
+            "--risk",
+            "low",
+            "--environment",
+            "prod",
+            "--endpoint",
+            "http://127.0.0.1:9/mcp",
+        ],
+    );
+    let e = fails(&g, &["openapi", "import", "mcpcap", bad.to_str().unwrap()]);
+    assert!(e.contains("not_openapi"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! The control plane's costs the issue sets targets for: approving 1,000 tools and 1,000 policies (compile,
 //! validate, hash, sign, one LMDB transaction), compiling a 10,000-tool snapshot for serving (activation),
-//! publishing it to the cores, and answering `tools/list` for 10,000 pinned tools.
+//! publishing it to the cores, answering `tools/list` for 10,000 pinned tools, and importing and converting
+//! a 1,000-operation OpenAPI document (YAML, shared component schemas, one recursive).
 //!
 //! `cargo bench --profile ci -p portcullis-bench --bench control`
 
@@ -170,6 +171,8 @@ fn serving(c: &mut Criterion) {
     });
     drop(held);
 
+    // Published here too, so a filtered run (`-- openapi`) that skipped the swap bench still lists.
+    published.publish(Served::from_snapshot(&snapshot, &info.hash, &published).unwrap());
     let served = published.current();
     let pins = served.pins.as_ref().unwrap();
     let msg = Message::Response(jsonrpc::Response {
@@ -194,9 +197,38 @@ fn serving(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A YAML document of 500 paths with a GET and a PUT each, parameters and a recursive component schema.
+fn openapi_document() -> String {
+    let mut y = String::from(
+        "openapi: 3.0.3\ninfo: {title: Big, version: '1'}\ncomponents:\n  schemas:\n    Item:\n      type: object\n      required: [name]\n      properties:\n        name: {type: string, maxLength: 80}\n        size: {type: integer, nullable: true}\n        children: {type: array, items: {$ref: '#/components/schemas/Item'}}\npaths:\n",
+    );
+    for i in 0..500 {
+        y.push_str(&format!(
+            "  /things{i}/{{id}}:\n    parameters:\n      - {{name: id, in: path, required: true, schema: {{type: string}}}}\n    get:\n      operationId: getThing{i}\n      summary: Get thing {i}\n      tags: [things]\n      parameters:\n        - {{name: expand, in: query, schema: {{type: array, items: {{type: string}}}}}}\n      responses:\n        '200': {{description: ok, content: {{application/json: {{schema: {{$ref: '#/components/schemas/Item'}}}}}}}}\n    put:\n      operationId: putThing{i}\n      requestBody:\n        required: true\n        content: {{application/json: {{schema: {{$ref: '#/components/schemas/Item'}}}}}}\n      responses:\n        '204': {{description: done}}\n"
+        ));
+    }
+    y
+}
+
+fn openapi(c: &mut Criterion) {
+    let doc = openapi_document();
+    let d = portcullis_pipeline::openapi::import(doc.as_bytes()).unwrap();
+    assert_eq!(d.operations.len(), 1000);
+    assert!(d.operations.iter().all(|o| o.converted().is_some()));
+    c.bench_function("openapi/import_and_convert_1000_operations_yaml", |b| {
+        b.iter(|| portcullis_pipeline::openapi::import(doc.as_bytes()).unwrap())
+    });
+    c.bench_function("openapi/pin_500_selected_reads", |b| {
+        b.iter(|| {
+            portcullis_pipeline::openapi::pin("big", &d, &["*".into(), "tag:things".into()])
+                .unwrap()
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = approve, serving
+    targets = approve, serving, openapi
 }
 criterion_main!(benches);

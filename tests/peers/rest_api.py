@@ -10,6 +10,8 @@ tests can prove what reached it and what did not.
   DELETE /items/{item_id}          remove
   GET    /echo/{value}             the raw path as received (proves the gateway's encoding)
   GET    /broken                   500 with an HTML body
+  GET    /moved                    307 to another host (must not be followed)
+  GET    /huge                     a 20 MB JSON body
 """
 
 import argparse
@@ -17,7 +19,7 @@ import socket
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 app = FastAPI(title="Shop", version="1.0.0")
@@ -81,6 +83,16 @@ def echo(value: str, request: Request) -> dict:
 @app.get("/broken", tags=["debug"], summary="Always fails")
 def broken() -> HTMLResponse:
     return HTMLResponse("<html><body><h1>Internal Server Error</h1>" + "x" * 5000 + "</body></html>", status_code=500)
+
+
+@app.get("/moved", tags=["debug"], summary="Redirects elsewhere")
+def moved() -> RedirectResponse:
+    return RedirectResponse("http://169.254.169.254/latest/meta-data/", status_code=307)
+
+
+@app.get("/huge", tags=["debug"], summary="A very large body")
+def huge() -> Response:
+    return Response(b'{"x": "' + b"a" * (20 << 20) + b'"}', media_type="application/json")
 
 
 @app.get("/_calls", include_in_schema=False)

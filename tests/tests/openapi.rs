@@ -55,7 +55,7 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
     let imported = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
     assert_eq!(imported["openapi"], "3.1", "{imported}");
     let ops = imported["operations"].as_array().unwrap();
-    assert_eq!(ops.len(), 6, "{imported}");
+    assert_eq!(ops.len(), 8, "{imported}");
     assert!(
         ops.iter().all(|o| o["convertible"] == json!(true)),
         "{imported}"
@@ -76,6 +76,8 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
             "POST /items",
             "GET /echo/{value}",
             "GET /broken",
+            "GET /moved",
+            "GET /huge",
         ],
     );
     let selected: Vec<&str> = sel["operations"]
@@ -85,7 +87,7 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
         .filter(|o| o["selected"] == json!(true))
         .map(|o| o["path"].as_str().unwrap())
         .collect();
-    assert_eq!(selected.len(), 5, "{sel}");
+    assert_eq!(selected.len(), 7, "{sel}");
     assert!(!sel["operations"]
         .as_array()
         .unwrap()
@@ -110,7 +112,7 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
         .iter()
         .map(|t| t.as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(tools.len(), 5, "{tools:?}");
+    assert_eq!(tools.len(), 7, "{tools:?}");
     let find = |fragment: &str| {
         tools
             .iter()
@@ -203,6 +205,48 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
     assert!(
         text.starts_with("HTTP 500: <html>") && text.len() < 2200,
         "{text}"
+    );
+
+    // A redirect is not followed: it is a tool error naming the status.
+    let r = modern(
+        g.plain_port,
+        11,
+        "tools/call",
+        json!({"name": find("moved"), "arguments": {}}),
+    );
+    let result = &r.message()["result"];
+    assert_eq!(result["isError"], true, "{}", r.text());
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 307"),
+        "{}",
+        r.text()
+    );
+    // A body past limits.upstream_body_bytes_max is refused, and the gateway serves on.
+    let r = modern(
+        g.plain_port,
+        12,
+        "tools/call",
+        json!({"name": find("huge"), "arguments": {}}),
+    );
+    assert!(
+        r.json()["error"]["data"]["reason"].is_string(),
+        "{}",
+        &r.text()[..r.text().len().min(300)]
+    );
+    let r = modern(
+        g.plain_port,
+        13,
+        "tools/call",
+        json!({"name": get, "arguments": {"item_id": 1}}),
+    );
+    assert_eq!(
+        r.message()["result"]["structuredContent"]["name"],
+        "lamp",
+        "{}",
+        r.text()
     );
 
     // The agent's own credential never went upstream (the test's own direct fetch of the document

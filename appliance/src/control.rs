@@ -280,29 +280,15 @@ impl ControlPlane {
                 }
             })
             .collect();
-        let mut fetched = Vec::new();
-        for (c, listed) in mcp
+        let listed = join_bounded(probes, probe::CONCURRENCY).await;
+        // OpenAPI capabilities' tools come from their stored documents, converted here.
+        let converted = capabilities
             .iter()
-            .zip(join_bounded(probes, probe::CONCURRENCY).await)
-        {
+            .filter(|c| c.spec.serves_api())
+            .map(|c| (c, self.converted_tools(&c.spec)));
+        let mut fetched = Vec::new();
+        for (c, listed) in mcp.iter().copied().zip(listed).chain(converted) {
             match listed {
-                Ok(tools) => fetched.push(FetchedTools {
-                    capability: c.spec.name.clone(),
-                    version: c.meta.version,
-                    tools,
-                }),
-                Err(message) => {
-                    return registry_error(&RegistryError::Approve(
-                        ApproveError::ToolsUnavailable {
-                            capability: c.spec.name.clone(),
-                            message,
-                        },
-                    ))
-                }
-            }
-        }
-        for c in capabilities.iter().filter(|c| c.spec.serves_api()) {
-            match self.converted_tools(&c.spec) {
                 Ok(tools) => fetched.push(FetchedTools {
                     capability: c.spec.name.clone(),
                     version: c.meta.version,

@@ -1007,11 +1007,8 @@ impl Core {
             .iter()
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
-        inc(&self.metrics.shared.counters.upstream_requests);
-        let t0 = Instant::now();
         let sent = self
-            .pool
-            .send(
+            .send_to(
                 slot,
                 &url,
                 &built.method,
@@ -1019,28 +1016,28 @@ impl Core {
                 built.body.as_deref().unwrap_or_default(),
             )
             .await;
-        let outcome = match sent {
-            Ok(mut resp) => {
-                let status = resp.status;
-                let content_type = resp.header("content-type").map(str::to_owned);
-                resp.read_all(&self.pool)
-                    .await
-                    .map(|body| (status, content_type, body))
-            }
-            Err(e) => Err(e),
+        let body = match sent {
+            Ok(mut resp) => resp
+                .read_all(&self.pool)
+                .await
+                .map(|b| (resp, b))
+                .map_err(|e| {
+                    inc(&self.metrics.shared.counters.upstream_errors);
+                    crate::warn!("capability={capability} api error={e:?}");
+                    e.reason()
+                }),
+            Err(reason) => Err(reason),
         };
-        self.metrics.record_upstream(t0.elapsed());
-        let (status, content_type, body) = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                inc(&self.metrics.shared.counters.upstream_errors);
-                crate::warn!("capability={capability} api error={e:?}");
+        let (resp, body) = match body {
+            Ok(b) => b,
+            Err(reason) => {
                 return self
-                    .refuse(conn, Some(req.id.clone()), modern, e.reason().into(), &[])
+                    .refuse(conn, Some(req.id.clone()), modern, reason.into(), &[])
                     .await;
             }
         };
-        let result = call::result(status, content_type.as_deref(), &body, plan.structured);
+        let (status, content_type) = (resp.status, resp.header("content-type"));
+        let result = call::result(status, content_type, &body, plan.structured);
         let result = from_serde(&result);
         if sv.governor.checks_output(capability, tool) {
             let check = OutputCheck {
@@ -1736,12 +1733,25 @@ impl Core {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> Result<UpstreamResponse, DenyReason> {
-        inc(&self.metrics.shared.counters.upstream_requests);
         let url = self
             .upstream_url(up)
             .ok_or(DenyReason::UpstreamUnavailable)?;
+        self.send_to(up, &url, method, headers, body).await
+    }
+
+    /// One request on slot `up`'s pool to `url` (the slot's own, or a REST API's path under its base),
+    /// counted and timed as upstream traffic.
+    async fn send_to(
+        &self,
+        up: usize,
+        url: &UpstreamUrl,
+        method: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<UpstreamResponse, DenyReason> {
+        inc(&self.metrics.shared.counters.upstream_requests);
         let t0 = Instant::now();
-        let r = self.pool.send(up, &url, method, headers, body).await;
+        let r = self.pool.send(up, url, method, headers, body).await;
         self.metrics.record_upstream(t0.elapsed());
         r.map_err(|e| {
             inc(&self.metrics.shared.counters.upstream_errors);

@@ -118,17 +118,24 @@ fn governor(argument_forbid: bool) -> Governor {
     Governor::new(&s.content, set).unwrap()
 }
 
+/// The request every call bench decides: mid-day, so the hour-bound permits apply.
+const ENV: Env<'static> = Env {
+    transport: "h1",
+    revision: "2026-07-28",
+    client_address: "127.0.0.1",
+    session_age_secs: 10,
+    hour: 13,
+    weekday: 2,
+};
+
+fn call_arguments() -> serde_json::Value {
+    json!({"query": "open invoices for ACME", "limit": 20})
+}
+
 fn govern(c: &mut Criterion) {
     let g = governor(true);
-    let env = Env {
-        transport: "h1",
-        revision: "2026-07-28",
-        client_address: "127.0.0.1",
-        session_age_secs: 10,
-        hour: 13,
-        weekday: 2,
-    };
-    let args = json!({"query": "open invoices for ACME", "limit": 20});
+    let env = ENV;
+    let args = call_arguments();
     // agent0 is in g0, which p0 lets use cap0 (low risk); tool_0 belongs to cap0.
     let v = g.decide("agent0", Action::Call, "cap0", "tool_0", Some(&args), &env);
     assert!(v.allowed, "{v:?}");
@@ -237,15 +244,8 @@ fn govern(c: &mut Criterion) {
 #[allow(clippy::print_stdout)] // The report is what a bench is for.
 fn percentiles() {
     let g = governor(true);
-    let env = Env {
-        transport: "h1",
-        revision: "2026-07-28",
-        client_address: "127.0.0.1",
-        session_age_secs: 10,
-        hour: 13,
-        weekday: 2,
-    };
-    let args = json!({"query": "open invoices for ACME", "limit": 20});
+    let env = ENV;
+    let args = call_arguments();
     let mut merged = MergedSets::default();
     let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
     for i in 0..220_000 {

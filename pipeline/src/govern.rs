@@ -927,17 +927,7 @@ impl Governor {
         arguments: Option<&Value>,
         env: &Env<'_>,
     ) -> Verdict {
-        let (Some(who), Some(tool)) = (
-            self.agents.get(agent),
-            self.tools.get(capability).and_then(|m| m.get(name)),
-        ) else {
-            return Verdict {
-                allowed: false,
-                policies: Vec::new(),
-                detail: None,
-            };
-        };
-        self.decide_on(who, action, &tool.uid, tool.resources, arguments, env, None)
+        self.decide_tool(None, agent, action, capability, name, arguments, env)
     }
 
     /// `decide`, with the consulted buckets merged into one set kept in `merged` (see `MergedSets`).
@@ -945,6 +935,28 @@ impl Governor {
     pub fn decide_merged(
         &self,
         merged: &mut MergedSets,
+        agent: &str,
+        action: Action,
+        capability: &str,
+        name: &str,
+        arguments: Option<&Value>,
+        env: &Env<'_>,
+    ) -> Verdict {
+        self.decide_tool(
+            Some(merged),
+            agent,
+            action,
+            capability,
+            name,
+            arguments,
+            env,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide_tool(
+        &self,
+        merged: Option<&mut MergedSets>,
         agent: &str,
         action: Action,
         capability: &str,
@@ -969,7 +981,7 @@ impl Governor {
             tool.resources,
             arguments,
             env,
-            Some(merged),
+            merged,
         )
     }
 

@@ -269,6 +269,7 @@ fn route(
                 text.push_str(&f.metrics());
             }
             text.push_str(&shared.identity.metrics());
+            text.push_str(&shared.broker.metrics());
             Response::new(200)
                 .header("content-type", "text/plain; version=0.0.4")
                 .full(text.as_bytes(), false)

@@ -36,6 +36,11 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis openapi ops CAP                (operations: convertible or why not, selected or not)
     portcullis openapi select CAP SELECTOR... (operationId, 'METHOD /path', tag:T or *; tags and * pick
                                                only GET/HEAD: writes must be named)
+    portcullis secret put|rotate embedded/PATH[#FIELD]   (the value is read from stdin; rotate needs it to exist)
+    portcullis secret list | remove embedded/PATH[#FIELD]  (names and versions; values are never shown)
+    portcullis secret check STORE/PATH[#FIELD]   (whether a reference of any store resolves, not its value)
+    portcullis secret keygen FILE                (a new embedded-store key, mode 600; keep it outside the
+                                                 data dir and name it in secrets.key_file)
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
     portcullis signing-key | tls-fingerprint    (what a data plane needs to follow this control plane)
@@ -294,11 +299,15 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 | "sync"
                 | "identity"
                 | "openapi"
+                | "secret"
         );
     if !is_cli {
         return Ok(false);
     }
     let a = parse(argv)?;
+    if cmd == "secret" && a.words.first().map(String::as_str) == Some("keygen") {
+        return keygen(&a).map(|()| true);
+    }
     let c = Client::new(&a)?;
     let out = match cmd {
         "approve" => {
@@ -313,6 +322,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
         }
         "apply" => apply(&c, &a)?,
         "openapi" => openapi(&c, &a)?,
+        "secret" => secret(&c, &a)?,
         "snapshot" => snapshot(&c, &a)?,
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         "tls-fingerprint" => (c.ok("GET", "/admin/v1/tls", None)?, Shape::Record),
@@ -375,6 +385,87 @@ fn openapi(c: &Client, a: &Args) -> Result<Output, String> {
         return Ok((v, Shape::Record));
     }
     Ok((v["operations"].clone(), Shape::Table(COLUMNS)))
+}
+
+/// `secret put|rotate REF` (value on stdin), `secret list`, `secret remove REF`, `secret check REF`.
+fn secret(c: &Client, a: &Args) -> Result<Output, String> {
+    let sub = word(a, 0, "secret put|rotate|list|remove|check|keygen")?;
+    let v = match sub.as_str() {
+        "list" => {
+            return Ok((
+                c.ok("GET", "/admin/v1/secrets", None)?,
+                Shape::Table(&[
+                    "ref",
+                    "version",
+                    "updated_by",
+                    "updated_at",
+                    "sealed_with_current_key",
+                ]),
+            ))
+        }
+        "put" | "rotate" => {
+            let r = word(a, 1, "secret reference (embedded/PATH#FIELD)")?;
+            let mut value = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .map_err(|e| format!("stdin: {e}"))?;
+            // One trailing newline is how `echo` and editors end a value, not part of it.
+            let trimmed = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value);
+            if trimmed.is_empty() {
+                return Err("secret: the value read from stdin is empty".into());
+            }
+            let body = zeroize::Zeroizing::new(
+                json!({"ref": r, "value": trimmed, "rotate": sub == "rotate"}).to_string(),
+            );
+            let (status, v) = c.call_bytes("POST", "/admin/v1/secrets", body.as_bytes())?;
+            Client::checked(status, v)?
+        }
+        "remove" => {
+            let r = word(a, 1, "secret reference")?;
+            c.ok("POST", "/admin/v1/secrets/remove", Some(&json!({"ref": r})))?
+        }
+        "check" => {
+            let r = word(a, 1, "secret reference")?;
+            let v = c.ok("POST", "/admin/v1/secrets/check", Some(&json!({"ref": r})))?;
+            if v["resolves"] != json!(true) {
+                return Err(format!(
+                    "{r} does not resolve: {}",
+                    v["error"].as_str().unwrap_or("unknown")
+                ));
+            }
+            v
+        }
+        other => return Err(format!("secret {other}: not a subcommand\n{USAGE}")),
+    };
+    Ok((v, Shape::Record))
+}
+
+/// `secret keygen FILE`: a fresh key, written only if FILE does not exist yet, readable by its owner only.
+fn keygen(a: &Args) -> Result<(), String> {
+    use std::io::Write;
+    let path = PathBuf::from(word(a, 1, "key file")?);
+    let hex = portcullis_storage::secrets::SealKey::generate_hex().map_err(|e| e.to_string())?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(format!("{}\n", &*hex).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(
+        "secrets key written to {} (name it in secrets.key_file; losing it loses the embedded secrets)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn field(a: &Args, name: &str) -> Option<String> {

@@ -94,6 +94,108 @@ pub struct Config {
     pub follow: Option<Follow>,
     /// How agents prove who they are besides the control plane's API keys: JWTs from identity providers.
     pub identity: Identity,
+    /// Where the credentials the gateway presents to upstreams come from (`crate::broker`).
+    pub secrets: Secrets,
+}
+
+/// The credential broker's stores and caching, loaded from `secrets:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// The embedded store's key: a file of 64 hex digits, mode 600, kept outside the data dir (a copied
+    /// data dir must not carry its own key). Without it (and without `PORTCULLIS_SECRETS_KEY` in the
+    /// environment) the embedded store is off.
+    pub key_file: Option<PathBuf>,
+    /// How long a resolved secret is reused before its store is asked again: the bound on how long a
+    /// rotated secret keeps being presented.
+    pub cache_ttl: Dur,
+    /// Bound on one store lookup or token exchange; past it the call gets `credential_unavailable`.
+    pub timeout: Dur,
+    /// Exchanged tokens are dropped this long before they expire, so none is presented on its last breath.
+    pub expiry_margin: Dur,
+    /// TLS trust for token endpoints (`delegated`): CA certificates (default: the system's bundle) or a
+    /// pinned certificate fingerprint.
+    pub exchange_tls_ca_file: Option<PathBuf>,
+    pub exchange_tls_fingerprint: Option<String>,
+    /// Named external stores; references name them as `NAME/path#field`. `embedded` is built in.
+    pub stores: Vec<StoreConfig>,
+}
+
+impl Default for Secrets {
+    fn default() -> Self {
+        Secrets {
+            key_file: None,
+            cache_ttl: Dur(Duration::from_secs(60)),
+            timeout: Dur(Duration::from_secs(5)),
+            expiry_margin: Dur(Duration::from_secs(30)),
+            exchange_tls_ca_file: None,
+            exchange_tls_fingerprint: None,
+            stores: Vec::new(),
+        }
+    }
+}
+
+/// One external secret store, loaded from `secrets.stores[]`. (No `deny_unknown_fields` here: serde
+/// cannot combine it with `flatten`; `StoreKind` refuses unknown keys instead.)
+#[derive(Clone, Debug, Deserialize)]
+pub struct StoreConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: StoreKind,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreKind {
+    /// `NAME/VAR` reads the environment variable `PREFIX` + `VAR`. The prefix is required, so a
+    /// capability cannot name any variable of the process (such as the embedded store's key).
+    Env { prefix: String },
+    /// `NAME/path` reads the file `dir/path` (trailing newline dropped); `NAME/path#field` reads the file
+    /// as a JSON object and takes its string `field`. For systemd and container credentials.
+    File { dir: PathBuf },
+    /// OpenBao or HashiCorp Vault, KV version 2: `NAME/path#field` is field `field` of the secret at
+    /// `path` under `mount`.
+    Openbao(OpenbaoConfig),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenbaoConfig {
+    /// `https://host:port` of the server.
+    pub address: String,
+    /// The KV v2 mount (default `secret`).
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    /// TLS trust: CA certificates (default: the system's bundle) or a pinned certificate fingerprint.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
+    /// How the gateway logs in: a token from a file or an environment variable, or AppRole.
+    pub auth: OpenbaoAuth,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OpenbaoAuth {
+    TokenFile(PathBuf),
+    TokenEnv(String),
+    /// AppRole login; the secret id is read from a file (mode 600). The token it yields is renewed at
+    /// half its lease and the login repeated when renewal fails.
+    Approle {
+        role_id: String,
+        secret_id_file: PathBuf,
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+    },
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
 }
 
 /// Agent identity, loaded from `identity:`.
@@ -294,6 +396,7 @@ impl Default for Config {
             driver: Driver::Auto,
             follow: None,
             identity: Identity::default(),
+            secrets: Secrets::default(),
         }
     }
 }
@@ -551,6 +654,8 @@ impl Config {
             ("limits.session_idle", l.session_idle),
             ("limits.session_duration_max", l.session_duration_max),
             ("pinning.recheck_interval", self.pinning.recheck_interval),
+            ("secrets.cache_ttl", self.secrets.cache_ttl),
+            ("secrets.timeout", self.secrets.timeout),
         ];
         for (k, v) in durations {
             if v.0.is_zero() {
@@ -560,7 +665,51 @@ impl Config {
         if let Some(f) = &self.follow {
             self.validate_follow(f)?;
         }
+        self.validate_secrets()?;
         self.validate_identity()
+    }
+
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::from(["embedded"]);
+        for (i, st) in self.secrets.stores.iter().enumerate() {
+            let key = |k: &str| format!("secrets.stores[{i}].{k}");
+            let name_ok = st.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && st
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !name_ok {
+                return Err(invalid(
+                    &key("name"),
+                    "lowercase letters, digits, '-' and '_', starting with a letter",
+                ));
+            }
+            if !seen.insert(st.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("`{}` is taken (`embedded` is built in)", st.name),
+                ));
+            }
+            match &st.kind {
+                StoreKind::Env { prefix } => {
+                    if prefix.is_empty() {
+                        return Err(invalid(&key("prefix"), "must not be empty"));
+                    }
+                }
+                StoreKind::File { dir } => {
+                    if !dir.is_absolute() {
+                        return Err(invalid(&key("dir"), "must be an absolute path"));
+                    }
+                }
+                StoreKind::Openbao(b) => {
+                    parse_https_url(&b.address).map_err(|e| invalid(&key("address"), e))?;
+                    if b.mount.is_empty() || b.mount.contains(['/', '?', '#', ' ']) {
+                        return Err(invalid(&key("mount"), "one path segment"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_identity(&self) -> Result<(), ConfigError> {
@@ -703,6 +852,32 @@ mod tests {
 
     fn err(yaml: &str) -> String {
         Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn secret_stores_parse_and_refuse_typos() {
+        let c = Config::from_yaml(
+            "secrets:\n  stores:\n    - {name: env, kind: env, prefix: P_}\n    - {name: files, kind: file, dir: /run/credentials}\n    - name: bao\n      kind: openbao\n      address: https://127.0.0.1:8200\n      auth: {token_env: BAO_TOKEN}\n",
+        )
+        .unwrap();
+        assert_eq!(c.secrets.stores.len(), 3);
+        assert!(matches!(c.secrets.stores[2].kind, StoreKind::Openbao(_)));
+        assert!(
+            err("secrets:\n  stores:\n    - {name: env, kind: env, prefix: P_, prefx: Q}\n")
+                .contains("prefx")
+        );
+        assert!(
+            err("secrets:\n  stores:\n    - {name: env, kind: env, prefix: ''}\n")
+                .contains("prefix")
+        );
+        assert!(
+            err("secrets:\n  stores:\n    - {name: embedded, kind: env, prefix: P_}\n")
+                .contains("taken")
+        );
+        assert!(
+            err("secrets:\n  stores:\n    - {name: f, kind: file, dir: rel}\n")
+                .contains("absolute")
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use portcullis_storage::registry::{FetchedTools, Kind, Put, Registry, RegistryEr
 use portcullis_storage::signing::hex;
 use portcullis_storage::{DataDir, StorageError};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::parse_http_url;
@@ -35,7 +35,8 @@ use portcullis_pipeline::govern::{Governor, KeyEntry, Keys, Question, API_KEY_PR
 /// The registry plus what authenticates its operators, and where activations are published.
 #[derive(Debug)]
 pub struct ControlPlane {
-    pub registry: Registry,
+    /// Shared with the credential broker, which reads the embedded store's table.
+    pub registry: Arc<Registry>,
     token_hash: blake3::Hash,
     /// What data planes present to pull snapshots (`listen.sync`); `None` when nothing may follow.
     sync_token_hash: Option<blake3::Hash>,
@@ -51,6 +52,7 @@ pub struct ControlPlane {
     tls_fingerprint: Option<String>,
     /// The identity providers, for `GET /admin/v1/identity`.
     identity: Arc<crate::identity::Providers>,
+    broker: Option<Arc<crate::broker::Broker>>,
 }
 
 /// An answer: status and JSON body.
@@ -141,7 +143,7 @@ fn key_table(keys: &[portcullis_storage::registry::ApiKey]) -> Keys {
 
 impl ControlPlane {
     pub fn new(
-        registry: Registry,
+        registry: Arc<Registry>,
         admin_token: &str,
         published: Arc<Published>,
         client: ClientLimits,
@@ -159,7 +161,15 @@ impl ControlPlane {
             following: None,
             tls_fingerprint: None,
             identity: Arc::default(),
+            broker: None,
         }
+    }
+
+    /// The credential broker: the embedded store behind `/admin/v1/secrets`, and service credentials for
+    /// listing tools at approval.
+    pub fn with_broker(mut self, broker: Arc<crate::broker::Broker>) -> ControlPlane {
+        self.broker = Some(broker);
+        self
     }
 
     pub fn with_identity(mut self, identity: Arc<crate::identity::Providers>) -> ControlPlane {
@@ -263,15 +273,23 @@ impl ControlPlane {
             .map(|(slot, c)| {
                 let pool = &pool;
                 let limits = self.probe;
+                let broker = self.broker.clone();
                 async move {
                     let url =
                         parse_http_url(&c.spec.endpoint).map_err(|e| format!("endpoint: {e}"))?;
+                    let credential = match &broker {
+                        Some(b) => probe::service_credential(b, c.spec.credential.as_ref())
+                            .await
+                            .map_err(|e| format!("its service credential is unavailable: {e}"))?,
+                        None => None,
+                    };
                     let target = Target {
                         pool,
                         slot,
                         capability: &c.spec.name,
                         url: &url,
                         limits,
+                        credential,
                     };
                     target
                         .list_tools()
@@ -463,6 +481,143 @@ impl ControlPlane {
         }
     }
 
+    /// `/admin/v1/secrets`: the embedded store's names (never values), setting and removing them, and
+    /// checking that any reference resolves. A value travels only in a request body, is sealed at once,
+    /// and is never answered, logged or echoed in an error.
+    fn secrets(&self, method: &str, tail: &[&str], body: &[u8], actor: &str, now: u64) -> Answer {
+        use portcullis_pipeline::credential::SecretRef;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Put {
+            r#ref: String,
+            value: portcullis_pipeline::credential::Secret,
+            #[serde(default)]
+            rotate: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Named {
+            r#ref: String,
+        }
+        let Some(broker) = &self.broker else {
+            return error(503, "secrets_unavailable", "no credential broker");
+        };
+        let embedded_ref = |s: &str| -> Result<SecretRef, Answer> {
+            let r = SecretRef::parse(s)
+                .map_err(|e| error(400, "invalid_field", format!("ref: {e}")))?;
+            if r.store != "embedded" {
+                return Err(error(
+                    400,
+                    "invalid_field",
+                    format!("ref: `{}` is managed by store `{}`, not here; only embedded/... secrets are stored by Portcullis", r, r.store),
+                ));
+            }
+            Ok(r)
+        };
+        let store = || {
+            broker
+                .embedded()
+                .map_err(|why| error(409, "embedded_store_off", why))
+        };
+        match (method, tail) {
+            ("GET", []) => {
+                let (registry, key) = match store() {
+                    Ok(s) => s,
+                    Err(a) => return a,
+                };
+                match registry.secrets() {
+                    Ok(list) => {
+                        let list: Vec<_> = list
+                            .into_iter()
+                            .map(|i| {
+                                json!({
+                                    "ref": format!("embedded/{}", i.name),
+                                    "version": i.version,
+                                    "updated_by": i.updated_by,
+                                    "updated_at": i.updated_at,
+                                    "sealed_with_current_key": i.key_id == key.id_hex(),
+                                })
+                            })
+                            .collect();
+                        answer(200, &list)
+                    }
+                    Err(e) => registry_error(&e),
+                }
+            }
+            ("POST", []) => {
+                // Not `parse_body`: a serde message may quote the offending value, and here that is the secret.
+                let put: Put = match serde_json::from_slice(body) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        return error(
+                            400,
+                            "bad_request",
+                            "body: expected {\"ref\": \"embedded/PATH#FIELD\", \"value\": \"...\", \"rotate\": false}",
+                        )
+                    }
+                };
+                let r = match embedded_ref(&put.r#ref) {
+                    Ok(r) => r,
+                    Err(a) => return a,
+                };
+                let (registry, key) = match store() {
+                    Ok(s) => s,
+                    Err(a) => return a,
+                };
+                let name = crate::broker::embedded_name(&r);
+                match registry.put_secret(key, &name, put.value.expose(), put.rotate, actor, now) {
+                    Ok(i) => answer(
+                        if i.version == 1 { 201 } else { 200 },
+                        &json!({"ref": r.to_string(), "version": i.version, "updated_by": i.updated_by, "updated_at": i.updated_at}),
+                    ),
+                    Err(e) => registry_error(&e),
+                }
+            }
+            ("POST", ["remove"]) => {
+                let n: Named = match parse_body(body) {
+                    Ok(n) => n,
+                    Err(a) => return a,
+                };
+                let r = match embedded_ref(&n.r#ref) {
+                    Ok(r) => r,
+                    Err(a) => return a,
+                };
+                let (registry, _) = match store() {
+                    Ok(s) => s,
+                    Err(a) => return a,
+                };
+                match registry.remove_secret(&crate::broker::embedded_name(&r)) {
+                    Ok(()) => answer(200, &json!({"ref": r.to_string(), "removed": true})),
+                    Err(e) => registry_error(&e),
+                }
+            }
+            // Resolve a reference of any store, as a call would (agent-scoped ones with the agent's name
+            // filled in), and say whether it worked: never the value.
+            ("POST", ["check"]) => {
+                let n: Named = match parse_body(body) {
+                    Ok(n) => n,
+                    Err(a) => return a,
+                };
+                let r = match SecretRef::parse(&n.r#ref) {
+                    Ok(r) => r,
+                    Err(e) => return error(400, "invalid_field", format!("ref: {e}")),
+                };
+                match broker.resolve_blocking(&crate::broker::Want::Secret(r.clone())) {
+                    Ok(_) => answer(200, &json!({"ref": r.to_string(), "resolves": true})),
+                    Err(e) => answer(
+                        200,
+                        &json!({"ref": r.to_string(), "resolves": false, "error": e}),
+                    ),
+                }
+            }
+            _ => error(
+                405,
+                "method_not_allowed",
+                "secrets: GET, POST (set), POST remove, POST check",
+            ),
+        }
+    }
+
     /// Serve one admin request (`path` without its query).
     pub async fn handle(
         &self,
@@ -514,6 +669,11 @@ impl ControlPlane {
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let now = now_ms();
         let r = &self.registry;
+        // Secrets belong to this appliance (a data plane keeps its own), so they are edited here even
+        // when snapshots come from elsewhere.
+        if let ["secrets", tail @ ..] = parts.as_slice() {
+            return self.secrets(method, tail, body, actor, now);
+        }
         if let Some(f) = &self.following {
             if method != "GET" {
                 return error(

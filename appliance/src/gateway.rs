@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_pipeline::control::OutputSchemaMode;
+use portcullis_pipeline::credential::{self, Secret};
 use portcullis_pipeline::govern::{self, Action, Env, Keys, Verdict};
 use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use portcullis_pipeline::listen::{self, ListenFilter, UpstreamWant};
@@ -48,6 +49,8 @@ pub struct Shared {
     pub started: Instant,
     /// Identity providers whose JWTs name agents (empty: API keys only).
     pub identity: Arc<crate::identity::Providers>,
+    /// Resolves the credentials presented upstream.
+    pub broker: Arc<crate::broker::Broker>,
 }
 
 /// A session operation sent to the core that owns the session.
@@ -96,6 +99,8 @@ pub struct Core {
     decisions: RefCell<Decisions>,
     /// The policy buckets decisions consult, merged per (agent, tool), per snapshot label.
     merged: RefCell<(String, govern::MergedSets)>,
+    /// Credentials this core resolved, until each one's lifetime ends.
+    credentials: RefCell<crate::broker::CoreCache>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -118,12 +123,24 @@ type Decisions = (
     std::collections::HashMap<govern::DecisionKey, Verdict>,
 );
 
+/// Whom an upstream request is made for: the credential broker picks the credential from it.
+#[derive(Clone, Debug, Default)]
+struct OnBehalf {
+    /// The registered agent (`None` in static mode, where no capability binds a credential).
+    agent: Option<String>,
+    /// The agent's verified inbound bearer token, for `delegated` capabilities to exchange. Never sent
+    /// upstream itself.
+    token: Option<Secret>,
+}
+
 /// Who is calling, as governance sees it: the registered agent a credential proved, and what the
 /// policies' context reads about the request.
 #[derive(Debug)]
 struct Caller {
     /// `None` in static mode, where nothing is governed.
     who: Option<String>,
+    /// The JWT the agent presented, kept for token exchange (`OnBehalf::token`).
+    token: Option<Secret>,
     transport: &'static str,
     client: String,
     /// UTC hour and weekday (0 = Monday) when the request arrived.
@@ -132,6 +149,13 @@ struct Caller {
 }
 
 impl Caller {
+    fn on_behalf(&self) -> OnBehalf {
+        OnBehalf {
+            agent: self.who.clone(),
+            token: self.token.clone(),
+        }
+    }
+
     fn env<'a>(&'a self, agent: &'a Agent) -> Env<'a> {
         let (revision, age) = match agent {
             Agent::Modern { .. } => (Revision::V2026_07_28.as_str(), 0),
@@ -188,16 +212,24 @@ enum Agent {
         /// The request's `Mcp-Param-*` headers (SEP-2243: tool arguments mirrored for intermediaries),
         /// passed on to a 2026-07-28 upstream, which checks them against the body.
         params: Vec<(String, String)>,
+        on: OnBehalf,
     },
     Session {
         id: SessionId,
         session: Box<Session>,
+        on: OnBehalf,
     },
 }
 
 impl Agent {
     fn is_modern(&self) -> bool {
         matches!(self, Agent::Modern { .. })
+    }
+
+    fn on(&self) -> &OnBehalf {
+        match self {
+            Agent::Modern { on, .. } | Agent::Session { on, .. } => on,
+        }
     }
 }
 
@@ -249,6 +281,7 @@ impl Core {
             discovered: RefCell::new((String::new(), std::collections::HashMap::new())),
             decisions: RefCell::new((String::new(), std::collections::HashMap::new())),
             merged: RefCell::new((String::new(), govern::MergedSets::default())),
+            credentials: RefCell::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -285,22 +318,27 @@ impl Core {
             // Nothing governed: no policy reads the context, so none of it is gathered.
             return Ok(Caller {
                 who: None,
+                token: None,
                 transport: head.transport,
                 client: String::new(),
                 hour: 0,
                 weekday: 0,
             });
         }
+        let mut bearer = None;
         let agent = match govern::credential(head.header_str("authorization")) {
             govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
             govern::Credential::Jwt(token) if !self.shared.identity.is_empty() => {
                 // Why is counted (`portcullis_jwt_refused_total`), not logged: a token storm must not
                 // become a log storm, and the agent learns only `unauthenticated`.
-                self.shared
+                let agent = self
+                    .shared
                     .identity
                     .verify(token)
                     .await
-                    .map_err(|_| DenyReason::Unauthenticated)?
+                    .map_err(|_| DenyReason::Unauthenticated)?;
+                bearer = Some(Secret::new(token.to_owned()));
+                agent
             }
             // No bearer: the connection's verified client certificate, if it names an agent.
             govern::Credential::Missing if head.cert_agent.is_some() => {
@@ -314,6 +352,7 @@ impl Core {
         let (hour, weekday) = hour_and_weekday();
         Ok(Caller {
             who: Some(agent),
+            token: bearer,
             transport: head.transport,
             client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
             hour,
@@ -466,14 +505,22 @@ impl Core {
     pub async fn expire_sessions(&self) {
         let dead = self.sessions.borrow_mut().expire(Instant::now());
         for (_, s) in dead {
-            self.end_upstream_sessions(&s).await;
+            self.end_upstream_sessions(&s, None).await;
         }
     }
 
-    async fn end_upstream_sessions(&self, s: &Session) {
+    /// `on` is the request that ended the session, or `None` when it expired: then only the session's
+    /// agent is known, which serves every mode but `delegated` (no token to exchange: those upstream
+    /// sessions are left to expire on their own).
+    async fn end_upstream_sessions(&self, s: &Session, on: Option<&OnBehalf>) {
+        let expired = OnBehalf {
+            agent: s.agent.clone(),
+            token: None,
+        };
+        let on = on.unwrap_or(&expired);
         for (up, b) in &s.upstreams {
             if let Some(sid) = &b.session_id {
-                self.delete_upstream_session(*up, sid).await;
+                self.delete_upstream_session(*up, on, sid).await;
             }
         }
     }
@@ -611,7 +658,8 @@ impl Core {
                     .await
             }
             Some(s) => {
-                self.end_upstream_sessions(&s).await;
+                self.end_upstream_sessions(&s, Some(&caller.on_behalf()))
+                    .await;
                 inc(&self.metrics.shared.counters.responses_ok);
                 conn.full(Response::new(200), b"", false).await
             }
@@ -666,6 +714,7 @@ impl Core {
             Era::Modern(_) => Agent::Modern {
                 meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
                 params: param_headers(head),
+                on: caller.on_behalf(),
             },
             Era::Session(sid) => match self.session_touch(sid).await {
                 // A session id is no credential: another agent's session looks like no session.
@@ -683,6 +732,7 @@ impl Core {
                 Ok(s) => Agent::Session {
                     id: sid,
                     session: Box::new(s),
+                    on: caller.on_behalf(),
                 },
                 Err(SessionError::Expired) => {
                     return self
@@ -699,11 +749,11 @@ impl Core {
         match msg {
             Message::Request(req) => self.request(conn, sv, &agent, req, caller).await,
             Message::Notification(n) => {
-                if let Agent::Session { id, session } = &agent {
+                if let Agent::Session { session, .. } = &agent {
                     if n.method.starts_with("notifications/")
                         && n.method != "notifications/initialized"
                     {
-                        self.broadcast_notification(*id, session, &Message::Notification(n))
+                        self.broadcast_notification(agent.on(), session, &Message::Notification(n))
                             .await;
                     }
                 }
@@ -817,8 +867,8 @@ impl Core {
                 .await
             }
             Route::Broadcast => {
-                if let Agent::Session { id, session } = agent {
-                    self.broadcast_request(*id, session, &req).await;
+                if let Agent::Session { session, .. } = agent {
+                    self.broadcast_request(agent.on(), session, &req).await;
                 }
                 self.reply_result(conn, agent, req.id, Value::object())
                     .await
@@ -1010,6 +1060,7 @@ impl Core {
         let sent = self
             .send_to(
                 slot,
+                agent.on(),
                 &url,
                 &built.method,
                 &headers,
@@ -1028,7 +1079,7 @@ impl Core {
                 }),
             Err(reason) => Err(reason),
         };
-        let (resp, body) = match body {
+        let (resp, mut body) = match body {
             Ok(b) => b,
             Err(reason) => {
                 return self
@@ -1036,6 +1087,7 @@ impl Core {
                     .await;
             }
         };
+        self.scrub(capability, &mut body, &resp.presented);
         let (status, content_type) = (resp.status, resp.header("content-type"));
         let result = call::result(status, content_type, &body, plan.structured);
         let result = from_serde(&result);
@@ -1119,6 +1171,7 @@ impl Core {
         let agent = Agent::Session {
             id,
             session: Box::new(session),
+            on: caller.on_behalf(),
         };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
         let want = UpstreamWant::all_lists();
@@ -1201,7 +1254,7 @@ impl Core {
             };
         }
         drop(tx);
-        self.close_ephemeral(ephemeral).await;
+        self.close_ephemeral(agent.on(), ephemeral).await;
         open
     }
 
@@ -1321,6 +1374,7 @@ impl Core {
             let headers = modern_headers("subscriptions/listen", None);
             self.send_upstream(
                 up,
+                agent.on(),
                 "POST",
                 &headers,
                 &jsonrpc::encode(&Message::Request(req)),
@@ -1339,7 +1393,13 @@ impl Core {
                 };
                 let body = jsonrpc::encode(&Message::Request(req));
                 match self
-                    .send_upstream(up, "POST", &legacy_headers(sid.as_deref()), &body)
+                    .send_upstream(
+                        up,
+                        agent.on(),
+                        "POST",
+                        &legacy_headers(sid.as_deref()),
+                        &body,
+                    )
                     .await
                 {
                     Ok(mut r) => {
@@ -1357,7 +1417,8 @@ impl Core {
                     h.1 = "text/event-stream".to_owned();
                 }
             });
-            self.send_upstream(up, "GET", &headers, b"").await?
+            self.send_upstream(up, agent.on(), "GET", &headers, b"")
+                .await?
         };
         if resp.status != 200 || !resp.is_event_stream() {
             // 405: this upstream offers no stream; nothing to follow.
@@ -1729,6 +1790,7 @@ impl Core {
     async fn send_upstream(
         &self,
         up: usize,
+        on: &OnBehalf,
         method: &str,
         headers: &[(&str, String)],
         body: &[u8],
@@ -1736,22 +1798,64 @@ impl Core {
         let url = self
             .upstream_url(up)
             .ok_or(DenyReason::UpstreamUnavailable)?;
-        self.send_to(up, &url, method, headers, body).await
+        self.send_to(up, on, &url, method, headers, body).await
     }
 
     /// One request on slot `up`'s pool to `url` (the slot's own, or a REST API's path under its base),
-    /// counted and timed as upstream traffic.
+    /// carrying the credential the capability binds for `on`, counted and timed as upstream traffic.
     async fn send_to(
         &self,
         up: usize,
+        on: &OnBehalf,
         url: &UpstreamUrl,
         method: &str,
         headers: &[(&str, String)],
         body: &[u8],
     ) -> Result<UpstreamResponse, DenyReason> {
+        let credential = self.credential(up, on).await?;
         inc(&self.metrics.shared.counters.upstream_requests);
         let t0 = Instant::now();
-        let r = self.pool.send(up, url, method, headers, body).await;
+        let r = match credential {
+            None => self.pool.send(up, url, method, headers, body).await,
+            Some((inject, secret)) => {
+                let mut owned: Vec<(String, String)> = headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                    .collect();
+                let mut url = url.clone();
+                credential::apply(
+                    &inject,
+                    secret.expose(),
+                    credential::Target {
+                        headers: &mut owned,
+                        path_and_query: &mut url.path,
+                    },
+                )
+                .map_err(|e| {
+                    crate::warn!("upstream={} credential refused: {e}", self.slot_name(up));
+                    DenyReason::CredentialUnavailable
+                })?;
+                let mut borrowed: Vec<(&str, String)> =
+                    owned.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+                let r = self
+                    .pool
+                    .send(up, &url, method, &borrowed, body)
+                    .await
+                    .map(|mut resp| {
+                        resp.presented = credential::wire_forms(&inject, secret.expose());
+                        resp
+                    });
+                // The copies holding the secret go now rather than whenever the allocator reuses them.
+                for (_, v) in borrowed.iter_mut() {
+                    zeroize::Zeroize::zeroize(v);
+                }
+                drop(borrowed);
+                for (_, v) in owned.iter_mut() {
+                    zeroize::Zeroize::zeroize(v);
+                }
+                r
+            }
+        };
         self.metrics.record_upstream(t0.elapsed());
         r.map_err(|e| {
             inc(&self.metrics.shared.counters.upstream_errors);
@@ -1760,15 +1864,98 @@ impl Core {
         })
     }
 
+    /// Remove the credential a request carried from what its upstream answered (`credential::scrub`),
+    /// counting and logging (without the value) each time an upstream echoed it.
+    fn scrub(&self, upstream: &str, bytes: &mut Vec<u8>, presented: &[String]) {
+        if presented.is_empty() {
+            return;
+        }
+        let n = credential::scrub(bytes, presented);
+        if n > 0 {
+            crate::warn!("upstream={upstream} echoed its credential {n} time(s); redacted before the agent saw it");
+        }
+    }
+
+    /// The credential slot `up`'s capability binds for `on`: `None` when it binds none, from this core's
+    /// cache when fresh, else from the broker. Any failure is `credential_unavailable`: the call is
+    /// refused rather than sent without its credential.
+    async fn credential(
+        &self,
+        up: usize,
+        on: &OnBehalf,
+    ) -> Result<Option<(credential::Inject, Secret)>, DenyReason> {
+        let served = self.served();
+        let Some(cap) = served.on_slot(up) else {
+            return Ok(None);
+        };
+        let Some(binding) = cap.credential.clone() else {
+            return Ok(None);
+        };
+        let unavailable = |why: &dyn std::fmt::Display| {
+            crate::warn!("capability={} credential_unavailable: {why}", cap.name);
+            DenyReason::CredentialUnavailable
+        };
+        let agent = on
+            .agent
+            .as_deref()
+            .ok_or_else(|| unavailable(&"no agent"))?;
+        let mode = served
+            .agent_mode(agent)
+            .ok_or_else(|| unavailable(&format_args!("agent {agent} is not in the snapshot")))?;
+        let need = binding
+            .need(mode, agent)
+            .map_err(|e| unavailable(&format_args!("agent {agent}: {e}")))?;
+        let (key, want) = match need {
+            credential::Need::Secret(r) => (r.to_string(), crate::broker::Want::Secret(r)),
+            credential::Need::Exchange(x) => {
+                let subject = on.token.clone().ok_or_else(|| {
+                    unavailable(&format_args!(
+                        "agent {agent} is delegated but presented no token to exchange (API keys and certificates cannot be)"
+                    ))
+                })?;
+                let key = format!(
+                    "x/{}/{}",
+                    cap.name,
+                    blake3::hash(subject.expose().as_bytes()).to_hex()
+                );
+                let want = crate::broker::Want::Exchange {
+                    exchange: x.clone(),
+                    resource: cap.endpoint.clone(),
+                    subject,
+                };
+                (key, want)
+            }
+        };
+        let now = Instant::now();
+        if let Some(secret) = self.credentials.borrow().get(&key, now) {
+            return Ok(Some((binding.inject.clone(), secret)));
+        }
+        let resolved = self
+            .shared
+            .broker
+            .resolve(want)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !resolved.valid_for.is_zero() {
+            self.credentials.borrow_mut().put(
+                key,
+                resolved.secret.clone(),
+                Instant::now() + resolved.valid_for,
+                now,
+            );
+        }
+        Ok(Some((binding.inject.clone(), resolved.secret)))
+    }
+
     /// The revision an upstream speaks: `server/discover` answered with 2026-07-28 among its versions means
     /// modern; anything else means a 2025-11-25 server. Cached per core once the upstream has answered.
-    async fn speaks_modern(&self, up: usize) -> Result<bool, DenyReason> {
+    async fn speaks_modern(&self, up: usize, on: &OnBehalf) -> Result<bool, DenyReason> {
         if let Some(m) = self.upstream_eras.borrow()[up].modern {
             return Ok(m);
         }
         let body = jsonrpc::encode(&Message::Request(discover_request()));
         let headers = modern_headers("server/discover", None);
-        let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
+        let mut resp = self.send_upstream(up, on, "POST", &headers, &body).await?;
         let rev = if resp.status == 200 {
             match self.read_response_message(&mut resp).await {
                 Ok(jsonrpc::Response {
@@ -1804,7 +1991,7 @@ impl Core {
         let legacy = self.upstream_eras.borrow()[up].legacy;
         match agent {
             Agent::Session { .. } if legacy != Some(false) => Ok(Revision::V2025_11_25),
-            _ if self.speaks_modern(up).await? => Ok(Revision::V2026_07_28),
+            _ if self.speaks_modern(up, agent.on()).await? => Ok(Revision::V2026_07_28),
             _ if legacy != Some(false) => Ok(Revision::V2025_11_25),
             _ => Err(DenyReason::UpstreamProtocolError),
         }
@@ -1857,11 +2044,12 @@ impl Core {
     async fn open_upstream_session(
         &self,
         up: usize,
+        on: &OnBehalf,
         capabilities: Option<&Value>,
     ) -> Result<UpstreamBinding, DenyReason> {
         let body = jsonrpc::encode(&Message::Request(initialize_request(capabilities)));
         let headers = legacy_headers(None);
-        let mut resp = self.send_upstream(up, "POST", &headers, &body).await?;
+        let mut resp = self.send_upstream(up, on, "POST", &headers, &body).await?;
         if resp.status != 200 {
             let _ = resp.read_all(&self.pool).await;
             // A 4xx refuses the handshake itself (a modern-only upstream); 5xx is an upstream in trouble.
@@ -1878,7 +2066,13 @@ impl Core {
         }
         let note = initialized_notification();
         let mut r = self
-            .send_upstream(up, "POST", &legacy_headers(session_id.as_deref()), &note)
+            .send_upstream(
+                up,
+                on,
+                "POST",
+                &legacy_headers(session_id.as_deref()),
+                &note,
+            )
             .await?;
         let _ = r.read_all(&self.pool).await;
         Ok(UpstreamBinding {
@@ -1887,9 +2081,9 @@ impl Core {
         })
     }
 
-    async fn delete_upstream_session(&self, up: usize, sid: &str) {
+    async fn delete_upstream_session(&self, up: usize, on: &OnBehalf, sid: &str) {
         if let Ok(mut r) = self
-            .send_upstream(up, "DELETE", &legacy_headers(Some(sid)), b"")
+            .send_upstream(up, on, "DELETE", &legacy_headers(Some(sid)), b"")
             .await
         {
             let _ = r.read_all(&self.pool).await;
@@ -1904,18 +2098,18 @@ impl Core {
         ephemeral: &mut Ephemeral,
     ) -> Result<Option<String>, DenyReason> {
         match agent {
-            Agent::Session { id, session } => {
+            Agent::Session { id, session, .. } => {
                 if let Some(b) = session.upstreams.get(&up) {
                     return Ok(b.session_id.clone());
                 }
                 let b = self
-                    .open_upstream_session(up, session.client_capabilities.as_ref())
+                    .open_upstream_session(up, agent.on(), session.client_capabilities.as_ref())
                     .await?;
                 match self.session_bind(*id, up, b.clone()).await {
                     Ok(()) => Ok(b.session_id),
                     Err(winner) => {
                         if let Some(sid) = &b.session_id {
-                            self.delete_upstream_session(up, sid).await;
+                            self.delete_upstream_session(up, agent.on(), sid).await;
                         }
                         match winner {
                             Some(w) => Ok(w.session_id),
@@ -1926,7 +2120,7 @@ impl Core {
             }
             Agent::Modern { .. } => {
                 // A stateless agent gets a fresh upstream session per request: nothing is shared between agents.
-                let b = self.open_upstream_session(up, None).await?;
+                let b = self.open_upstream_session(up, agent.on(), None).await?;
                 if let Some(sid) = &b.session_id {
                     ephemeral.push((up, sid.clone()));
                 }
@@ -1982,6 +2176,7 @@ impl Core {
             return self
                 .send_upstream(
                     up,
+                    agent.on(),
                     "POST",
                     &headers,
                     &jsonrpc::encode(&Message::Request(fwd)),
@@ -1992,20 +2187,32 @@ impl Core {
         strip_modern_meta(&mut fwd);
         let body = jsonrpc::encode(&Message::Request(fwd));
         let resp = self
-            .send_upstream(up, "POST", &legacy_headers(sid.as_deref()), &body)
+            .send_upstream(
+                up,
+                agent.on(),
+                "POST",
+                &legacy_headers(sid.as_deref()),
+                &body,
+            )
             .await?;
         if resp.status == 404 && sid.is_some() {
             // The upstream lost our session (restart, expiry): open a new one once and retry.
             let mut resp = resp;
             let _ = resp.read_all(&self.pool).await;
-            if let Agent::Session { id, session } = agent {
+            if let Agent::Session { id, session, .. } = agent {
                 self.session_unbind(*id, up).await;
                 let b = self
-                    .open_upstream_session(up, session.client_capabilities.as_ref())
+                    .open_upstream_session(up, agent.on(), session.client_capabilities.as_ref())
                     .await?;
                 let _ = self.session_bind(*id, up, b.clone()).await;
                 return self
-                    .send_upstream(up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                    .send_upstream(
+                        up,
+                        agent.on(),
+                        "POST",
+                        &legacy_headers(b.session_id.as_deref()),
+                        &body,
+                    )
                     .await;
             }
             return Err(DenyReason::UpstreamUnavailable);
@@ -2013,9 +2220,9 @@ impl Core {
         Ok(resp)
     }
 
-    async fn close_ephemeral(&self, ephemeral: Ephemeral) {
+    async fn close_ephemeral(&self, on: &OnBehalf, ephemeral: Ephemeral) {
         for (up, sid) in ephemeral {
-            self.delete_upstream_session(up, &sid).await;
+            self.delete_upstream_session(up, on, &sid).await;
         }
     }
 
@@ -2081,7 +2288,7 @@ impl Core {
                     break;
                 }
             }
-            self.close_ephemeral(ephemeral).await;
+            self.close_ephemeral(agent.on(), ephemeral).await;
         }
         let mut result = mcp::list_result(kind, items);
         if agent.is_modern() {
@@ -2112,7 +2319,7 @@ impl Core {
         let mut resp = match self.upstream_exchange(agent, up, req, &mut ephemeral).await {
             Ok(r) => r,
             Err(r) => {
-                self.close_ephemeral(ephemeral).await;
+                self.close_ephemeral(agent.on(), ephemeral).await;
                 return self
                     .refuse(conn, Some(req_origin.id), modern, r.into(), &[])
                     .await;
@@ -2138,7 +2345,9 @@ impl Core {
                     let msg = self.rewrite_response(agent, &upstream, &req_origin, r, check);
                     inc(&self.metrics.shared.counters.responses_ok);
                     let out = Response::new(status).header("content-type", "application/json");
-                    conn.full(out, &jsonrpc::encode(&msg), false).await
+                    let mut bytes = jsonrpc::encode(&msg);
+                    self.scrub(&upstream, &mut bytes, &resp.presented);
+                    conn.full(out, &bytes, false).await
                 }
                 Err(r) => {
                     self.refuse(conn, Some(req_origin.id.clone()), modern, r.into(), &[])
@@ -2146,7 +2355,7 @@ impl Core {
                 }
             }
         };
-        self.close_ephemeral(ephemeral).await;
+        self.close_ephemeral(agent.on(), ephemeral).await;
         keep
     }
 
@@ -2253,6 +2462,7 @@ impl Core {
                     break;
                 }
             }
+            self.scrub(upstream, &mut out, &resp.presented);
             if !out.is_empty() && !conn.stream_data(out).await {
                 // The agent went away: dropping the upstream connection cancels the request there.
                 return false;
@@ -2307,6 +2517,7 @@ impl Core {
         match self
             .send_upstream(
                 up,
+                agent.on(),
                 "POST",
                 &legacy_headers(sid.as_deref()),
                 &jsonrpc::encode(&Message::Response(fwd)),
@@ -2322,11 +2533,17 @@ impl Core {
         }
     }
 
-    async fn broadcast_notification(&self, _id: SessionId, session: &Session, msg: &Message) {
+    async fn broadcast_notification(&self, on: &OnBehalf, session: &Session, msg: &Message) {
         let body = jsonrpc::encode(msg);
         for (up, b) in &session.upstreams {
             if let Ok(mut r) = self
-                .send_upstream(*up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                .send_upstream(
+                    *up,
+                    on,
+                    "POST",
+                    &legacy_headers(b.session_id.as_deref()),
+                    &body,
+                )
                 .await
             {
                 let _ = r.read_all(&self.pool).await;
@@ -2334,14 +2551,20 @@ impl Core {
         }
     }
 
-    async fn broadcast_request(&self, _id: SessionId, session: &Session, req: &Request) {
+    async fn broadcast_request(&self, on: &OnBehalf, session: &Session, req: &Request) {
         let body = jsonrpc::encode(&Message::Request(req.clone()));
         for (up, b) in &session.upstreams {
             if b.revision.is_stateless() {
                 continue;
             }
             if let Ok(mut r) = self
-                .send_upstream(*up, "POST", &legacy_headers(b.session_id.as_deref()), &body)
+                .send_upstream(
+                    *up,
+                    on,
+                    "POST",
+                    &legacy_headers(b.session_id.as_deref()),
+                    &body,
+                )
                 .await
             {
                 let _ = self.read_response_message(&mut r).await;

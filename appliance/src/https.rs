@@ -1,5 +1,6 @@
 //! A small blocking HTTPS client for what the appliance fetches off the request path: a remote control
-//! plane's snapshots (hybrid mode) and identity providers' JSON Web Key Sets.
+//! plane's snapshots (hybrid mode), identity providers' JSON Web Key Sets, secret stores and token
+//! endpoints (the credential broker's threads).
 //!
 //! One request per connection (`connection: close`), on a plain thread, with bounded heads and bodies.
 //! The peer is trusted either by pinning its certificate's SHA-256 fingerprint (for the self-signed
@@ -46,6 +47,28 @@ pub fn get(
     tls: &Arc<ClientConfig>,
     req: &Get<'_>,
 ) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    send(url, tls, "GET", req, None)
+}
+
+/// POST `body` (of `content_type`) to `req.target` on `url`'s host: status, the value of `req.header`,
+/// body.
+pub fn post(
+    url: &UpstreamUrl,
+    tls: &Arc<ClientConfig>,
+    req: &Get<'_>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    send(url, tls, "POST", req, Some((content_type, body)))
+}
+
+fn send(
+    url: &UpstreamUrl,
+    tls: &Arc<ClientConfig>,
+    method: &str,
+    req: &Get<'_>,
+    body: Option<(&str, &[u8])>,
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
     let addr = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("resolving {}: {e}", url.host))?
@@ -59,15 +82,27 @@ pub fn get(
         ServerName::try_from(url.host.clone()).map_err(|e| format!("host {}: {e}", url.host))?;
     let conn = ClientConnection::new(tls.clone(), name).map_err(|e| e.to_string())?;
     let mut tls = StreamOwned::new(conn, tcp);
-    let head = format!(
-        "GET {} HTTP/1.1\r\nhost: {}:{}\r\n{}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
+    let framing = match body {
+        Some((ct, b)) => format!("content-type: {ct}\r\ncontent-length: {}\r\n", b.len()),
+        None => String::new(),
+    };
+    // The head may carry credentials (a store token, a client secret): it is built, sent and dropped
+    // here, and no error below includes it.
+    let mut head = zeroize::Zeroizing::new(Vec::with_capacity(512));
+    write!(
+        head,
+        "{method} {} HTTP/1.1\r\nhost: {}:{}\r\n{}{framing}user-agent: portcullis/{}\r\nconnection: close\r\n\r\n",
         req.target,
         url.host,
         url.port,
         req.headers,
         crate::gateway::VERSION
-    );
-    tls.write_all(head.as_bytes())
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some((_, b)) = body {
+        head.extend_from_slice(b);
+    }
+    tls.write_all(&head)
         .and_then(|()| tls.flush())
         .map_err(|e| format!("sending to {addr}: {e}"))?;
     read_response(&mut tls, req.body_max, req.header)

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod control;

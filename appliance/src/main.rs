@@ -229,13 +229,24 @@ fn up(args: UpArgs) -> Result<(), String> {
         .follow
         .as_ref()
         .and_then(|f| portcullis_storage::signing::parse_public_key(&f.trust_key));
-    let registry = Registry::open(
-        &data.file("lmdb"),
-        config.storage.lmdb_map_bytes,
-        signing,
-        trust,
-    )
-    .map_err(|e| e.to_string())?;
+    let registry = Arc::new(
+        Registry::open(
+            &data.file("lmdb"),
+            config.storage.lmdb_map_bytes,
+            signing,
+            trust,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let broker = Arc::new(portcullis::broker::Broker::new(
+        &config.secrets,
+        registry.clone(),
+    )?);
+    match broker.embedded() {
+        Ok((_, key)) => info!("embedded secret store on, key id {}", key.id_hex()),
+        Err(why) => info!("{why}"),
+    }
+    broker.start()?;
     let (admin_token, token_created) = control::load_or_create_token(&data)?;
     info!(
         "registry open at {} signing_key={}",
@@ -306,7 +317,9 @@ fn up(args: UpArgs) -> Result<(), String> {
         }
         identity.start()?;
     }
-    control = control.with_identity(identity.clone());
+    control = control
+        .with_identity(identity.clone())
+        .with_broker(broker.clone());
     let control = Arc::new(control);
     let tls = match (&tls_material, config.listen.mcp_tls) {
         (Some(m), Some(_)) => {
@@ -375,6 +388,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         ready_cores: std::sync::atomic::AtomicUsize::new(0),
         started: Instant::now(),
         identity,
+        broker,
     });
 
     let control_for_follower = control.clone();

@@ -40,12 +40,20 @@ async fn check(pool: &Pool, shared: &Shared, served: &Served, probe: ProbeLimits
         .iter()
         .filter_map(|u| slots.get(u.slot).map(|slot| (u, slot)))
         .map(|(u, slot)| async move {
+            let credential =
+                match crate::probe::service_credential(&shared.broker, u.credential.as_deref())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return (u, Err(format!("service credential: {e}"))),
+                };
             let target = Target {
                 pool,
                 slot: u.slot,
                 capability: &u.name,
                 url: &slot.url,
                 limits: probe,
+                credential,
             };
             (u, target.list_tools().await)
         })

@@ -6,6 +6,9 @@ use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use simd_json::prelude::*;
 use simd_json::OwnedValue as Value;
 
+use portcullis_pipeline::credential::{self, Binding, Inject, Secret, SecretRef};
+
+use crate::broker::{Broker, Want};
 use crate::config::UpstreamUrl;
 use crate::gateway::{
     discover_request, initialize_request, initialized_notification, legacy_headers, modern_headers,
@@ -41,9 +44,68 @@ pub struct Target<'a> {
     pub capability: &'a str,
     pub url: &'a UpstreamUrl,
     pub limits: ProbeLimits,
+    /// The capability's `service` credential, presented on every request of the listing.
+    pub credential: Option<(Inject, Secret)>,
+}
+
+/// The `service` credential a capability binds, resolved for listing its tools (approval, drift checks).
+/// Listing is the gateway's own act, not an agent's, so only the gateway's own credential may be used;
+/// a capability binding only per-agent or delegated credentials is listed without one.
+pub async fn service_credential(
+    broker: &Broker,
+    binding: Option<&Binding>,
+) -> Result<Option<(Inject, Secret)>, String> {
+    let Some(b) = binding else {
+        return Ok(None);
+    };
+    let Some(r) = &b.service else {
+        return Ok(None);
+    };
+    let r = SecretRef::parse(r).map_err(|e| format!("credential.service: {e}"))?;
+    let got = broker.resolve(Want::Secret(r)).await?;
+    Ok(Some((b.inject.clone(), got.secret)))
 }
 
 impl Target<'_> {
+    /// One request to the upstream, with the service credential on it when there is one.
+    async fn send(
+        &self,
+        method: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<crate::upstream::UpstreamResponse, crate::upstream::UpstreamError> {
+        let Some((inject, secret)) = &self.credential else {
+            return self
+                .pool
+                .send(self.slot, self.url, method, headers, body)
+                .await;
+        };
+        let mut owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect();
+        let mut url = self.url.clone();
+        if credential::apply(
+            inject,
+            secret.expose(),
+            credential::Target {
+                headers: &mut owned,
+                path_and_query: &mut url.path,
+            },
+        )
+        .is_err()
+        {
+            return Err(crate::upstream::UpstreamError::Protocol(
+                "the credential holds a line break",
+            ));
+        }
+        let borrowed: Vec<(&str, String)> =
+            owned.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        self.pool
+            .send(self.slot, &url, method, &borrowed, body)
+            .await
+    }
+
     async fn post(
         &self,
         headers: &[(&str, String)],
@@ -52,8 +114,7 @@ impl Target<'_> {
         let method = req.method.clone();
         let body = jsonrpc::encode(&Message::Request(req));
         let mut resp = self
-            .pool
-            .send(self.slot, self.url, "POST", headers, &body)
+            .send("POST", headers, &body)
             .await
             .map_err(|e| format!("{method}: {}", e.reason().message()))?;
         let status = resp.status;
@@ -92,14 +153,7 @@ impl Target<'_> {
             .map_err(|e| format!("initialize: error {}: {}", e.code, e.message))?;
         let note = initialized_notification();
         if let Ok(mut r) = self
-            .pool
-            .send(
-                self.slot,
-                self.url,
-                "POST",
-                &legacy_headers(session.as_deref()),
-                &note,
-            )
+            .send("POST", &legacy_headers(session.as_deref()), &note)
             .await
         {
             let _ = r.read_all(self.pool).await;
@@ -109,14 +163,7 @@ impl Target<'_> {
 
     async fn close(&self, session: &str) {
         if let Ok(mut r) = self
-            .pool
-            .send(
-                self.slot,
-                self.url,
-                "DELETE",
-                &legacy_headers(Some(session)),
-                b"",
-            )
+            .send("DELETE", &legacy_headers(Some(session)), b"")
             .await
         {
             let _ = r.read_all(self.pool).await;

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use portcullis_pipeline::control::cedar;
-use portcullis_pipeline::control::{Agent, PinnedTool, Record, Snapshot};
+use portcullis_pipeline::control::{Agent, CredentialMode, PinnedTool, Record, Snapshot};
+use portcullis_pipeline::credential::Binding;
 use portcullis_pipeline::govern::{Governor, Keys};
 use portcullis_pipeline::mcp::Naming;
 use portcullis_pipeline::ratelimit::{Limit, Scope};
@@ -37,6 +38,10 @@ pub struct SlotDef {
 pub struct ServedUpstream {
     pub name: String,
     pub slot: usize,
+    /// What the gateway presents to it (`None`: nothing).
+    pub credential: Option<Arc<Binding>>,
+    /// The capability's endpoint as registered: the default `resource` of a token exchange.
+    pub endpoint: String,
 }
 
 /// A snapshot compiled for serving.
@@ -61,6 +66,8 @@ pub struct Served {
     limit_cells: Vec<Arc<AtomicU64>>,
     /// Where the cells' clock starts (`Published::epoch`).
     epoch: Instant,
+    /// Each agent's registered credential mode: which section of a binding applies to it.
+    agent_modes: HashMap<String, CredentialMode>,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -225,6 +232,7 @@ impl Served {
             governor: Governor::empty(),
             limit_cells: Vec::new(),
             epoch: Instant::now(),
+            agent_modes: HashMap::new(),
         }
     }
 
@@ -265,6 +273,8 @@ impl Served {
                 Ok(url) => list.push(ServedUpstream {
                     name: c.spec.name.clone(),
                     slot: published.slot(&c.spec.name, url),
+                    credential: c.spec.credential.clone().map(Arc::new),
+                    endpoint: c.spec.endpoint.clone(),
                 }),
                 Err(e) => crate::error!(
                     "snapshot={} capability={} not served: {e}",
@@ -286,6 +296,12 @@ impl Served {
             governor,
             limit_cells,
             epoch: published.epoch,
+            agent_modes: snapshot
+                .content
+                .agents
+                .iter()
+                .map(|a| (a.spec.name.clone(), a.spec.credential_mode))
+                .collect(),
         })
     }
 
@@ -299,6 +315,8 @@ impl Served {
                 .map(|(name, url)| ServedUpstream {
                     name: name.clone(),
                     slot: published.slot(name, url.clone()),
+                    credential: None,
+                    endpoint: String::new(),
                 })
                 .collect(),
             apis: Vec::new(),
@@ -306,7 +324,21 @@ impl Served {
             governor: Governor::empty(),
             limit_cells: Vec::new(),
             epoch: published.epoch,
+            agent_modes: HashMap::new(),
         }
+    }
+
+    /// The served capability on pool slot `slot` (an MCP server or a REST API).
+    pub fn on_slot(&self, slot: usize) -> Option<&ServedUpstream> {
+        self.upstreams
+            .iter()
+            .chain(&self.apis)
+            .find(|u| u.slot == slot)
+    }
+
+    /// The credential mode `agent` is registered with.
+    pub fn agent_mode(&self, agent: &str) -> Option<CredentialMode> {
+        self.agent_modes.get(agent).copied()
     }
 
     /// Count one request against each of `agent`'s limits that counts it: every request (`call` is

@@ -109,6 +109,9 @@ pub struct UpstreamResponse {
     read_total: usize,
     /// Overrides `response_timeout` between reads (long-lived streams the agent holds open).
     read_timeout: Option<Duration>,
+    /// The wire forms of the credential this request carried (`credential::wire_forms`), to scrub from
+    /// what reaches the agent; empty when it carried none.
+    pub presented: Vec<String>,
 }
 
 impl UpstreamResponse {
@@ -380,6 +383,7 @@ impl Pool {
                             upstream,
                             read_total: 0,
                             read_timeout: None,
+                            presented: Vec::new(),
                         };
                         if r.done() {
                             r.release(self);

@@ -30,6 +30,7 @@ fn capability(name: &str, description: &str) -> Capability {
         status: Status::Active,
         output_schema: Default::default(),
         openapi: None,
+        credential: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn governor(argument_forbid: bool) -> Governor {
                 status: Status::Active,
                 output_schema: Default::default(),
                 openapi: None,
+                credential: None,
             })
         })
         .collect();

@@ -72,6 +72,10 @@ pub struct Capability {
     /// An `openapi` capability's document and selection (set by `openapi import` and `openapi select`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openapi: Option<OpenApiSource>,
+    /// The credentials the gateway presents to this upstream, by reference (`crate::credential`). Left
+    /// out when none: the upstream is called without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::credential::Binding>,
 }
 
 /// Which OpenAPI document an `openapi` capability converts, and which of its operations become tools.
@@ -296,6 +300,9 @@ impl Capability {
                 "description",
                 format!("longer than {DESCRIPTION_BYTES_MAX} bytes"),
             ));
+        }
+        if let Some(b) = &self.credential {
+            b.check().map_err(|(f, m)| field_err(&f, m))?;
         }
         Ok(())
     }
@@ -922,6 +929,7 @@ mod tests {
             status: Status::Active,
             output_schema: Default::default(),
             openapi: None,
+            credential: None,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod authn;
 pub mod base64;
 pub mod chunked;
 pub mod control;
+pub mod credential;
 pub mod frame;
 pub mod govern;
 pub mod jsonrpc;

@@ -227,6 +227,7 @@ pub fn rewrite_for_upstream(mut out: Request, route: &Route) -> Request {
         out.method = method;
         return out;
     };
+    strip_gateway_meta(params);
     match (method.as_str(), route) {
         ("completion/complete", Route::ByName { name, .. }) => {
             if let Some(r) = params.get_mut("ref") {
@@ -248,6 +249,18 @@ pub fn rewrite_for_upstream(mut out: Request, route: &Route) -> Request {
     }
     out.method = method;
     out
+}
+
+/// The `_meta` key prefix the gateway owns (MCP reserves reverse-DNS prefixes for their owners).
+pub const GATEWAY_META_PREFIX: &str = "dev.portcullis/";
+
+/// Drop the `_meta` entries under the gateway's prefix: whatever an agent puts there is addressed to the
+/// gateway, never to an upstream.
+pub fn strip_gateway_meta(params: &mut Value) {
+    let Some(meta) = params.get_mut("_meta").and_then(|m| m.as_object_mut()) else {
+        return;
+    };
+    meta.retain(|k, _| !k.starts_with(GATEWAY_META_PREFIX));
 }
 
 /// Namespace the names in one upstream's list result and append them to `into`.
@@ -398,6 +411,18 @@ mod tests {
             Message::Request(r) => r,
             other => panic!("not a request: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_gateways_meta_never_goes_upstream() {
+        let r = req(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"docs__read","arguments":{},"_meta":{"dev.portcullis/session":"s","progressToken":7}}}"#,
+        );
+        let rt = route(&r, &Naming::Prefixed).unwrap();
+        let fwd = rewrite_for_upstream(r, &rt);
+        let meta = fwd.params.as_ref().unwrap().get("_meta").unwrap();
+        assert!(meta.get("dev.portcullis/session").is_none());
+        assert_eq!(meta.get("progressToken").and_then(|v| v.as_i64()), Some(7));
     }
 
     #[test]

@@ -106,11 +106,14 @@ pub enum DenyReason {
     /// The upstream's tool result does not fit the tool's pinned output schema (capability mode
     /// `enforce`); the result was withheld.
     OutputSchemaInvalid,
+    /// The upstream needs a credential the gateway could not obtain (secret store down or missing the
+    /// secret, token exchange refused, no credential bound for the agent's mode); nothing went upstream.
+    CredentialUnavailable,
 }
 
 impl DenyReason {
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 38] = [
+    pub const ALL: [DenyReason; 39] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -149,6 +152,7 @@ impl DenyReason {
         Self::SessionAgentMismatch,
         Self::RateLimited,
         Self::OutputSchemaInvalid,
+        Self::CredentialUnavailable,
     ];
 
     /// The stable `data.reason` string.
@@ -192,6 +196,7 @@ impl DenyReason {
             Self::SessionAgentMismatch => "session_agent_mismatch",
             Self::RateLimited => "rate_limited",
             Self::OutputSchemaInvalid => "output_schema_invalid",
+            Self::CredentialUnavailable => "credential_unavailable",
         }
     }
 
@@ -233,7 +238,7 @@ impl DenyReason {
             | Self::UpstreamProtocolError
             | Self::ToolDefinitionChanged
             | Self::OutputSchemaInvalid => Blame::Upstream,
-            Self::Overloaded | Self::ShuttingDown => Blame::Gateway,
+            Self::Overloaded | Self::ShuttingDown | Self::CredentialUnavailable => Blame::Gateway,
         }
     }
 
@@ -274,6 +279,7 @@ impl DenyReason {
             | Self::UpstreamProtocolError
             | Self::ToolDefinitionChanged
             | Self::OutputSchemaInvalid
+            | Self::CredentialUnavailable
             | Self::Overloaded
             | Self::ShuttingDown => -32603,
         }
@@ -317,7 +323,7 @@ impl DenyReason {
             Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
                 502
             }
-            Self::Overloaded | Self::ShuttingDown => 503,
+            Self::Overloaded | Self::ShuttingDown | Self::CredentialUnavailable => 503,
             Self::UpstreamTimeout => 504,
         }
     }
@@ -338,6 +344,7 @@ impl DenyReason {
                 | Self::PolicyDenied
                 | Self::SchemaInvalid
                 | Self::OutputSchemaInvalid
+                | Self::CredentialUnavailable
         )
     }
 
@@ -384,6 +391,9 @@ impl DenyReason {
             Self::SessionAgentMismatch => "Session not found for this agent",
             Self::RateLimited => "Rate limit exceeded for this agent",
             Self::OutputSchemaInvalid => "The tool's result does not fit its declared output schema",
+            Self::CredentialUnavailable => {
+                "The gateway could not obtain the upstream credential for this call"
+            }
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
@@ -448,6 +458,7 @@ mod tests {
             ("session_agent_mismatch", -32003, 404, "agent"),
             ("rate_limited", -32005, 429, "agent"),
             ("output_schema_invalid", -32603, 502, "upstream"),
+            ("credential_unavailable", -32603, 503, "gateway"),
         ];
         assert_eq!(table, expected);
     }

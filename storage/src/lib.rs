@@ -6,6 +6,7 @@
 
 pub mod datadir;
 pub mod registry;
+pub mod secrets;
 pub mod signing;
 
 pub use datadir::{DataDir, StorageError};

@@ -1,4 +1,5 @@
-//! The registry in LMDB: capabilities, agents, policies, agent API keys and approved snapshots.
+//! The registry in LMDB: capabilities, agents, policies, agent API keys, approved snapshots, OpenAPI
+//! documents and the embedded store's sealed secrets.
 //!
 //! One LMDB environment (`DATA_DIR/lmdb/`) with a named database per record kind. Every edit is one write
 //! transaction, so a failed write (map full, invalid record) changes nothing, and LMDB's single writer
@@ -19,6 +20,9 @@ use portcullis_pipeline::control::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use portcullis_pipeline::credential::Secret;
+
+use crate::secrets::SealKey;
 use crate::signing::{self, Activation, BlobError, SigningKey};
 
 /// Default map size: 1 GiB of address space (not disk); records and snapshots of thousands of tools fit
@@ -306,6 +310,25 @@ pub struct Followed {
     pub changed: bool,
 }
 
+/// An embedded secret as listed: who set which version when, under which key; never the value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub version: u64,
+    pub updated_by: String,
+    pub updated_at: u64,
+    /// Id of the key it is sealed under (`SealKey::id_hex`).
+    pub key_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSecret {
+    #[serde(flatten)]
+    info: SecretInfo,
+    /// Hex of the sealed bytes.
+    sealed: String,
+}
+
 pub struct Registry {
     env: Env,
     path: PathBuf,
@@ -337,6 +360,8 @@ struct Tables {
     snapshot_headers: Database<U64<BE>, Bytes>,
     /// BLAKE3 hex → an OpenAPI document as imported (capabilities name theirs by this hash).
     documents: Database<Str, Bytes>,
+    /// Embedded secret name (`path#field`) → `StoredSecret` JSON, the value sealed (`crate::secrets`).
+    secrets: Database<Str, Bytes>,
     /// `latest`, `active` → version, `activation` → activation sequence (8 bytes BE each); `signer` →
     /// the public key the stored snapshots are signed with (32 bytes).
     meta: Database<Str, Bytes>,
@@ -389,6 +414,7 @@ impl Registry {
         let history = db("history").map_err(&err)?;
         let meta = db("meta").map_err(&err)?;
         let documents = db("documents").map_err(&err)?;
+        let secrets = db("secrets").map_err(&err)?;
         let snapshots = env
             .create_database::<U64<BE>, Bytes>(&mut w, Some("snapshots"))
             .map_err(&err)?;
@@ -411,6 +437,7 @@ impl Registry {
                 snapshots,
                 snapshot_headers,
                 documents,
+                secrets,
                 meta,
             },
         };
@@ -1011,6 +1038,95 @@ impl Registry {
         Ok(hash)
     }
 
+    /// Seal `value` under `key` and store it as embedded secret `name`; `must_exist` makes it a rotation
+    /// (refused for an unknown name). Secrets are local to this data dir: a follower keeps its own.
+    pub fn put_secret(
+        &self,
+        key: &SealKey,
+        name: &str,
+        value: &str,
+        must_exist: bool,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<SecretInfo> {
+        let sealed = key.seal(name, value).map_err(|e| {
+            RegistryError::Invalid(FieldError {
+                field: "value".into(),
+                message: e.to_string(),
+            })
+        })?;
+        let mut w = self.write()?;
+        let err = self.err();
+        let old: Option<StoredSecret> = match self.tables.secrets.get(&w, name).map_err(&err)? {
+            Some(b) => Some(decode(|| format!("secret `{name}`"), b)?),
+            None => None,
+        };
+        if must_exist && old.is_none() {
+            return Err(RegistryError::NotFound {
+                kind: "secret",
+                key: name.to_owned(),
+            });
+        }
+        let stored = StoredSecret {
+            info: SecretInfo {
+                name: name.to_owned(),
+                version: old.as_ref().map_or(1, |o| o.info.version + 1),
+                updated_by: by.to_owned(),
+                updated_at: now_ms,
+                key_id: key.id_hex(),
+            },
+            sealed: signing::hex(&sealed),
+        };
+        self.tables
+            .secrets
+            .put(&mut w, name, &encode(&stored))
+            .map_err(&err)?;
+        w.commit().map_err(&err)?;
+        Ok(stored.info)
+    }
+
+    /// Embedded secret `name`, opened with `key`; `None` when there is none.
+    pub fn secret(&self, key: &SealKey, name: &str) -> Result<Option<Secret>> {
+        let r = self.read()?;
+        let Some(bytes) = self.tables.secrets.get(&r, name).map_err(self.err())? else {
+            return Ok(None);
+        };
+        let stored: StoredSecret = decode(|| format!("secret `{name}`"), bytes)?;
+        let corrupt = |message: String| RegistryError::Corrupt {
+            what: format!("secret `{name}`"),
+            message,
+        };
+        let sealed = signing::unhex_vec(&stored.sealed).ok_or_else(|| corrupt("not hex".into()))?;
+        key.open(name, &sealed)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every embedded secret's name and versions (never values).
+    pub fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        let r = self.read()?;
+        let mut out = Vec::new();
+        for item in self.tables.secrets.iter(&r).map_err(self.err())? {
+            let (name, bytes) = item.map_err(self.err())?;
+            let stored: StoredSecret = decode(|| format!("secret `{name}`"), bytes)?;
+            out.push(stored.info);
+        }
+        Ok(out)
+    }
+
+    pub fn remove_secret(&self, name: &str) -> Result<()> {
+        let mut w = self.write()?;
+        let err = self.err();
+        if !self.tables.secrets.delete(&mut w, name).map_err(&err)? {
+            return Err(RegistryError::NotFound {
+                kind: "secret",
+                key: name.to_owned(),
+            });
+        }
+        w.commit().map_err(&err)?;
+        Ok(())
+    }
+
     /// A stored document by its hash.
     pub fn document(&self, hash: &str) -> Result<Option<Vec<u8>>> {
         let r = self.read()?;
@@ -1315,6 +1431,7 @@ mod tests {
             status: Status::Active,
             output_schema: Default::default(),
             openapi: None,
+            credential: None,
         }
     }
 
@@ -1333,6 +1450,48 @@ mod tests {
                 version: c.meta.version,
             })
             .collect()
+    }
+
+    #[test]
+    fn embedded_secrets_are_sealed_versioned_and_never_listed_in_clear() {
+        let (r, root) = reg("secrets", DEFAULT_MAP_BYTES);
+        let key = SealKey::from_bytes(&[3; 32]);
+        assert!(matches!(
+            r.put_secret(&key, "gh#token", "v1-canary", true, "ops", 1),
+            Err(RegistryError::NotFound { .. })
+        ));
+        let first = r
+            .put_secret(&key, "gh#token", "v1-canary", false, "ops", 1)
+            .unwrap();
+        assert_eq!(first.version, 1);
+        let second = r
+            .put_secret(&key, "gh#token", "v2-canary", true, "ops", 2)
+            .unwrap();
+        assert_eq!(second.version, 2);
+        assert_eq!(
+            r.secret(&key, "gh#token").unwrap().unwrap().expose(),
+            "v2-canary"
+        );
+        assert!(r.secret(&key, "other").unwrap().is_none());
+        let listed = serde_json::to_string(&r.secrets().unwrap()).unwrap();
+        assert!(
+            listed.contains("gh#token") && !listed.contains("canary"),
+            "{listed}"
+        );
+        let wrong = SealKey::from_bytes(&[4; 32]);
+        assert!(matches!(
+            r.secret(&wrong, "gh#token"),
+            Err(RegistryError::Corrupt { .. })
+        ));
+        r.remove_secret("gh#token").unwrap();
+        assert!(r.secret(&key, "gh#token").unwrap().is_none());
+        drop(r);
+        let on_disk = std::fs::read(root.join("lmdb").join("data.mdb")).unwrap();
+        assert!(
+            !on_disk.windows(6).any(|w| w == b"canary"),
+            "a value in clear on disk"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

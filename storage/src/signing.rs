@@ -222,6 +222,18 @@ pub fn parse_public_key(s: &str) -> Option<[u8; 32]> {
     parse_hex(s)
 }
 
+/// Parse an even number of hex digits (either case) into bytes.
+pub fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    b.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
 /// Parse exactly `2 * N` hex digits (either case).
 pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let s = s.trim();

@@ -13,6 +13,15 @@ DIR/ca.pem for 127.0.0.1) serves GET /jwks. The control port (plain HTTP, loopba
   POST /rotate {"kid", "alg"}  add a new signing key to the JWKS
   POST /down, POST /up          make GET /jwks fail with 503, or serve again
   GET  /hits                  {"hits": GET /jwks requests so far}
+  POST /exchange {"client_id", "client_secret", "refuse"?, "expires_in"?}   configure the token endpoint
+  GET  /exchanges             {"exchanges": token exchanges answered so far (issued or refused)}
+
+The HTTPS listener also serves POST /token: OAuth 2.0 Token Exchange (RFC 8693). The client authenticates
+with HTTP Basic (RFC 6749 §2.3.1); the subject token must be an access token this IdP signed and that has
+not expired (verified with PyJWT against the JWKS keys). The issued token is a JWT for the requested
+`resource` (as `aud`), with the subject's `sub` and an `act` claim naming the client (RFC 8693 §4.1).
+A refusal echoes the subject token in `error_description`, as a careless server might, so tests can
+check that the gateway never passes it on.
 """
 
 import argparse
@@ -25,6 +34,8 @@ import json
 import os
 import ssl
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -117,6 +128,8 @@ class State:
         self.keys = {}  # kid -> (alg, private key)
         self.down = False
         self.hits = 0
+        self.exchange = {"client_id": None, "client_secret": None, "refuse": False, "expires_in": 300}
+        self.exchanges = 0
         for kid, alg in (("r1", "RS256"), ("e1", "ES256"), ("d1", "EdDSA")):
             self.keys[kid] = (alg, new_key(alg))
 
@@ -176,6 +189,71 @@ def main():
             self.end_headers()
             self.wfile.write(body)
 
+        def send_json(self, status, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("cache-control", "no-store")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            n = int(self.headers.get("content-length", "0"))
+            raw = self.rfile.read(n)
+            if self.path != "/token":
+                return self.send_json(404, {"error": "not_found"})
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode(), keep_blank_values=True).items()}
+            with state.lock:
+                state.exchanges += 1
+                cfg = dict(state.exchange)
+            auth = self.headers.get("authorization", "")
+            try:
+                cid, secret = base64.b64decode(auth.split(" ", 1)[1]).decode().split(":", 1)
+                cid, secret = urllib.parse.unquote(cid), urllib.parse.unquote(secret)
+            except Exception:
+                cid, secret = None, None
+            if cfg["client_id"] is None or cid != cfg["client_id"] or secret != cfg["client_secret"]:
+                return self.send_json(401, {"error": "invalid_client"})
+            if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange":
+                return self.send_json(400, {"error": "unsupported_grant_type"})
+            subject = form.get("subject_token", "")
+            if cfg["refuse"]:
+                return self.send_json(
+                    400, {"error": "invalid_grant", "error_description": f"refused subject token {subject}"}
+                )
+            try:
+                kid = jwt.get_unverified_header(subject).get("kid")
+                with state.lock:
+                    alg, key = state.keys[kid]
+                claims = jwt.decode(
+                    subject, key.public_key(), algorithms=[alg], options={"verify_aud": False}
+                )
+            except Exception as e:
+                return self.send_json(400, {"error": "invalid_grant", "error_description": type(e).__name__})
+            now = int(time.time())
+            issued = {
+                "iss": "https://idp.test/token-exchange",
+                "sub": claims.get("sub"),
+                "aud": form.get("resource") or form.get("audience"),
+                "act": {"sub": cid},
+                "iat": now,
+                "exp": now + int(cfg["expires_in"]),
+                "jti": b64(os.urandom(12)),
+            }
+            with state.lock:
+                signing = state.keys["r1"][1]
+            token = jwt.encode(issued, signing, algorithm="RS256", headers={"kid": "r1"})
+            self.send_json(
+                200,
+                {
+                    "access_token": token,
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                    "token_type": "Bearer",
+                    "expires_in": int(cfg["expires_in"]),
+                },
+            )
+
     jwks_srv = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(paths["cert.pem"], paths["key.pem"])
@@ -202,6 +280,9 @@ def main():
             elif self.path == "/hits":
                 with state.lock:
                     self.reply({"hits": state.hits})
+            elif self.path == "/exchanges":
+                with state.lock:
+                    self.reply({"exchanges": state.exchanges})
             else:
                 self.send_error(404)
 
@@ -214,6 +295,10 @@ def main():
                 with state.lock:
                     state.keys[req["kid"]] = (req["alg"], new_key(req["alg"]))
                 self.reply({"kids": list(state.keys)})
+            elif self.path == "/exchange":
+                with state.lock:
+                    state.exchange.update(req)
+                self.reply(state.exchange)
             elif self.path in ("/down", "/up"):
                 with state.lock:
                     state.down = self.path == "/down"

@@ -21,6 +21,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import json
 import logging
 import socket
 import sys
@@ -48,6 +51,54 @@ def add_broken_tool(mcp: MCPServer) -> None:
 
     tool = mcp._tool_manager.get_tool("bad_add")
     tool.fn_metadata.output_model = None
+
+
+def sha(v: str | None) -> str | None:
+    return None if v is None else hashlib.sha256(v.encode()).hexdigest()
+
+
+def describe_credentials(headers, request) -> dict:
+    """Digests of the Authorization, X-Api-Key and Cookie headers and the query parameters a request
+    carried, and the claims of a bearer JWT (read, not verified): enough for a test to tell which credential
+    arrived without the credential itself reaching the agent through the tool result."""
+    auth = headers.get("authorization")
+    out = {
+        "authorization_sha256": sha(auth),
+        "x_api_key_sha256": sha(headers.get("x-api-key")),
+        "cookie_sha256": sha(headers.get("cookie")),
+        "query_sha256": sha(str(getattr(getattr(request, "url", None), "query", "") or "") or None),
+        "jwt_claims": None,
+    }
+    if auth and auth.lower().startswith("bearer ") and auth.count(".") == 2:
+        try:
+            payload = auth.split(" ", 1)[1].split(".")[1]
+            payload += "=" * (-len(payload) % 4)
+            claims = json.loads(base64.urlsafe_b64decode(payload))
+            out["jwt_claims"] = {k: claims.get(k) for k in ("iss", "sub", "aud", "act")}
+        except Exception:
+            pass
+    return out
+
+
+def require_auth(app, expected: str, reject_log: str | None):
+    """ASGI wrapper: a request whose Authorization is not exactly `expected` gets 401 with a body that
+    echoes every request header back (as careless error pages do), and a line in `reject_log`."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if headers.get("authorization") == expected:
+            return await app(scope, receive, send)
+        if reject_log:
+            with open(reject_log, "a") as f:
+                f.write(f"{scope['method']} {scope['path']}\n")
+        body = json.dumps({"error": "unauthorized", "you_sent": headers}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 def build_server(name: str) -> MCPServer:
@@ -80,6 +131,10 @@ def build_server(name: str) -> MCPServer:
     @mcp.tool(description="Return the name this server was started with.")
     def whoami() -> str:
         return name
+
+    @mcp.tool(description="What credentials this request carried, as SHA-256 digests (never the values), with a bearer JWT's unverified claims.")
+    def credentials(ctx: Context) -> str:
+        return json.dumps(describe_credentials(ctx.headers or {}, ctx.request_context.request))
 
     @mcp.tool(description="Announce that the tool list changed (to subscriptions/listen streams and to the session's GET stream).")
     async def announce(ctx: Context) -> str:
@@ -153,6 +208,10 @@ def main() -> int:
     parser.add_argument("--path", default="/mcp", help="endpoint path (default /mcp)")
     parser.add_argument("--verbose", action="store_true", help="uvicorn/SDK logs at INFO on stderr")
     parser.add_argument(
+        "--require-auth", help="answer 401 (echoing the request headers) unless Authorization is exactly this"
+    )
+    parser.add_argument("--reject-log", help="with --require-auth: append one line per refused request here")
+    parser.add_argument(
         "--broken-output", action="store_true", help="also serve bad_add, whose results break its output schema"
     )
     args = parser.parse_args()
@@ -170,6 +229,8 @@ def main() -> int:
         transport_security=security,
         host="127.0.0.1",
     )
+    if args.require_auth:
+        app = require_auth(app, args.require_auth, args.reject_log)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

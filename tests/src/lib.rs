@@ -290,6 +290,8 @@ pub struct Gateway {
     pub dir: TempDir,
     /// The `up` arguments after `--config` and `--data-dir`, kept for `restart`.
     pub args: Vec<String>,
+    /// Everything the process wrote to stdout and stderr so far (also echoed to the test's stderr).
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// Upstreams for a gateway config: (name, port); the URL is `http://127.0.0.1:PORT/mcp`.
@@ -350,6 +352,7 @@ impl Gateway {
             admin_port,
             dir,
             args,
+            ..
         } = self;
         drop(proc);
         Self::launch(dir, (plain_port, tls_port, admin_port), args)
@@ -368,12 +371,26 @@ impl Gateway {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(&args);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let out = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[gateway] {line}");
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+        let out = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
             }
         });
         let mut gw = Gateway {
@@ -386,6 +403,7 @@ impl Gateway {
             admin_port,
             dir,
             args,
+            output,
         };
         gw.wait_ready();
         gw

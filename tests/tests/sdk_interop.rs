@@ -43,10 +43,11 @@ fn check_list(v: &Value) {
             );
         }
     }
-    // Four shared tools on each upstream, plus the Python peer's own two.
+    // Four shared tools on each upstream, plus the Python peer's own.
     let extras = [
         "alpha__announce",
         "alpha__confirm",
+        "alpha__credentials",
         "alpha__redefine",
         "alpha__received_calls",
     ];

@@ -41,6 +41,7 @@ fn cap(name: &str, risk: Risk) -> Record<Capability> {
         status: Status::Active,
         output_schema: Default::default(),
         openapi: None,
+        credential: None,
     })
 }
 

@@ -1061,6 +1061,7 @@ impl Core {
             .send_to(
                 slot,
                 agent.on(),
+                plan.security.as_ref(),
                 &url,
                 &built.method,
                 &headers,
@@ -1798,21 +1799,25 @@ impl Core {
         let url = self
             .upstream_url(up)
             .ok_or(DenyReason::UpstreamUnavailable)?;
-        self.send_to(up, on, &url, method, headers, body).await
+        self.send_to(up, on, None, &url, method, headers, body)
+            .await
     }
 
     /// One request on slot `up`'s pool to `url` (the slot's own, or a REST API's path under its base),
-    /// carrying the credential the capability binds for `on`, counted and timed as upstream traffic.
+    /// carrying the credential the capability binds for `on` (placed as `scheme`, an OpenAPI operation's
+    /// security scheme, says when the binding does not), counted and timed as upstream traffic.
+    #[allow(clippy::too_many_arguments)]
     async fn send_to(
         &self,
         up: usize,
         on: &OnBehalf,
+        scheme: Option<&credential::Inject>,
         url: &UpstreamUrl,
         method: &str,
         headers: &[(&str, String)],
         body: &[u8],
     ) -> Result<UpstreamResponse, DenyReason> {
-        let credential = self.credential(up, on).await?;
+        let credential = self.credential(up, on, scheme).await?;
         inc(&self.metrics.shared.counters.upstream_requests);
         let t0 = Instant::now();
         let r = match credential {
@@ -1883,6 +1888,7 @@ impl Core {
         &self,
         up: usize,
         on: &OnBehalf,
+        scheme: Option<&credential::Inject>,
     ) -> Result<Option<(credential::Inject, Secret)>, DenyReason> {
         let served = self.served();
         let Some(cap) = served.on_slot(up) else {
@@ -1905,6 +1911,7 @@ impl Core {
         let need = binding
             .need(mode, agent)
             .map_err(|e| unavailable(&format_args!("agent {agent}: {e}")))?;
+        let inject = binding.injection(scheme).map_err(|e| unavailable(&e))?;
         let (key, want) = match need {
             credential::Need::Secret(r) => (r.to_string(), crate::broker::Want::Secret(r)),
             credential::Need::Exchange(x) => {
@@ -1928,7 +1935,7 @@ impl Core {
         };
         let now = Instant::now();
         if let Some(secret) = self.credentials.borrow().get(&key, now) {
-            return Ok(Some((binding.inject.clone(), secret)));
+            return Ok(Some((inject, secret)));
         }
         let resolved = self
             .shared
@@ -1944,7 +1951,7 @@ impl Core {
                 now,
             );
         }
-        Ok(Some((binding.inject.clone(), resolved.secret)))
+        Ok(Some((inject, resolved.secret)))
     }
 
     /// The revision an upstream speaks: `server/discover` answered with 2026-07-28 among its versions means

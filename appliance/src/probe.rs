@@ -63,7 +63,7 @@ pub async fn service_credential(
     };
     let r = SecretRef::parse(r).map_err(|e| format!("credential.service: {e}"))?;
     let got = broker.resolve(Want::Secret(r)).await?;
-    Ok(Some((b.inject.clone(), got.secret)))
+    Ok(Some((b.injection(None)?, got.secret)))
 }
 
 impl Target<'_> {

@@ -36,9 +36,10 @@ pub struct Binding {
     /// OAuth 2.0 token exchange (RFC 8693) for agents in mode `delegated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegated: Option<Exchange>,
-    /// How the credential travels; a bearer token in `Authorization` unless said otherwise.
-    #[serde(default, skip_serializing_if = "Inject::is_bearer")]
-    pub inject: Inject,
+    /// How the credential travels. Not set: as the OpenAPI operation's security scheme says, else a
+    /// bearer token in `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<Inject>,
 }
 
 /// Where a token exchange happens and what it asks for.
@@ -63,11 +64,10 @@ pub struct Exchange {
 }
 
 /// How a secret is presented to the upstream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Inject {
     /// `Authorization: Bearer SECRET`.
-    #[default]
     Bearer,
     /// `NAME: [PREFIX]SECRET`.
     Header {
@@ -84,8 +84,43 @@ pub enum Inject {
 }
 
 impl Inject {
-    pub fn is_bearer(&self) -> bool {
-        *self == Inject::Bearer
+    /// Check names and values; an `Err` is (field, problem).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |f: &str, m: &str| Err((f.to_owned(), m.to_owned()));
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 128
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        match self {
+            Inject::Bearer => Ok(()),
+            Inject::Header { name, prefix } => {
+                let lower = name.to_ascii_lowercase();
+                if !name_ok(name) || RESERVED_HEADERS.contains(&lower.as_str()) {
+                    return Err((
+                        "name".into(),
+                        format!("`{name}` is not a header the gateway may set"),
+                    ));
+                }
+                if prefix.chars().any(char::is_control) {
+                    return bad("prefix", "control characters");
+                }
+                Ok(())
+            }
+            Inject::Query { name } | Inject::Cookie { name } => {
+                if !name_ok(name) {
+                    return bad("name", "letters, digits, '-', '_' and '.'");
+                }
+                Ok(())
+            }
+            Inject::Basic { username } => {
+                if username.contains(':') || username.chars().any(char::is_control) {
+                    return bad("username", "no ':' or control characters");
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -266,44 +301,23 @@ impl Binding {
                 }
             }
         }
-        let name_ok = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 128
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        match &self.inject {
-            Inject::Bearer => {}
-            Inject::Header { name, prefix } => {
-                let lower = name.to_ascii_lowercase();
-                if !name_ok(name) || RESERVED_HEADERS.contains(&lower.as_str()) {
-                    return Err(bad(
-                        "inject.name",
-                        format!("`{name}` is not a header the gateway may set"),
-                    ));
-                }
-                if prefix.chars().any(char::is_control) {
-                    return Err(bad("inject.prefix", "control characters".into()));
-                }
-            }
-            Inject::Query { name } | Inject::Cookie { name } => {
-                if !name_ok(name) {
-                    return Err(bad(
-                        "inject.name",
-                        "letters, digits, '-', '_' and '.'".into(),
-                    ));
-                }
-            }
-            Inject::Basic { username } => {
-                if username.contains(':') || username.chars().any(char::is_control) {
-                    return Err(bad(
-                        "inject.username",
-                        "no ':' or control characters".into(),
-                    ));
-                }
-            }
+        if let Some(i) = &self.inject {
+            i.check().map_err(|(f, m)| bad(&format!("inject.{f}"), m))?;
         }
         Ok(())
+    }
+
+    /// How the credential travels: the binding's `inject`, else what the operation's OpenAPI security
+    /// scheme says (`document`, checked like a binding's), else a bearer token.
+    pub fn injection(&self, document: Option<&Inject>) -> Result<Inject, String> {
+        match (&self.inject, document) {
+            (Some(i), _) => Ok(i.clone()),
+            (None, Some(d)) => d
+                .check()
+                .map(|()| d.clone())
+                .map_err(|(f, m)| format!("the document's security scheme ({f}): {m}")),
+            (None, None) => Ok(Inject::Bearer),
+        }
     }
 
     /// What the broker must do for an agent registered in `mode` under `agent`.
@@ -621,7 +635,7 @@ mod tests {
             service: Some("embedded/svc#token".into()),
             agent_scoped: Some("embedded/per/{agent}#token".into()),
             delegated: None,
-            inject: Inject::Bearer,
+            inject: None,
         };
         b.check().expect("valid");
         assert_eq!(
@@ -733,13 +747,27 @@ mod tests {
     fn reserved_headers_cannot_carry_credentials() {
         let b = Binding {
             service: Some("env/X".into()),
-            inject: Inject::Header {
+            inject: Some(Inject::Header {
                 name: "Mcp-Session-Id".into(),
                 prefix: String::new(),
-            },
+            }),
             ..Binding::default()
         };
         assert!(b.check().is_err());
+        let open = Binding {
+            service: Some("env/X".into()),
+            ..Binding::default()
+        };
+        let from_doc = Inject::Query {
+            name: "api_key".into(),
+        };
+        assert_eq!(open.injection(Some(&from_doc)), Ok(from_doc));
+        assert_eq!(open.injection(None), Ok(Inject::Bearer));
+        let reserved = Inject::Header {
+            name: "Host".into(),
+            prefix: String::new(),
+        };
+        assert!(open.injection(Some(&reserved)).is_err());
     }
 
     #[test]

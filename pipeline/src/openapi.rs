@@ -110,6 +110,10 @@ pub struct CallPlan {
     /// response (the result is text only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<call::Structured>,
+    /// How the operation's security scheme (its own `security`, else the document's) says a credential
+    /// travels; a capability binding without `inject` uses it. `None`: no scheme the gateway can fill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::credential::Inject>,
 }
 
 /// One operation as converted.
@@ -585,8 +589,49 @@ impl Cx<'_> {
                 body,
                 body_required,
                 structured,
+                security: self.security(op),
             },
         })
+    }
+
+    /// The injection the first satisfiable security requirement names: an `apiKey` in a header, query or
+    /// cookie, HTTP `bearer`, or OAuth 2.0 / OpenID Connect (bearer tokens). HTTP `basic` needs a username
+    /// the document does not give, and mutual TLS is not an injected credential: those, like no
+    /// requirement, give `None`.
+    fn security(&self, op: &Value) -> Option<crate::credential::Inject> {
+        use crate::credential::Inject;
+        let reqs = op
+            .get("security")
+            .or_else(|| self.doc.get("security"))?
+            .as_array()?;
+        let schemes = self.doc.pointer("/components/securitySchemes")?;
+        for req in reqs.iter().filter_map(Value::as_object) {
+            for name in req.keys() {
+                let Some(scheme) = schemes.get(name).and_then(|s| self.deref(s, 0).ok()) else {
+                    continue;
+                };
+                let field = |k: &str| scheme.get(k).and_then(Value::as_str).unwrap_or_default();
+                let inject = match field("type") {
+                    "apiKey" => {
+                        let name = field("name").to_owned();
+                        match field("in") {
+                            "header" => Inject::Header {
+                                name,
+                                prefix: String::new(),
+                            },
+                            "query" => Inject::Query { name },
+                            "cookie" => Inject::Cookie { name },
+                            _ => continue,
+                        }
+                    }
+                    "http" if field("scheme").eq_ignore_ascii_case("bearer") => Inject::Bearer,
+                    "oauth2" | "openIdConnect" => Inject::Bearer,
+                    _ => continue,
+                };
+                return Some(inject);
+            }
+        }
+        None
     }
 
     /// An OpenAPI schema as self-contained JSON Schema 2020-12: component references become `$defs`

@@ -12,13 +12,17 @@ tests can prove what reached it and what did not.
   GET    /broken                   500 with an HTML body
   GET    /moved                    307 to another host (must not be followed)
   GET    /huge                     a 20 MB JSON body
+  GET    /whoami                   the SHA-256 of the X-Shop-Key it got (security scheme: apiKey header)
+  GET    /leaky                    401 echoing the X-Shop-Key it got (as a careless API does)
 """
 
 import argparse
+import hashlib
 import socket
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.security import APIKeyHeader
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
@@ -93,6 +97,21 @@ def moved() -> RedirectResponse:
 @app.get("/huge", tags=["debug"], summary="A very large body")
 def huge() -> Response:
     return Response(b'{"x": "' + b"a" * (20 << 20) + b'"}', media_type="application/json")
+
+
+shop_key = APIKeyHeader(name="X-Shop-Key", auto_error=False)
+
+
+@app.get("/whoami", tags=["auth"], summary="Which key the request carried")
+def whoami(key: str | None = Depends(shop_key)) -> dict:
+    if key is None:
+        raise HTTPException(status_code=401, detail="no key")
+    return {"key_sha256": hashlib.sha256(key.encode()).hexdigest()}
+
+
+@app.get("/leaky", tags=["auth"], summary="Refuses, echoing the key")
+def leaky(key: str | None = Depends(shop_key)) -> dict:
+    raise HTTPException(status_code=401, detail=f"key {key} is not accepted here")
 
 
 @app.get("/_calls", include_in_schema=False)

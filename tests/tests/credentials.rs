@@ -763,3 +763,73 @@ agents:
         assert!(!metrics.contains(c.as_str()));
     }
 }
+
+#[test]
+fn openapi_security_schemes_say_where_the_brokered_key_goes() {
+    let dir = TempDir::new("cred-api");
+    let key = keygen(dir.path());
+    let (_api, port) = rest_api();
+    let extra = format!(
+        "pinning:\n  recheck_interval: 1h\nsecrets:\n  key_file: {}\n",
+        key.display()
+    );
+    let g = Gateway::start_in(
+        TempDir::new("cred-api-gw"),
+        "",
+        &[],
+        &extra,
+        &["--cores", "2"],
+    );
+    let shop_key = canary("shop");
+    secret(&g, "put", "embedded/shop#key", &shop_key);
+    // No `inject`: the document's apiKey scheme (header X-Shop-Key) says where the key goes.
+    let state = format!(
+        r#"capabilities:
+  - name: shop
+    kind: openapi
+    owner: team
+    risk: medium
+    environment: prod
+    endpoint: http://127.0.0.1:{port}
+    credential:
+      service: embedded/shop#key
+agents:
+{}{POLICIES}"#,
+        agent("svc", "service", "testers"),
+    );
+    let f = dir.path().join("state.yaml");
+    std::fs::write(&f, state).unwrap();
+    ok(&g, &["apply", "-f", f.to_str().unwrap()]);
+    let doc = request(port, "GET", "/openapi.json", &[], b"").unwrap();
+    let doc_file = dir.path().join("shop.json");
+    std::fs::write(&doc_file, &doc.body).unwrap();
+    ok(
+        &g,
+        &["openapi", "import", "shop", doc_file.to_str().unwrap()],
+    );
+    ok(&g, &["openapi", "select", "shop", "tag:auth"]);
+    ok(&g, &["approve", "--note", "shop with its key"]);
+    let svc = ok(&g, &["agent", "key", "issue", "svc"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let r = call_as(&g, &svc, "shop__whoami_whoami_get");
+    let m = r.message();
+    assert_eq!(
+        m["result"]["structuredContent"]["key_sha256"],
+        json!(sha(&shop_key)),
+        "{}",
+        r.text()
+    );
+    // The API echoes the key in its 401: the agent gets the error with the key redacted.
+    let r = call_as(&g, &svc, "shop__leaky_leaky_get");
+    let m = r.message();
+    assert_eq!(m["result"]["isError"], json!(true), "{}", r.text());
+    assert!(r.text().contains("[redacted]"), "{}", r.text());
+    assert!(!r.text().contains(&shop_key), "the key reached the agent");
+    // The agent's own key went nowhere upstream.
+    let calls = request(port, "GET", "/_calls", &[], b"").unwrap().text();
+    assert!(!calls.contains(&svc), "{calls}");
+    assert!(!g.output.lock().unwrap().contains(&shop_key));
+}

@@ -55,7 +55,7 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
     let imported = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
     assert_eq!(imported["openapi"], "3.1", "{imported}");
     let ops = imported["operations"].as_array().unwrap();
-    assert_eq!(ops.len(), 8, "{imported}");
+    assert_eq!(ops.len(), 10, "{imported}");
     assert!(
         ops.iter().all(|o| o["convertible"] == json!(true)),
         "{imported}"

@@ -548,3 +548,41 @@ fn the_admin_apis_own_description_converts() {
         validator(&o.converted().unwrap().input_schema);
     }
 }
+
+#[test]
+fn security_schemes_say_where_a_credential_goes() {
+    use crate::credential::Inject;
+    let doc = json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Keys", "version": "1"},
+        "security": [{"bearerAuth": []}],
+        "components": {"securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer"},
+            "basicAuth": {"type": "http", "scheme": "basic"},
+            "key": {"type": "apiKey", "in": "query", "name": "api_key"},
+            "sid": {"$ref": "#/components/securitySchemes/session"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "sid"}
+        }},
+        "paths": {
+            "/a": {"get": {"operationId": "usesDefault", "responses": {"200": {"description": "ok"}}}},
+            "/b": {"get": {"operationId": "usesKey", "security": [{"key": []}], "responses": {"200": {"description": "ok"}}}},
+            "/c": {"get": {"operationId": "usesBasicThenCookie", "security": [{"basicAuth": []}, {"sid": []}], "responses": {"200": {"description": "ok"}}}},
+            "/d": {"get": {"operationId": "anonymous", "security": [], "responses": {"200": {"description": "ok"}}}}
+        }
+    });
+    let doc = import(doc.to_string().as_bytes()).unwrap();
+    let scheme = |name: &str| op(&doc, name).converted().unwrap().plan.security.clone();
+    assert_eq!(scheme("usesDefault"), Some(Inject::Bearer));
+    assert_eq!(
+        scheme("usesKey"),
+        Some(Inject::Query {
+            name: "api_key".into()
+        })
+    );
+    // Basic needs a username the document lacks: the next requirement (a cookie, through a $ref) wins.
+    assert_eq!(
+        scheme("usesBasicThenCookie"),
+        Some(Inject::Cookie { name: "sid".into() })
+    );
+    assert_eq!(scheme("anonymous"), None);
+}

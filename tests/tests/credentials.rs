@@ -166,6 +166,72 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// A hand-written OpenAPI 3.0 document for the rogue API: an apiKey header scheme for every operation.
+const ROGUE_30: &str = r#"
+openapi: 3.0.3
+info: {title: Rogue, version: "1"}
+components:
+  securitySchemes:
+    key: {type: apiKey, in: header, name: X-Rogue-Key}
+security:
+  - key: []
+paths:
+  /ok:
+    get:
+      operationId: ok
+      responses:
+        "200":
+          description: fine
+          content:
+            application/json:
+              schema: {type: object, properties: {ok: {type: boolean}}}
+  /fail:
+    get: {operationId: fail, responses: {"200": {description: never}}}
+  /garbage:
+    get: {operationId: garbage, responses: {"200": {description: never}}}
+  /slow:
+    get: {operationId: slow, responses: {"200": {description: never}}}
+"#;
+
+/// A REST upstream that misbehaves on purpose, one request per connection: `/fail` answers 500 with the
+/// request head echoed in the body, `/garbage` echoes the head back without any HTTP framing, `/slow`
+/// never answers in time, `/ok` is fine. Returns its port.
+fn rogue_api() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let reply = if path.starts_with("/fail") {
+                    let body = format!("upstream exploded; you sent:\n{text}");
+                    format!("HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes()
+                } else if path.starts_with("/garbage") {
+                    format!("\u{0}garbage {text}").into_bytes()
+                } else if path.starts_with("/slow") {
+                    std::thread::sleep(Duration::from_secs(3));
+                    return;
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}".to_vec()
+                };
+                let _ = conn.write_all(&reply);
+            });
+        }
+    });
+    port
+}
+
 const POLICIES: &str = r#"
 policies:
   - id: testers-all
@@ -189,6 +255,9 @@ fn brokered_credentials_reach_upstreams_and_never_agents() {
     let gamma_secret = canary("gamma");
     // The gateway inherits this process's environment (nextest runs each test in a process of its own).
     std::env::set_var("PCTEST_SECRET_GAMMA", &gamma_secret);
+    let rogue_secret = canary("rogue");
+    std::env::set_var("PCTEST_SECRET_ROGUE", &rogue_secret);
+    let rogue_port = rogue_api();
     let rejects = dir.path().join("alpha-rejects.log");
     let (_alpha, alpha_port) = py_server(
         "alpha",
@@ -202,7 +271,7 @@ fn brokered_credentials_reach_upstreams_and_never_agents() {
     let (_beta, beta_port) = py_server("beta", &[]);
     let (_gamma, gamma_port) = py_server("gamma", &[]);
     let extra = format!(
-        "pinning:\n  recheck_interval: 1h\nsecrets:\n  key_file: {}\n  cache_ttl: 1s\n  stores:\n    - {{name: files, kind: file, dir: {}}}\n    - {{name: env, kind: env, prefix: PCTEST_SECRET_}}\n",
+        "pinning:\n  recheck_interval: 1h\nlimits:\n  upstream_response_timeout: 1s\nsecrets:\n  key_file: {}\n  cache_ttl: 1s\n  stores:\n    - {{name: files, kind: file, dir: {}}}\n    - {{name: env, kind: env, prefix: PCTEST_SECRET_}}\n",
         key.display(),
         files.display()
     );
@@ -243,6 +312,14 @@ fn brokered_credentials_reach_upstreams_and_never_agents() {
     credential:
       service: env/GAMMA
       inject: {{type: header, name: X-Api-Key}}
+  - name: rogue
+    kind: openapi
+    owner: team
+    risk: low
+    environment: prod
+    endpoint: http://127.0.0.1:{rogue_port}
+    credential:
+      service: env/ROGUE
 agents:
 {}{}{}{}{POLICIES}"#,
         agent("svc", "service", "testers"),
@@ -250,8 +327,15 @@ agents:
         agent("bob", "agent-scoped", "testers"),
         agent("nobody", "service", "outsiders"),
     );
+    let f = dir.path().join("state.yaml");
+    std::fs::write(&f, &state).unwrap();
+    ok(&g, &["apply", "-f", f.to_str().unwrap()]);
+    let doc = dir.path().join("rogue.yaml");
+    std::fs::write(&doc, ROGUE_30).unwrap();
+    ok(&g, &["openapi", "import", "rogue", doc.to_str().unwrap()]);
+    ok(&g, &["openapi", "select", "rogue", "*"]);
     // Approval lists alpha's tools, which alpha serves only to its service credential.
-    apply(&g, dir.path(), &state);
+    ok(&g, &["approve", "--note", "brokered"]);
     let key_of = |agent: &str| {
         ok(&g, &["agent", "key", "issue", agent])["key"]
             .as_str()
@@ -296,6 +380,14 @@ agents:
     );
     let s = seen(&call_as(&g, &bob, "beta__credentials"));
     assert_eq!(s["authorization_sha256"], json!(basic(&bob_secret)), "{s}");
+    // A REST API described by a hand-written 3.0 document: its apiKey scheme places the key.
+    let r = call_as(&g, &svc, "rogue__ok");
+    assert_eq!(
+        r.message()["result"]["structuredContent"],
+        json!({"ok": true}),
+        "{}",
+        r.text()
+    );
     // Through the official SDK client too (a 2025-11-25 session, upstream session opened as alice).
     act_as(&alice);
     let v = py_client(
@@ -362,13 +454,15 @@ agents:
     let wrong = canary("wrong");
     std::fs::write(files.join("alpha-token"), &wrong).unwrap();
     let mut bodies: Vec<Vec<u8>> = Vec::new();
-    let calls: [(&str, &str); 6] = [
+    let calls: [(&str, &str); 8] = [
         (&svc, "alpha__credentials"),
         (&svc, "gamma__credentials"),
         (&alice, "beta__credentials"),
         (&bob, "beta__credentials"),
         (&nobody, "gamma__credentials"),
         (&svc, "beta__credentials"),
+        (&svc, "rogue__fail"),
+        (&svc, "rogue__garbage"),
     ];
     for i in 0..1500 {
         let (who, tool) = calls[i % calls.len()];
@@ -395,6 +489,32 @@ agents:
         for (n, v) in &r.headers {
             bodies.push(format!("{n}: {v}").into_bytes());
         }
+    }
+    // The rogue API's 500 echoed its key: the agent got the error with the key redacted; its garbage and
+    // its silence became upstream errors.
+    let r = call_as(&g, &svc, "rogue__fail");
+    assert!(
+        r.text().contains("[redacted]") && r.text().contains("HTTP 500"),
+        "{}",
+        r.text()
+    );
+    bodies.push(r.body.clone());
+    let r = call_as(&g, &svc, "rogue__garbage");
+    assert_eq!(
+        r.message()["error"]["data"]["reason"],
+        json!("upstream_protocol_error"),
+        "{}",
+        r.text()
+    );
+    for _ in 0..3 {
+        let r = call_as(&g, &svc, "rogue__slow");
+        assert_eq!(
+            r.message()["error"]["data"]["reason"],
+            json!("upstream_timeout"),
+            "{}",
+            r.text()
+        );
+        bodies.push(r.body.clone());
     }
     let alpha_answers = call_as(&g, &svc, "alpha__credentials");
     assert_ne!(alpha_answers.status, 0);

@@ -452,26 +452,24 @@ pub fn scrub(bytes: &mut Vec<u8>, forms: &[String]) -> usize {
         if form.len() < SCRUB_BYTES_MIN || bytes.len() < form.len() {
             continue;
         }
-        let mut out: Option<Vec<u8>> = None;
-        let mut i = 0;
+        let finder = memchr::memmem::Finder::new(form);
+        // The common case, no echo, costs one SIMD scan and no allocation.
+        let Some(first) = finder.find(bytes) else {
+            continue;
+        };
+        let mut out = Vec::with_capacity(bytes.len());
         let mut copied = 0;
-        while i + form.len() <= bytes.len() {
-            if &bytes[i..i + form.len()] == form {
-                let o = out.get_or_insert_with(|| Vec::with_capacity(bytes.len()));
-                o.extend_from_slice(&bytes[copied..i]);
-                o.extend_from_slice(MARK);
-                i += form.len();
-                copied = i;
-                replaced += 1;
-            } else {
-                i += 1;
-            }
+        let mut at = Some(first);
+        while let Some(i) = at {
+            out.extend_from_slice(&bytes[copied..i]);
+            out.extend_from_slice(MARK);
+            copied = i + form.len();
+            replaced += 1;
+            at = finder.find(&bytes[copied..]).map(|j| copied + j);
         }
-        if let Some(mut o) = out {
-            o.extend_from_slice(&bytes[copied..]);
-            zeroize::Zeroize::zeroize(bytes);
-            *bytes = o;
-        }
+        out.extend_from_slice(&bytes[copied..]);
+        zeroize::Zeroize::zeroize(bytes);
+        *bytes = out;
     }
     replaced
 }

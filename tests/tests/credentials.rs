@@ -792,6 +792,8 @@ fn openbao_kv_with_approle_login_renewal_and_outage() {
     );
     let secret_id_file = dir.path().join("secret-id");
     std::fs::write(&secret_id_file, &secret_id).unwrap();
+    let root_token_file = dir.path().join("root-token");
+    std::fs::write(&root_token_file, "root\n").unwrap();
 
     let (_alpha, alpha_port) = py_server("alpha", &[]);
     let (_gamma, gamma_port) = py_server("gamma", &[]);
@@ -799,10 +801,12 @@ fn openbao_kv_with_approle_login_renewal_and_outage() {
     std::env::set_var("PCTEST_BAO_GAMMA", &gamma_secret);
     let key = keygen(dir.path());
     let extra = format!(
-        "pinning:\n  recheck_interval: 1h\nsecrets:\n  key_file: {}\n  cache_ttl: 1s\n  timeout: 3s\n  stores:\n    - name: bao\n      kind: openbao\n      address: {addr}\n      tls_ca_file: {}\n      auth:\n        approle: {{role_id: {role_id}, secret_id_file: {}}}\n    - {{name: env, kind: env, prefix: PCTEST_BAO_}}\n",
+        "pinning:\n  recheck_interval: 1h\nsecrets:\n  key_file: {}\n  cache_ttl: 1s\n  timeout: 3s\n  stores:\n    - name: bao\n      kind: openbao\n      address: {addr}\n      tls_ca_file: {}\n      auth:\n        approle: {{role_id: {role_id}, secret_id_file: {}}}\n    - {{name: env, kind: env, prefix: PCTEST_BAO_}}\n    - name: baoroot\n      kind: openbao\n      address: {addr}\n      tls_ca_file: {}\n      auth: {{token_file: {}}}\n",
         key.display(),
         ca.display(),
-        secret_id_file.display()
+        secret_id_file.display(),
+        ca.display(),
+        root_token_file.display()
     );
     let g = Gateway::start_in(TempDir::new("bao-gw"), "", &[], &extra, &["--cores", "2"]);
     let state = format!(
@@ -837,6 +841,11 @@ agents:
         digest(&call_as(&g, &svc, "alpha__credentials")),
         json!(sha(&format!("Bearer {first}")))
     );
+    // The same secret through a store that logs in with a token file instead of AppRole.
+    let check = ok(&g, &["secret", "check", "baoroot/alpha#token"]);
+    assert_eq!(check["resolves"], json!(true), "{check}");
+    let missing = cli(&g, &["secret", "check", "baoroot/nothing-here#token"]);
+    assert!(!missing.status.success());
     // Rotated in OpenBao: picked up within the cache lifetime.
     let second = canary("bao2");
     bao(

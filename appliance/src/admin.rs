@@ -270,6 +270,7 @@ fn route(
             }
             text.push_str(&shared.identity.metrics());
             text.push_str(&shared.broker.metrics());
+            text.push_str(&shared.audit.metrics());
             Response::new(200)
                 .header("content-type", "text/plain; version=0.0.4")
                 .full(text.as_bytes(), false)

@@ -41,6 +41,13 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis secret check STORE/PATH[#FIELD]   (whether a reference of any store resolves, not its value)
     portcullis secret keygen FILE                (a new embedded-store key, mode 600; keep it outside the
                                                  data dir and name it in secrets.key_file)
+AUDIT TRAIL (reads DATA_DIR/audit directly; works with the appliance running or stopped):
+    portcullis audit verify [--public-key HEX]   (CRCs, chains, checkpoint signatures; exits 1 on a break)
+    portcullis audit tail [--n N] [--follow]      (the newest records, all cores merged by time)
+    portcullis audit search [--since 1h] [--from MS] [--to MS] [--agent A] [--tool T] [--decision D]
+                            [--reason R]
+    portcullis audit export [--format jsonl|ocsf] [--out FILE] [search filters]  (progress on stderr)
+
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
     portcullis signing-key | tls-fingerprint    (what a data plane needs to follow this control plane)
@@ -67,7 +74,7 @@ struct Args {
 }
 
 /// Flags that take no value.
-const BARE_FLAGS: &[&str] = &["no-activate", "dry-run", "approve"];
+const BARE_FLAGS: &[&str] = &["no-activate", "dry-run", "approve", "follow"];
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
     let mut a = Args::default();
@@ -300,6 +307,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 | "identity"
                 | "openapi"
                 | "secret"
+                | "audit"
         );
     if !is_cli {
         return Ok(false);
@@ -307,6 +315,16 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
     let a = parse(argv)?;
     if cmd == "secret" && a.words.first().map(String::as_str) == Some("keygen") {
         return keygen(&a).map(|()| true);
+    }
+    if cmd == "audit" {
+        return crate::auditcli::run(
+            &a.words,
+            &a.fields,
+            a.flags.iter().any(|f| f == "follow"),
+            a.json,
+            a.data_dir.clone(),
+        )
+        .map(|()| true);
     }
     let c = Client::new(&a)?;
     let out = match cmd {

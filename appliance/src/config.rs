@@ -96,6 +96,50 @@ pub struct Config {
     pub identity: Identity,
     /// Where the credentials the gateway presents to upstreams come from (`crate::broker`).
     pub secrets: Secrets,
+    /// The audit trail under `DATA_DIR/audit` (`crate::audit`).
+    pub audit: Audit,
+}
+
+/// The audit trail, loaded from `audit:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// `durable`: a response is released only once its record is on disk (group commit with
+    /// `fdatasync`). `async`: records are written at once and synced within `flush_interval`; a crash
+    /// loses at most that much.
+    pub mode: AuditMode,
+    /// A segment is closed (with a signed checkpoint) and a new one begun past this size.
+    pub segment_bytes: u64,
+    /// The disk budget of the whole trail; at it, calls are refused with `audit_unavailable` (fail
+    /// closed) until space is freed.
+    pub max_bytes: u64,
+    /// A signed checkpoint every this many records (and at every segment end and shutdown).
+    pub checkpoint_every: u64,
+    /// `async` mode: the bound on how long a written record waits for `fdatasync`.
+    pub flush_interval: Dur,
+    /// Records written (and synced) together at most.
+    pub batch_max: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditMode {
+    #[default]
+    Durable,
+    Async,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            mode: AuditMode::Durable,
+            segment_bytes: 64 << 20,
+            max_bytes: 16 << 30,
+            checkpoint_every: 1000,
+            flush_interval: Dur(Duration::from_millis(200)),
+            batch_max: 1024,
+        }
+    }
 }
 
 /// The credential broker's stores and caching, loaded from `secrets:`.
@@ -397,6 +441,7 @@ impl Default for Config {
             follow: None,
             identity: Identity::default(),
             secrets: Secrets::default(),
+            audit: Audit::default(),
         }
     }
 }
@@ -656,6 +701,7 @@ impl Config {
             ("pinning.recheck_interval", self.pinning.recheck_interval),
             ("secrets.cache_ttl", self.secrets.cache_ttl),
             ("secrets.timeout", self.secrets.timeout),
+            ("audit.flush_interval", self.audit.flush_interval),
         ];
         for (k, v) in durations {
             if v.0.is_zero() {
@@ -666,6 +712,18 @@ impl Config {
             self.validate_follow(f)?;
         }
         self.validate_secrets()?;
+        if self.audit.segment_bytes < 4096 || self.audit.max_bytes < self.audit.segment_bytes {
+            return Err(invalid(
+                "audit",
+                "segment_bytes must be at least 4096 and max_bytes at least segment_bytes",
+            ));
+        }
+        if self.audit.batch_max == 0 || self.audit.checkpoint_every == 0 {
+            return Err(invalid(
+                "audit",
+                "batch_max and checkpoint_every must be greater than 0",
+            ));
+        }
         self.validate_identity()
     }
 

@@ -51,6 +51,8 @@ pub struct Shared {
     pub identity: Arc<crate::identity::Providers>,
     /// Resolves the credentials presented upstream.
     pub broker: Arc<crate::broker::Broker>,
+    /// Every core's audit writer.
+    pub audit: Arc<crate::audit::Trail>,
 }
 
 /// A session operation sent to the core that owns the session.
@@ -141,6 +143,8 @@ struct Caller {
     who: Option<String>,
     /// The JWT the agent presented, kept for token exchange (`OnBehalf::token`).
     token: Option<Secret>,
+    /// How it proved who it is: `api_key`, `jwt` or `certificate` (`None` in static mode).
+    kind: Option<&'static str>,
     transport: &'static str,
     client: String,
     /// UTC hour and weekday (0 = Monday) when the request arrived.
@@ -319,6 +323,7 @@ impl Core {
             return Ok(Caller {
                 who: None,
                 token: None,
+                kind: None,
                 transport: head.transport,
                 client: String::new(),
                 hour: 0,
@@ -326,6 +331,7 @@ impl Core {
             });
         }
         let mut bearer = None;
+        let mut kind = "api_key";
         let agent = match govern::credential(head.header_str("authorization")) {
             govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
             govern::Credential::Jwt(token) if !self.shared.identity.is_empty() => {
@@ -338,10 +344,12 @@ impl Core {
                     .await
                     .map_err(|_| DenyReason::Unauthenticated)?;
                 bearer = Some(Secret::new(token.to_owned()));
+                kind = "jwt";
                 agent
             }
             // No bearer: the connection's verified client certificate, if it names an agent.
             govern::Credential::Missing if head.cert_agent.is_some() => {
+                kind = "certificate";
                 head.cert_agent.as_deref().unwrap_or_default().to_owned()
             }
             govern::Credential::Jwt(_)
@@ -353,6 +361,7 @@ impl Core {
         Ok(Caller {
             who: Some(agent),
             token: bearer,
+            kind: Some(kind),
             transport: head.transport,
             client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
             hour,
@@ -568,9 +577,26 @@ impl Core {
     /// names the snapshot the request was served from (`portcullis-snapshot`).
     pub async fn handle<R: Reply>(&self, conn: &mut R, head: &RequestHead, body: Vec<u8>) -> bool {
         let sv = self.served();
+        let event = portcullis_pipeline::audit::Event {
+            at_ms: crate::control::now_ms(),
+            core: self.id,
+            client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            transport: head.transport.to_owned(),
+            snapshot: sv.label.clone(),
+            bytes_in: body.len() as u64,
+            method: match head.method.as_str() {
+                "POST" => None,
+                other => Some(other.to_owned()),
+            },
+            ..Default::default()
+        };
         let mut conn = Stamped {
             inner: conn,
             label: &sv.label,
+            trail: self.shared.audit.core(self.id),
+            event,
+            t0: Instant::now(),
+            committed: false,
         };
         self.handle_served(&mut conn, &sv, head, body).await
     }
@@ -606,6 +632,15 @@ impl Core {
                 return self.refuse(conn, None, false, r.into(), headers).await;
             }
         };
+        if let Some(a) = conn.audit() {
+            a.agent.clone_from(&caller.who);
+            a.identity = caller.kind.map(str::to_owned);
+            a.owner = caller
+                .who
+                .as_deref()
+                .and_then(|w| sv.agent_owner(w))
+                .map(str::to_owned);
+        }
         if let Some(who) = &caller.who {
             if let Err((limit, wait)) = sv.take(who, None) {
                 return self.rate_refused(conn, None, false, limit, wait).await;
@@ -694,6 +729,19 @@ impl Core {
             method: head.header_str("mcp-method"),
             name: head.header_str("mcp-name"),
         };
+        if let Some(a) = conn.audit() {
+            if let Message::Request(r) = &msg {
+                a.request_id = Some(match &r.id {
+                    Id::Number(n) => n.to_string(),
+                    Id::String(s) => format!("{s:?}"),
+                });
+            }
+            a.method = Some(match &msg {
+                Message::Request(r) => r.method.clone(),
+                Message::Notification(n) => n.method.clone(),
+                Message::Response(_) => "(response)".to_owned(),
+            });
+        }
         let era = match transport::classify_post(&headers, &msg) {
             Ok(e) => e,
             Err(refusal) => {
@@ -711,11 +759,16 @@ impl Core {
                 };
                 return self.initialize(conn, req, caller).await;
             }
-            Era::Modern(_) => Agent::Modern {
-                meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
-                params: param_headers(head),
-                on: caller.on_behalf(),
-            },
+            Era::Modern(_) => {
+                if let Some(a) = conn.audit() {
+                    a.revision = Some(Revision::V2026_07_28.as_str().to_owned());
+                }
+                Agent::Modern {
+                    meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
+                    params: param_headers(head),
+                    on: caller.on_behalf(),
+                }
+            }
             Era::Session(sid) => match self.session_touch(sid).await {
                 // A session id is no credential: another agent's session looks like no session.
                 Ok(s) if s.agent != caller.who => {
@@ -729,11 +782,17 @@ impl Core {
                         )
                         .await
                 }
-                Ok(s) => Agent::Session {
-                    id: sid,
-                    session: Box::new(s),
-                    on: caller.on_behalf(),
-                },
+                Ok(s) => {
+                    if let Some(a) = conn.audit() {
+                        a.session = Some(sid.to_string());
+                        a.revision = Some(s.revision.as_str().to_owned());
+                    }
+                    Agent::Session {
+                        id: sid,
+                        session: Box::new(s),
+                        on: caller.on_behalf(),
+                    }
+                }
                 Err(SessionError::Expired) => {
                     return self
                         .refuse(conn, id, false, DenyReason::SessionExpired.into(), &[])
@@ -796,6 +855,10 @@ impl Core {
                 .await;
         }
         inc(&self.metrics.shared.counters.sessions_opened);
+        if let Some(a) = conn.audit() {
+            a.session = Some(sid.to_string());
+            a.revision = Some(revision.as_str().to_owned());
+        }
         let result = mcp::initialize_result(&self.shared.naming, revision, VERSION);
         let msg = Message::Response(jsonrpc::Response {
             id: Some(req.id),
@@ -892,13 +955,33 @@ impl Core {
                 self.reply_result(conn, agent, req.id, result).await
             }
             Route::ByName { ref upstream, .. } | Route::ByUri { ref upstream, .. } => {
+                if let Some(a) = conn.audit() {
+                    a.capability = Some(upstream.clone());
+                    if let Route::ByName { name, .. } = &route {
+                        a.tool = Some(format!("{upstream}__{name}"));
+                    }
+                    if req.method == "tools/call" {
+                        if let Some(args) = req.params.as_ref().and_then(|p| p.get("arguments")) {
+                            let json = simd_json::to_vec(args).unwrap_or_default();
+                            a.arguments_blake3 = Some(blake3::hash(&json).to_hex().to_string());
+                        }
+                    }
+                    if let Some((mode, secret_ref)) = caller
+                        .who
+                        .as_deref()
+                        .and_then(|w| sv.credential_of(upstream, w))
+                    {
+                        a.credential_mode = Some(mode);
+                        a.secret_ref = Some(secret_ref);
+                    }
+                }
                 if let (Route::ByName { upstream, name }, Some(pins)) = (&route, &sv.pins) {
                     if req.method == "tools/call" {
                         if let Err(r) = pins.check(upstream, name) {
                             return self.refuse(conn, Some(req.id), modern, r.into(), &[]).await;
                         }
                         if let Some(who) = &caller.who {
-                            if let Err((reason, data, detail)) = govern_call(
+                            let governed = govern_call(
                                 self,
                                 sv,
                                 who,
@@ -910,7 +993,24 @@ impl Core {
                                     Agent::Modern { params, .. } => Some(params.as_slice()),
                                     Agent::Session { .. } => None,
                                 },
-                            ) {
+                            );
+                            let policies = match &governed {
+                                Ok(p) => p.clone(),
+                                Err((_, data, _)) => data
+                                    .iter()
+                                    .find(|(k, _)| *k == "policies")
+                                    .and_then(|(_, v)| v.as_array())
+                                    .map(|a| {
+                                        a.iter()
+                                            .filter_map(|x| x.as_str().map(str::to_owned))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default(),
+                            };
+                            if let Some(a) = conn.audit() {
+                                a.policies = policies;
+                            }
+                            if let Err((reason, data, detail)) = governed {
                                 return self
                                     .refuse_with(
                                         conn,
@@ -1089,6 +1189,9 @@ impl Core {
             }
         };
         self.scrub(capability, &mut body, &resp.presented);
+        if let Some(a) = conn.audit() {
+            a.upstream_status = Some(resp.status);
+        }
         let (status, content_type) = (resp.status, resp.header("content-type"));
         let result = call::result(status, content_type, &body, plan.structured);
         let result = from_serde(&result);
@@ -1099,6 +1202,9 @@ impl Core {
                 tool: tool.to_owned(),
             };
             if let Err(refused) = self.check_output(&check, req.id.clone(), &result) {
+                if let Some(a) = conn.audit() {
+                    a.reason = Some(DenyReason::OutputSchemaInvalid.code().to_owned());
+                }
                 let resp = Response::new(200).header("content-type", "application/json");
                 return conn.full(resp, &jsonrpc::encode(&refused), false).await;
             }
@@ -1737,6 +1843,9 @@ impl Core {
     ) -> bool {
         let reason = refusal.reason;
         self.metrics.deny(reason);
+        if let Some(a) = conn.audit() {
+            a.reason.get_or_insert_with(|| reason.code().to_owned());
+        }
         let status = if modern && reason == DenyReason::MethodNotFound {
             404
         } else if reason.is_jsonrpc_level() && id.is_some() {
@@ -2333,6 +2442,9 @@ impl Core {
             }
         };
         let upstream = self.slot_name(up);
+        if let Some(a) = conn.audit() {
+            a.upstream_status = Some(resp.status);
+        }
         let keep = if resp.is_event_stream() && resp.status == 200 {
             self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp, check)
                 .await
@@ -2580,18 +2692,61 @@ impl Core {
     }
 }
 
-/// A `Reply` that names the request's snapshot on every response it writes.
+/// A `Reply` that names the request's snapshot on every response it writes, and writes the request's
+/// audit record before the response leaves: in durable mode the response waits until the record is on
+/// disk, and a record that cannot be written turns the response into `audit_unavailable`.
 struct Stamped<'a, R> {
     inner: &'a mut R,
     label: &'a str,
+    trail: Option<&'a crate::audit::CoreTrail>,
+    event: portcullis_pipeline::audit::Event,
+    t0: Instant,
+    committed: bool,
+}
+
+impl<R: Reply> Stamped<'_, R> {
+    /// Write the record (once). `Err` when it could not be.
+    async fn commit(&mut self, status: u16, bytes_out: usize) -> Result<(), ()> {
+        if self.committed {
+            return Ok(());
+        }
+        self.committed = true;
+        let Some(trail) = self.trail else {
+            return Ok(());
+        };
+        let e = &mut self.event;
+        e.status = status;
+        e.bytes_out = bytes_out as u64;
+        e.latency_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let reason = e.reason.as_deref().and_then(DenyReason::from_code);
+        e.decision = portcullis_pipeline::audit::decision_of(reason).to_owned();
+        let payload = serde_json::to_vec(&*e).unwrap_or_default();
+        trail.record(payload).await.map_err(|_| ())
+    }
+
+    async fn unrecorded(&mut self) -> bool {
+        let msg = jsonrpc::deny_response(None, DenyReason::AuditUnavailable, &[]);
+        let resp = Response::new(DenyReason::AuditUnavailable.http_status())
+            .header("content-type", "application/json")
+            .header(SNAPSHOT_HEADER, self.label.to_owned());
+        self.inner.full(resp, &jsonrpc::encode(&msg), true).await
+    }
 }
 
 impl<R: Reply> Reply for Stamped<'_, R> {
     async fn full(&mut self, resp: Response, body: &[u8], close: bool) -> bool {
+        if self.commit(resp.status, body.len()).await.is_err() {
+            let _ = self.unrecorded().await;
+            return false;
+        }
         let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
         self.inner.full(resp, body, close).await
     }
     async fn stream_start(&mut self, resp: Response) -> bool {
+        if self.commit(resp.status, 0).await.is_err() {
+            let _ = self.unrecorded().await;
+            return false;
+        }
         let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
         self.inner.stream_start(resp).await
     }
@@ -2600,6 +2755,9 @@ impl<R: Reply> Reply for Stamped<'_, R> {
     }
     async fn stream_end(&mut self) -> bool {
         self.inner.stream_end().await
+    }
+    fn audit(&mut self) -> Option<&mut portcullis_pipeline::audit::Event> {
+        Some(&mut self.event)
     }
 }
 
@@ -2727,13 +2885,14 @@ fn govern_call(
     req: &Request,
     env: &Env<'_>,
     param_headers: Option<&[(String, String)]>,
-) -> Result<(), CallRefusal> {
+) -> Result<Vec<String>, CallRefusal> {
     let arguments = req
         .params
         .as_ref()
         .and_then(|p| p.get("arguments"))
         .map_or_else(|| serde_json::Value::Object(Default::default()), to_serde);
     let verdict = core.decide_call(sv, who, capability, name, &arguments, env);
+    let policies = verdict.policies.clone();
     policy_refusal(sv, verdict)?;
     if let Err(p) = sv.governor.validate(capability, name, &arguments) {
         let detail = format!("{} ({} at `{}`)", p.message, p.keyword, p.pointer);
@@ -2767,7 +2926,7 @@ fn govern_call(
             ));
         }
     }
-    Ok(())
+    Ok(policies)
 }
 
 /// Messages queued from upstream streams to one agent's GET stream; at the bound upstream reads wait.

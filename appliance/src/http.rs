@@ -406,6 +406,11 @@ pub trait Reply {
     /// One piece of a streamed body; `false` when the agent is gone.
     async fn stream_data(&mut self, data: Vec<u8>) -> bool;
     async fn stream_end(&mut self) -> bool;
+    /// The audit record of the request being answered, for the handler to fill in; `None` where the
+    /// reply is not audited (the raw connection: the gateway's `Stamped` wrapper audits).
+    fn audit(&mut self) -> Option<&mut portcullis_pipeline::audit::Event> {
+        None
+    }
 }
 
 impl<S: ByteStream> Reply for Conn<S> {

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
+pub mod auditcli;
 pub mod broker;
 pub mod cli;
 pub mod config;

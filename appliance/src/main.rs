@@ -247,6 +247,20 @@ fn up(args: UpArgs) -> Result<(), String> {
         Err(why) => info!("{why}"),
     }
     broker.start()?;
+    let audit_key = Arc::new(SigningKey::load_or_create(&data).map_err(|e| e.to_string())?);
+    let audit = Arc::new(portcullis::audit::Trail::open(
+        &data.file("audit"),
+        n_cores,
+        &config.audit,
+        audit_key,
+    )?);
+    info!(
+        "audit trail at {} mode={:?} ({} of {} bytes used)",
+        data.file("audit").display(),
+        config.audit.mode,
+        audit.usage().0,
+        audit.usage().1
+    );
     let (admin_token, token_created) = control::load_or_create_token(&data)?;
     info!(
         "registry open at {} signing_key={}",
@@ -389,6 +403,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         started: Instant::now(),
         identity,
         broker,
+        audit,
     });
 
     let control_for_follower = control.clone();
@@ -493,6 +508,8 @@ fn up(args: UpArgs) -> Result<(), String> {
             Err(_) => error!("core panicked"),
         }
     }
+    // Every served request's record is written; vouch for the tails with a signed checkpoint.
+    shared.audit.close();
     info!("stopped");
     Ok(())
 }

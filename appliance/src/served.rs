@@ -66,8 +66,8 @@ pub struct Served {
     limit_cells: Vec<Arc<AtomicU64>>,
     /// Where the cells' clock starts (`Published::epoch`).
     epoch: Instant,
-    /// Each agent's registered credential mode: which section of a binding applies to it.
-    agent_modes: HashMap<String, CredentialMode>,
+    /// Each agent's registered credential mode (which section of a binding applies to it) and owner.
+    agent_modes: HashMap<String, (CredentialMode, String)>,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -300,7 +300,12 @@ impl Served {
                 .content
                 .agents
                 .iter()
-                .map(|a| (a.spec.name.clone(), a.spec.credential_mode))
+                .map(|a| {
+                    (
+                        a.spec.name.clone(),
+                        (a.spec.credential_mode, a.spec.owner.clone()),
+                    )
+                })
                 .collect(),
         })
     }
@@ -338,7 +343,37 @@ impl Served {
 
     /// The credential mode `agent` is registered with.
     pub fn agent_mode(&self, agent: &str) -> Option<CredentialMode> {
-        self.agent_modes.get(agent).copied()
+        self.agent_modes.get(agent).map(|(m, _)| *m)
+    }
+
+    /// The owner `agent` is registered with.
+    pub fn agent_owner(&self, agent: &str) -> Option<&str> {
+        self.agent_modes.get(agent).map(|(_, o)| o.as_str())
+    }
+
+    /// For the audit record: the credential mode `agent` calls capability `name` with and the secret
+    /// reference (or token endpoint) that serves it, when the capability binds one.
+    pub fn credential_of(&self, name: &str, agent: &str) -> Option<(String, String)> {
+        let cap = self
+            .upstreams
+            .iter()
+            .chain(&self.apis)
+            .find(|u| u.name == name)?;
+        let binding = cap.credential.as_ref()?;
+        let mode = self.agent_mode(agent)?;
+        let label = match mode {
+            CredentialMode::Service => "service",
+            CredentialMode::AgentScoped => "agent-scoped",
+            CredentialMode::Delegated => "delegated",
+        };
+        let what = match binding.need(mode, agent) {
+            Ok(portcullis_pipeline::credential::Need::Secret(r)) => r.to_string(),
+            Ok(portcullis_pipeline::credential::Need::Exchange(x)) => {
+                format!("exchange:{}", x.token_endpoint)
+            }
+            Err(e) => format!("none ({e})"),
+        };
+        Some((label.to_owned(), what))
     }
 
     /// Count one request against each of `agent`'s limits that counts it: every request (`call` is

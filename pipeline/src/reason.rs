@@ -109,11 +109,19 @@ pub enum DenyReason {
     /// The upstream needs a credential the gateway could not obtain (secret store down or missing the
     /// secret, token exchange refused, no credential bound for the agent's mode); nothing went upstream.
     CredentialUnavailable,
+    /// The call's audit record could not be made durable (disk full or read-only, the disk budget
+    /// reached): the gateway fails closed rather than answer without a record.
+    AuditUnavailable,
 }
 
 impl DenyReason {
+    /// The reason whose wire code is `code`.
+    pub fn from_code(code: &str) -> Option<DenyReason> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 39] = [
+    pub const ALL: [DenyReason; 40] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -153,6 +161,7 @@ impl DenyReason {
         Self::RateLimited,
         Self::OutputSchemaInvalid,
         Self::CredentialUnavailable,
+        Self::AuditUnavailable,
     ];
 
     /// The stable `data.reason` string.
@@ -197,6 +206,7 @@ impl DenyReason {
             Self::RateLimited => "rate_limited",
             Self::OutputSchemaInvalid => "output_schema_invalid",
             Self::CredentialUnavailable => "credential_unavailable",
+            Self::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -238,7 +248,10 @@ impl DenyReason {
             | Self::UpstreamProtocolError
             | Self::ToolDefinitionChanged
             | Self::OutputSchemaInvalid => Blame::Upstream,
-            Self::Overloaded | Self::ShuttingDown | Self::CredentialUnavailable => Blame::Gateway,
+            Self::Overloaded
+            | Self::ShuttingDown
+            | Self::CredentialUnavailable
+            | Self::AuditUnavailable => Blame::Gateway,
         }
     }
 
@@ -280,6 +293,7 @@ impl DenyReason {
             | Self::ToolDefinitionChanged
             | Self::OutputSchemaInvalid
             | Self::CredentialUnavailable
+            | Self::AuditUnavailable
             | Self::Overloaded
             | Self::ShuttingDown => -32603,
         }
@@ -323,7 +337,10 @@ impl DenyReason {
             Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
                 502
             }
-            Self::Overloaded | Self::ShuttingDown | Self::CredentialUnavailable => 503,
+            Self::Overloaded
+            | Self::ShuttingDown
+            | Self::CredentialUnavailable
+            | Self::AuditUnavailable => 503,
             Self::UpstreamTimeout => 504,
         }
     }
@@ -394,6 +411,9 @@ impl DenyReason {
             Self::CredentialUnavailable => {
                 "The gateway could not obtain the upstream credential for this call"
             }
+            Self::AuditUnavailable => {
+                "The gateway could not record this request in its audit trail, so it was not served"
+            }
             Self::MalformedHttp => "Malformed HTTP request",
             Self::MissingMeta => {
                 "Request _meta lacks io.modelcontextprotocol/protocolVersion or clientCapabilities"
@@ -459,6 +479,7 @@ mod tests {
             ("rate_limited", -32005, 429, "agent"),
             ("output_schema_invalid", -32603, 502, "upstream"),
             ("credential_unavailable", -32603, 503, "gateway"),
+            ("audit_unavailable", -32603, 503, "gateway"),
         ];
         assert_eq!(table, expected);
     }

@@ -4,6 +4,7 @@
 // Denied, not forbidden: opening the LMDB memory map is the one unsafe call, allowed where it is made.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod datadir;
 pub mod registry;
 pub mod secrets;

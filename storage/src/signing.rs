@@ -12,7 +12,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 use crate::datadir::{DataDir, StorageError};
 
-const KEY_FILE: &str = "snapshot-signing.pk8";
+pub const KEY_FILE: &str = "snapshot-signing.pk8";
 const MAGIC: &[u8; 8] = b"PCSNAP01";
 /// Signatures cover this prefix and the hash, so a snapshot signature cannot be replayed as any other
 /// message the same key might sign later.
@@ -168,6 +168,40 @@ impl SigningKey {
         out.copy_from_slice(self.pair.sign(&a.message()).as_ref());
         out
     }
+}
+
+/// Domain of audit checkpoints, so that none can pass for a snapshot, an activation or a key list.
+const AUDIT_DOMAIN: &[u8] = b"portcullis-audit-checkpoint-v1\0";
+
+/// "Core `core`'s audit chain reached record `seq` with hash `hash`": what a checkpoint signs.
+fn audit_message(core: u16, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUDIT_DOMAIN.len() + 2 + 8 + HASH_LEN);
+    m.extend_from_slice(AUDIT_DOMAIN);
+    m.extend_from_slice(&core.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+impl SigningKey {
+    pub fn sign_audit_checkpoint(&self, core: u16, seq: u64, hash: &[u8; 32]) -> [u8; SIG_LEN] {
+        let mut out = [0u8; SIG_LEN];
+        out.copy_from_slice(self.pair.sign(&audit_message(core, seq, hash)).as_ref());
+        out
+    }
+}
+
+/// Check an audit checkpoint's signature under `public_key`.
+pub fn verify_audit_checkpoint(
+    core: u16,
+    seq: u64,
+    hash: &[u8; 32],
+    signature: &[u8],
+    public_key: &[u8; 32],
+) -> Result<(), BlobError> {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(&audit_message(core, seq, hash), signature)
+        .map_err(|_| BlobError::BadSignature)
 }
 
 fn signed_message(hash: &[u8]) -> Vec<u8> {

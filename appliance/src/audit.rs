@@ -1,0 +1,340 @@
+//! The audit writer: one thread per core appends that core's records to its own segments
+//! (`storage::audit`), in batches, so one `fdatasync` commits every record that queued while the previous
+//! one ran (group commit).
+//!
+//! In `durable` mode a core releases a response only after its record's batch is synced; in `async` mode
+//! it queues the record and goes on, and the writer syncs at least every `audit.flush_interval`. A record
+//! that cannot be written (disk full or read-only, the disk budget reached) fails the request it belongs
+//! to with `audit_unavailable`: nothing is answered without its record. The writer recovers on its own
+//! when writes succeed again.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_storage::audit::{Recovery, Segments};
+use portcullis_storage::SigningKey;
+
+use crate::config::{Audit, AuditMode};
+
+/// Records queued per core, at most; past it a durable core waits, an async one too (never drops).
+const QUEUE_MAX: usize = 65_536;
+
+enum Job {
+    Record {
+        payload: Vec<u8>,
+        ack: Option<flume::Sender<Result<(), String>>>,
+    },
+    /// Write a checkpoint, sync, and answer (shutdown).
+    Close(flume::Sender<()>),
+}
+
+/// What one core's writer has counted.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub records: AtomicU64,
+    pub failures: AtomicU64,
+    pub batches: AtomicU64,
+    /// Nanoseconds spent writing and syncing batches.
+    pub write_nanos: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// One core's handle on its writer.
+#[derive(Debug)]
+pub struct CoreTrail {
+    tx: flume::Sender<Job>,
+    durable: bool,
+    pub stats: Arc<Stats>,
+}
+
+/// Every core's writer.
+#[derive(Debug)]
+pub struct Trail {
+    pub root: PathBuf,
+    cores: Vec<CoreTrail>,
+    used: Arc<AtomicU64>,
+    max: u64,
+}
+
+impl CoreTrail {
+    /// Append `payload`. Durable: returns once it is on disk (or why it cannot be). Async: once queued.
+    pub async fn record(&self, payload: Vec<u8>) -> Result<(), String> {
+        if !self.durable {
+            return self
+                .tx
+                .send_async(Job::Record { payload, ack: None })
+                .await
+                .map_err(|_| "the audit writer stopped".to_owned());
+        }
+        let (ack, done) = flume::bounded(1);
+        self.tx
+            .send_async(Job::Record {
+                payload,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| "the audit writer stopped".to_owned())?;
+        done.recv_async()
+            .await
+            .map_err(|_| "the audit writer stopped".to_owned())?
+    }
+
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+impl Trail {
+    /// Open (recovering) every core's segments under `root` and start their writers.
+    pub fn open(
+        root: &Path,
+        cores: usize,
+        cfg: &Audit,
+        key: Arc<SigningKey>,
+    ) -> Result<Trail, String> {
+        let used = Arc::new(AtomicU64::new(0));
+        let mut out = Vec::with_capacity(cores);
+        for core in 0..cores {
+            let id = u16::try_from(core).map_err(|_| "too many cores".to_owned())?;
+            let (segs, recovery) = Segments::open(
+                root,
+                id,
+                cfg.segment_bytes,
+                cfg.checkpoint_every,
+                key.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            report(id, &recovery);
+            used.fetch_add(segs.bytes(), Ordering::Relaxed);
+            let (tx, rx) = flume::bounded(QUEUE_MAX);
+            let stats = Arc::new(Stats::default());
+            stats.bytes.store(segs.bytes(), Ordering::Relaxed);
+            let writer = Writer {
+                core: id,
+                segs,
+                rx,
+                durable: cfg.mode == AuditMode::Durable,
+                flush_interval: cfg.flush_interval.0,
+                batch_max: cfg.batch_max,
+                used: used.clone(),
+                max: cfg.max_bytes,
+                stats: stats.clone(),
+                failing: AtomicBool::new(false),
+            };
+            std::thread::Builder::new()
+                .name(format!("portcullis-audit-{core}"))
+                .spawn(move || writer.run())
+                .map_err(|e| format!("audit writer thread: {e}"))?;
+            out.push(CoreTrail {
+                tx,
+                durable: cfg.mode == AuditMode::Durable,
+                stats,
+            });
+        }
+        Ok(Trail {
+            root: root.to_path_buf(),
+            cores: out,
+            used,
+            max: cfg.max_bytes,
+        })
+    }
+
+    pub fn core(&self, id: u16) -> Option<&CoreTrail> {
+        self.cores.get(usize::from(id))
+    }
+
+    /// Checkpoint and sync every core's trail (at shutdown, after the cores stopped).
+    pub fn close(&self) {
+        for c in &self.cores {
+            let (tx, rx) = flume::bounded(1);
+            if c.tx.send(Job::Close(tx)).is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        let rows: [MetricRow; 5] = [
+            ("portcullis_audit_records_total", "counter", "Audit records written, per core.", |c| c.stats.records.load(Ordering::Relaxed)),
+            ("portcullis_audit_failures_total", "counter", "Audit records that could not be written (their requests got audit_unavailable), per core.", |c| c.stats.failures.load(Ordering::Relaxed)),
+            ("portcullis_audit_batches_total", "counter", "Batches written (one fdatasync each in durable mode), per core.", |c| c.stats.batches.load(Ordering::Relaxed)),
+            ("portcullis_audit_write_seconds_total", "counter", "Time spent writing and syncing batches, per core.", |c| c.stats.write_nanos.load(Ordering::Relaxed)),
+            ("portcullis_audit_queue_depth", "gauge", "Records waiting for the writer, per core.", |c| c.queued() as u64),
+        ];
+        for (name, kind, help, get) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, c) in self.cores.iter().enumerate() {
+                let v = get(c);
+                if name.ends_with("_seconds_total") {
+                    let _ = writeln!(out, "{name}{{core=\"{i}\"}} {:.6}", v as f64 / 1e9);
+                } else {
+                    let _ = writeln!(out, "{name}{{core=\"{i}\"}} {v}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP portcullis_audit_bytes Bytes of the audit trail on disk.\n# TYPE portcullis_audit_bytes gauge\nportcullis_audit_bytes {}\n# HELP portcullis_audit_max_bytes The audit trail's disk budget.\n# TYPE portcullis_audit_max_bytes gauge\nportcullis_audit_max_bytes {}",
+            self.used.load(Ordering::Relaxed),
+            self.max
+        );
+        out
+    }
+
+    /// Bytes on disk and the budget.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.used.load(Ordering::Relaxed), self.max)
+    }
+}
+
+/// A per-core metric: name, type, help, and how to read it.
+type MetricRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreTrail) -> u64,
+);
+
+fn report(core: u16, r: &Recovery) {
+    if r.truncated_bytes > 0 {
+        crate::warn!(
+            "audit core={core} segment={} torn tail cut: {} bytes (an append interrupted by a crash; it was never acknowledged), {} records intact",
+            r.segment.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+            r.truncated_bytes,
+            r.records
+        );
+    }
+}
+
+struct Writer {
+    core: u16,
+    segs: Segments,
+    rx: flume::Receiver<Job>,
+    durable: bool,
+    flush_interval: Duration,
+    batch_max: usize,
+    used: Arc<AtomicU64>,
+    max: u64,
+    stats: Arc<Stats>,
+    failing: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    crate::control::now_ms()
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut dirty = false;
+        let mut last_sync = Instant::now();
+        loop {
+            let first = if self.durable || !dirty {
+                match self.rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                let wait = self.flush_interval.saturating_sub(last_sync.elapsed());
+                match self.rx.recv_timeout(wait) {
+                    Ok(j) => j,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        if self.segs.sync().is_ok() {
+                            dirty = false;
+                        }
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut payloads = Vec::new();
+            let mut acks = Vec::new();
+            let mut closes = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Record { payload, ack } => {
+                        payloads.push(payload);
+                        acks.push(ack);
+                    }
+                    Job::Close(tx) => closes.push(tx),
+                }
+                if payloads.len() < self.batch_max {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !payloads.is_empty() {
+                let outcome = self.write(&payloads);
+                for ack in acks.into_iter().flatten() {
+                    let _ = ack.send(outcome.clone());
+                }
+                if outcome.is_ok() && !self.durable {
+                    dirty = true;
+                    if last_sync.elapsed() >= self.flush_interval {
+                        if self.segs.sync().is_ok() {
+                            dirty = false;
+                        }
+                        last_sync = Instant::now();
+                    }
+                }
+            }
+            for c in closes {
+                let _ = self.segs.checkpoint(now_ms());
+                let _ = c.send(());
+            }
+        }
+        let _ = self.segs.checkpoint(now_ms());
+    }
+
+    fn write(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
+        let n = payloads.len() as u64;
+        let size: u64 = payloads
+            .iter()
+            .map(|p| (p.len() + portcullis_storage::audit::HEAD_LEN) as u64)
+            .sum();
+        let used = self.used.load(Ordering::Relaxed);
+        let result = if used + size > self.max {
+            Err(portcullis_storage::audit::AuditError::Budget {
+                used,
+                max: self.max,
+            }
+            .to_string())
+        } else {
+            let before = self.segs.bytes();
+            let t0 = Instant::now();
+            let r = self.segs.append(payloads, self.durable, now_ms());
+            self.stats
+                .write_nanos
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let grown = self.segs.bytes().saturating_sub(before);
+            self.used.fetch_add(grown, Ordering::Relaxed);
+            self.stats.bytes.store(self.segs.bytes(), Ordering::Relaxed);
+            r.map(|_| ()).map_err(|e| e.to_string())
+        };
+        match &result {
+            Ok(()) => {
+                self.stats.records.fetch_add(n, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    crate::info!("audit core={} writing again", self.core);
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(n, Ordering::Relaxed);
+                // Once per outage, not once per record: a full disk must not become a log storm.
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    crate::error!(
+                        "audit core={} cannot write records, calls are refused with audit_unavailable: {e}",
+                        self.core
+                    );
+                }
+            }
+        }
+        result
+    }
+}

@@ -35,11 +35,14 @@ fn event(i: u64) -> Event {
         method: Some("tools/call".into()),
         capability: Some("github".into()),
         tool: Some("github__create_issue".into()),
-        arguments_blake3: Some("a34e4d1ccc74e1f7de201cab4cd39bee5c3d30c472875de10ed1fe7d28068bdc".into()),
+        arguments_blake3: Some(
+            "a34e4d1ccc74e1f7de201cab4cd39bee5c3d30c472875de10ed1fe7d28068bdc".into(),
+        ),
         decision: "allowed".into(),
         reason: None,
         policies: vec!["operators-all".into()],
-        snapshot: "v12 blake3:6f4a66804936887dccba170bb9919794724c58456b64992e6e25270a47c61d7e".into(),
+        snapshot: "v12 blake3:6f4a66804936887dccba170bb9919794724c58456b64992e6e25270a47c61d7e"
+            .into(),
         credential_mode: Some("service".into()),
         secret_ref: Some("embedded/github#token".into()),
         upstream_status: Some(200),

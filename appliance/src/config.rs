@@ -119,6 +119,26 @@ pub struct Audit {
     pub flush_interval: Dur,
     /// Records written (and synced) together at most.
     pub batch_max: usize,
+    /// Stream every record to a syslog collector (RFC 5424 over TCP or TLS, octet-counted).
+    pub syslog: Option<SyslogConfig>,
+}
+
+/// The SIEM's syslog collector, loaded from `audit.syslog`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `host:port`.
+    pub address: String,
+    /// TLS (RFC 5425), verified by `tls_ca_file` (default: the system bundle) or a pinned fingerprint.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
+    /// Send OCSF API Activity events instead of Portcullis records.
+    #[serde(default)]
+    pub ocsf: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -138,6 +158,7 @@ impl Default for Audit {
             checkpoint_every: 1000,
             flush_interval: Dur(Duration::from_millis(200)),
             batch_max: 1024,
+            syslog: None,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod runtime;
 pub mod served;
 pub mod sync;
+pub mod syslog;
 pub mod tls;
 pub mod upstream;
 

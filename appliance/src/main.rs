@@ -268,6 +268,10 @@ fn up(args: UpArgs) -> Result<(), String> {
         registry.public_key_hex()
     );
     let node = node_name(&registry.public_key_hex());
+    if let Some(sl) = &config.audit.syslog {
+        portcullis::syslog::start(data.file("audit"), sl.clone(), node.clone())?;
+        info!("audit trail streamed to syslog at {}", sl.address);
+    }
     // Static `upstreams` in the config bypass the control plane (a lab mode); otherwise the data plane
     // serves the active approved snapshot and nothing before one is approved.
     let published = Arc::new(Published::new(config.upstreams.is_empty()));

@@ -402,3 +402,109 @@ fn a_full_disk_fails_closed_and_recovers_when_space_returns() {
     let (ok_, out) = audit(&g, &["verify"]);
     assert!(ok_, "{out}");
 }
+
+/// A syslog collector: accepts connections on `port` and parses octet-counted RFC 5424 frames.
+fn collector(listener: std::net::TcpListener, got: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let got = got.clone();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut conn = conn;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    // Frames: "LEN SP MSG".
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let msg = String::from_utf8(buf[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                        got.lock().unwrap().push(msg);
+                        buf.drain(..sp + 1 + len);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn records_stream_to_syslog_and_resume_after_the_collector_returns() {
+    // The collector is not there yet: records wait on disk.
+    let port = free_port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (_up, up_port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        &format!("pinning:\n  recheck_interval: 1h\naudit:\n  syslog: {{address: \"127.0.0.1:{port}\"}}\n"),
+    );
+    add_capability(&g, "alpha", up_port);
+    let (ops, viewer) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    call(g.plain_port, 7001, "alpha__echo", json!({"text": "s"}));
+    act_as(&viewer);
+    call(g.plain_port, 7002, "alpha__add", json!({"a": 1, "b": 1}));
+    std::thread::sleep(Duration::from_millis(300));
+    collector(
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
+        got.clone(),
+    );
+    let seen = |id: &str| {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains(&format!("\"request_id\":\"{id}\"")))
+    };
+    let wait = |id: &str| {
+        let t0 = std::time::Instant::now();
+        while !seen(id) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{id} never arrived: {:?}",
+                got.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("7001");
+    wait("7002");
+    let msgs = got.lock().unwrap().clone();
+    let allowed = msgs
+        .iter()
+        .find(|m| m.contains("\"request_id\":\"7001\""))
+        .unwrap();
+    assert!(
+        allowed.starts_with("<110>1 "),
+        "facility 13, informational: {allowed}"
+    );
+    assert!(allowed.contains(" portcullis "), "{allowed}");
+    let denied = msgs
+        .iter()
+        .find(|m| m.contains("\"request_id\":\"7002\""))
+        .unwrap();
+    assert!(
+        denied.starts_with("<108>1 "),
+        "facility 13, warning: {denied}"
+    );
+
+    // A restart resumes from the collector's cursor: new records arrive, old ones are not sent again.
+    let before = got.lock().unwrap().len();
+    let mut g = g;
+    assert!(g.proc.terminate().success());
+    let g = g.restart();
+    act_as(&ops);
+    call(g.plain_port, 7003, "alpha__echo", json!({"text": "t"}));
+    wait("7003");
+    let after: Vec<String> = got.lock().unwrap()[before..].to_vec();
+    assert!(
+        !after.iter().any(|m| m.contains("\"request_id\":\"7001\"")),
+        "the restart re-sent records the collector had: {after:?}"
+    );
+}

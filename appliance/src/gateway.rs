@@ -964,6 +964,11 @@ impl Core {
                         if let Some(args) = req.params.as_ref().and_then(|p| p.get("arguments")) {
                             let json = simd_json::to_vec(args).unwrap_or_default();
                             a.arguments_blake3 = Some(blake3::hash(&json).to_hex().to_string());
+                            if let Some(rec) = sv.audit_arguments(upstream) {
+                                let mut v = to_serde(args);
+                                portcullis_pipeline::audit::redact(&mut v, &rec.redact);
+                                a.arguments = Some(v);
+                            }
                         }
                     }
                     if let Some((mode, secret_ref)) = caller

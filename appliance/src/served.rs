@@ -42,6 +42,8 @@ pub struct ServedUpstream {
     pub credential: Option<Arc<Binding>>,
     /// The capability's endpoint as registered: the default `resource` of a token exchange.
     pub endpoint: String,
+    /// Whether (and with which redactions) its calls' arguments go into the audit trail.
+    pub audit_arguments: Option<Arc<portcullis_pipeline::control::ArgumentAudit>>,
 }
 
 /// A snapshot compiled for serving.
@@ -275,6 +277,7 @@ impl Served {
                     slot: published.slot(&c.spec.name, url),
                     credential: c.spec.credential.clone().map(Arc::new),
                     endpoint: c.spec.endpoint.clone(),
+                    audit_arguments: c.spec.audit_arguments.clone().map(Arc::new),
                 }),
                 Err(e) => crate::error!(
                     "snapshot={} capability={} not served: {e}",
@@ -322,6 +325,7 @@ impl Served {
                     slot: published.slot(name, url.clone()),
                     credential: None,
                     endpoint: String::new(),
+                    audit_arguments: None,
                 })
                 .collect(),
             apis: Vec::new(),
@@ -339,6 +343,19 @@ impl Served {
             .iter()
             .chain(&self.apis)
             .find(|u| u.slot == slot)
+    }
+
+    /// The argument-recording setting of capability `name`, if it asks for one.
+    pub fn audit_arguments(
+        &self,
+        name: &str,
+    ) -> Option<&portcullis_pipeline::control::ArgumentAudit> {
+        self.upstreams
+            .iter()
+            .chain(&self.apis)
+            .find(|u| u.name == name)?
+            .audit_arguments
+            .as_deref()
     }
 
     /// The credential mode `agent` is registered with.

@@ -31,6 +31,7 @@ fn capability(name: &str, description: &str) -> Capability {
         output_schema: Default::default(),
         openapi: None,
         credential: None,
+        audit_arguments: None,
     }
 }
 

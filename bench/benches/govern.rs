@@ -44,6 +44,7 @@ fn governor(argument_forbid: bool) -> Governor {
                 output_schema: Default::default(),
                 openapi: None,
                 credential: None,
+                audit_arguments: None,
             })
         })
         .collect();

@@ -42,6 +42,9 @@ pub struct Event {
     /// BLAKE3 (hex) of the call's arguments as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arguments_blake3: Option<String>,
+    /// The arguments themselves, redacted, where the capability asks for them (`audit_arguments`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
     /// `allowed`, `denied` (the agent's request was refused) or `failed` (the gateway or upstream could
     /// not serve it).
     pub decision: String,
@@ -64,6 +67,24 @@ pub struct Event {
     pub latency_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+}
+
+/// Replace the value of every object key named in `names` (case-insensitively, at any depth) with
+/// `"[redacted]"`.
+pub fn redact(v: &mut serde_json::Value, names: &[String]) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, inner) in m.iter_mut() {
+                if names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                    *inner = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact(inner, names);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, names)),
+        _ => {}
+    }
 }
 
 /// The decision a refusal reason stands for.
@@ -162,6 +183,17 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redaction_reaches_every_depth() {
+        let mut v =
+            serde_json::json!({"user": "a", "Password": "p", "nested": [{"token": "t", "n": 1}]});
+        redact(&mut v, &["password".into(), "TOKEN".into()]);
+        assert_eq!(
+            v,
+            serde_json::json!({"user": "a", "Password": "[redacted]", "nested": [{"token": "[redacted]", "n": 1}]})
+        );
+    }
 
     #[test]
     fn decisions_follow_blame() {

@@ -76,6 +76,20 @@ pub struct Capability {
     /// out when none: the upstream is called without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<crate::credential::Binding>,
+    /// Record the arguments of this capability's tool calls in the audit trail (by default only their
+    /// digest is), with the named fields redacted. Left out when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_arguments: Option<ArgumentAudit>,
+}
+
+/// Which argument fields the audit trail must not keep in clear.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgumentAudit {
+    /// Object keys, matched case-insensitively at any depth, whose values are replaced by
+    /// `"[redacted]"`.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// Which OpenAPI document an `openapi` capability converts, and which of its operations become tools.
@@ -303,6 +317,9 @@ impl Capability {
         }
         if let Some(b) = &self.credential {
             b.check().map_err(|(f, m)| field_err(&f, m))?;
+        }
+        if let Some(a) = &mut self.audit_arguments {
+            normalize_list("audit_arguments.redact", &mut a.redact)?;
         }
         Ok(())
     }
@@ -930,6 +947,7 @@ mod tests {
             output_schema: Default::default(),
             openapi: None,
             credential: None,
+            audit_arguments: None,
         })
     }
 

@@ -1432,6 +1432,7 @@ mod tests {
             output_schema: Default::default(),
             openapi: None,
             credential: None,
+            audit_arguments: None,
         }
     }
 

@@ -508,3 +508,48 @@ fn records_stream_to_syslog_and_resume_after_the_collector_returns() {
         "the restart re-sent records the collector had: {after:?}"
     );
 }
+
+#[test]
+fn a_capability_can_ask_for_its_arguments_recorded_with_fields_redacted() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    let dir = TempDir::new("auditargs");
+    let state = format!(
+        r#"capabilities:
+  - name: alpha
+    kind: mcp
+    owner: team
+    risk: low
+    environment: prod
+    endpoint: http://127.0.0.1:{port}/mcp
+    audit_arguments: {{redact: [B]}}
+agents:
+  - {{name: ops, owner: qa, surface: service, environment: prod, credential_mode: service, groups: [operators]}}
+policies:
+  - id: operators-all
+    text: 'permit(principal in Group::"operators", action, resource in Capability::"alpha");'
+"#
+    );
+    let f = dir.path().join("state.yaml");
+    std::fs::write(&f, state).unwrap();
+    ok(&g, &["apply", "-f", f.to_str().unwrap(), "--approve"]);
+    let key = ok(&g, &["agent", "key", "issue", "ops"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    act_as(&key);
+    let r = call(g.plain_port, 9001, "alpha__add", json!({"a": 20, "b": 22}));
+    assert_eq!(
+        r.message()["result"]["content"][0]["text"],
+        json!("42"),
+        "{}",
+        r.text()
+    );
+    let rs = records(&g, &[]);
+    let rec = by_id(&rs, 9001);
+    assert_eq!(
+        rec["arguments"],
+        json!({"a": 20, "b": "[redacted]"}),
+        "{rec}"
+    );
+}

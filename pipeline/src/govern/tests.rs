@@ -42,6 +42,7 @@ fn cap(name: &str, risk: Risk) -> Record<Capability> {
         output_schema: Default::default(),
         openapi: None,
         credential: None,
+        audit_arguments: None,
     })
 }
 

@@ -38,6 +38,7 @@ fn event(i: u64) -> Event {
         arguments_blake3: Some(
             "a34e4d1ccc74e1f7de201cab4cd39bee5c3d30c472875de10ed1fe7d28068bdc".into(),
         ),
+        arguments: None,
         decision: "allowed".into(),
         reason: None,
         policies: vec!["operators-all".into()],

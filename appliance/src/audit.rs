@@ -17,7 +17,21 @@ use std::time::{Duration, Instant};
 use portcullis_storage::audit::{Recovery, Segments};
 use portcullis_storage::SigningKey;
 
-use crate::config::{Audit, AuditMode};
+use crate::config::{AtBudget, Audit, AuditMode};
+
+/// Per-core positions of what has left the appliance: the syslog forwarder's and `audit export --mark`'s.
+pub const CURSOR_FILES: [&str; 2] = ["syslog.cursor", "export.cursor"];
+
+/// The highest sequence number of core `core` that a cursor under `root` has delivered.
+pub fn exported(root: &Path, core: u16) -> u64 {
+    CURSOR_FILES
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(root.join(f)).ok())
+        .filter_map(|t| serde_json::from_str::<std::collections::BTreeMap<u16, u64>>(&t).ok())
+        .filter_map(|m| m.get(&core).copied())
+        .max()
+        .unwrap_or(0)
+}
 
 /// Records queued per core, at most; past it a durable core waits, an async one too (never drops).
 const QUEUE_MAX: usize = 65_536;
@@ -113,6 +127,8 @@ impl Trail {
             let stats = Arc::new(Stats::default());
             stats.bytes.store(segs.bytes(), Ordering::Relaxed);
             let writer = Writer {
+                root: root.to_path_buf(),
+                drop_exported: cfg.at_budget == AtBudget::DropOldestExported,
                 core: id,
                 segs,
                 rx,
@@ -212,6 +228,8 @@ fn report(core: u16, r: &Recovery) {
 }
 
 struct Writer {
+    root: PathBuf,
+    drop_exported: bool,
     core: u16,
     segs: Segments,
     rx: flume::Receiver<Job>,
@@ -297,7 +315,24 @@ impl Writer {
             .iter()
             .map(|p| (p.len() + portcullis_storage::audit::HEAD_LEN) as u64)
             .sum();
-        let used = self.used.load(Ordering::Relaxed);
+        let mut used = self.used.load(Ordering::Relaxed);
+        if used + size > self.max && self.drop_exported {
+            match self
+                .segs
+                .prune_exported(exported(&self.root, self.core), now_ms())
+            {
+                Ok(0) => {}
+                Ok(freed) => {
+                    crate::info!(
+                        "audit core={} at its budget: deleted {freed} bytes of the oldest exported segments",
+                        self.core
+                    );
+                    used = self.used.fetch_sub(freed, Ordering::Relaxed) - freed;
+                    self.stats.bytes.store(self.segs.bytes(), Ordering::Relaxed);
+                }
+                Err(e) => crate::error!("audit core={} pruning failed: {e}", self.core),
+            }
+        }
         let result = if used + size > self.max {
             Err(portcullis_storage::audit::AuditError::Budget {
                 used,

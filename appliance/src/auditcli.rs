@@ -3,6 +3,7 @@
 //! being appended reads as a torn tail and is left for the next read).
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,10 +18,12 @@ const PROGRESS_EVERY: u64 = 100_000;
 pub fn run(
     words: &[String],
     fields: &[(String, String)],
-    follow: bool,
+    flags: &[String],
     json: bool,
     data_dir: Option<PathBuf>,
 ) -> Result<(), String> {
+    let follow = flags.iter().any(|f| f == "follow");
+    let mark = flags.iter().any(|f| f == "mark");
     let data = data_dir.unwrap_or_else(|| PathBuf::from("portcullis-data"));
     let root = data.join("audit");
     let field = |n: &str| {
@@ -48,7 +51,7 @@ pub fn run(
             }
             Ok(())
         }
-        Some("export") => export(&root, &filter, field("format"), field("out")),
+        Some("export") => export(&root, &filter, field("format"), field("out"), mark),
         _ => Err(format!(
             "audit verify|tail|search|export\n{}",
             crate::cli::USAGE
@@ -134,11 +137,20 @@ fn verify(data: &Path, root: &Path, key: Option<String>, json: bool) -> Result<(
 
 /// Every event record of every core, oldest first by time.
 pub fn events(root: &Path) -> Result<Vec<Event>, String> {
+    events_and_ends(root).map(|(e, _)| e)
+}
+
+/// `events`, and per core the last sequence number read.
+fn events_and_ends(root: &Path) -> Result<(Vec<Event>, BTreeMap<u16, u64>), String> {
     let mut out = Vec::new();
-    for (_, dir) in audit::cores(root).map_err(|e| e.to_string())? {
+    let mut ends = BTreeMap::new();
+    for (core, dir) in audit::cores(root).map_err(|e| e.to_string())? {
         for (_, seg) in audit::segments(&dir).map_err(|e| e.to_string())? {
             let (records, _, _) =
                 audit::read_segment(&seg).map_err(|e| format!("{}: {e}", seg.display()))?;
+            if let Some(last) = records.last() {
+                ends.insert(core, last.seq);
+            }
             for r in records.into_iter().filter(|r| r.kind == Kind::Event) {
                 if let Ok(e) = serde_json::from_slice::<Event>(&r.payload) {
                     out.push(e);
@@ -147,7 +159,7 @@ pub fn events(root: &Path) -> Result<Vec<Event>, String> {
         }
     }
     out.sort_by_key(|e| e.at_ms);
-    Ok(out)
+    Ok((out, ends))
 }
 
 fn line(out: &mut impl Write, e: &Event) -> Result<(), String> {
@@ -190,7 +202,17 @@ fn export(
     filter: &Filter,
     format: Option<String>,
     out: Option<String>,
+    mark: bool,
 ) -> Result<(), String> {
+    let filtered = filter.from_ms.is_some()
+        || filter.to_ms.is_some()
+        || filter.agent.is_some()
+        || filter.tool.is_some()
+        || filter.decision.is_some()
+        || filter.reason.is_some();
+    if mark && filtered {
+        return Err("--mark records a complete export: use it without filters".into());
+    }
     let ocsf = match format.as_deref() {
         None | Some("jsonl") => false,
         Some("ocsf") => true,
@@ -203,7 +225,8 @@ fn export(
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let mut n = 0u64;
-    for e in events(root)?.into_iter().filter(|e| filter.matches(e)) {
+    let (all, ends) = events_and_ends(root)?;
+    for e in all.into_iter().filter(|e| filter.matches(e)) {
         let text = if ocsf {
             e.to_ocsf().to_string()
         } else {
@@ -217,5 +240,14 @@ fn export(
     }
     sink.flush().map_err(|e| e.to_string())?;
     eprintln!("exported {n} records");
+    if mark {
+        // Only once the export is complete and flushed may its segments count as delivered.
+        let file = root.join(crate::audit::CURSOR_FILES[1]);
+        let tmp = root.join("export.cursor.tmp");
+        std::fs::write(&tmp, serde_json::to_string(&ends).unwrap_or_default())
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        eprintln!("marked as exported (audit.at_budget: drop_oldest_exported may delete it)");
+    }
     Ok(())
 }

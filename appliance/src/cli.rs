@@ -46,7 +46,9 @@ AUDIT TRAIL (reads DATA_DIR/audit directly; works with the appliance running or 
     portcullis audit tail [--n N] [--follow]      (the newest records, all cores merged by time)
     portcullis audit search [--since 1h] [--from MS] [--to MS] [--agent A] [--tool T] [--decision D]
                             [--reason R]
-    portcullis audit export [--format jsonl|ocsf] [--out FILE] [search filters]  (progress on stderr)
+    portcullis audit export [--format jsonl|ocsf] [--out FILE] [search filters] [--mark]
+                            (progress on stderr; --mark: a complete export, its segments may be dropped
+                             at the disk budget under audit.at_budget: drop_oldest_exported)
 
     portcullis approve [--note N] [--no-activate]
     portcullis snapshot list | show V | diff A B | activate V
@@ -74,7 +76,7 @@ struct Args {
 }
 
 /// Flags that take no value.
-const BARE_FLAGS: &[&str] = &["no-activate", "dry-run", "approve", "follow"];
+const BARE_FLAGS: &[&str] = &["no-activate", "dry-run", "approve", "follow", "mark"];
 
 fn parse(argv: Vec<String>) -> Result<Args, String> {
     let mut a = Args::default();
@@ -317,14 +319,8 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
         return keygen(&a).map(|()| true);
     }
     if cmd == "audit" {
-        return crate::auditcli::run(
-            &a.words,
-            &a.fields,
-            a.flags.iter().any(|f| f == "follow"),
-            a.json,
-            a.data_dir.clone(),
-        )
-        .map(|()| true);
+        return crate::auditcli::run(&a.words, &a.fields, &a.flags, a.json, a.data_dir.clone())
+            .map(|()| true);
     }
     let c = Client::new(&a)?;
     let out = match cmd {

@@ -121,6 +121,18 @@ pub struct Audit {
     pub batch_max: usize,
     /// Stream every record to a syslog collector (RFC 5424 over TCP or TLS, octet-counted).
     pub syslog: Option<SyslogConfig>,
+    /// At the disk budget: `fail_closed` (calls get `audit_unavailable`), or `drop_oldest_exported`
+    /// (delete the oldest segments already delivered to syslog or marked by `audit export --mark`, and
+    /// fail closed only when none are).
+    pub at_budget: AtBudget,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AtBudget {
+    #[default]
+    FailClosed,
+    DropOldestExported,
 }
 
 /// The SIEM's syslog collector, loaded from `audit.syslog`.
@@ -159,6 +171,7 @@ impl Default for Audit {
             flush_interval: Dur(Duration::from_millis(200)),
             batch_max: 1024,
             syslog: None,
+            at_budget: AtBudget::FailClosed,
         }
     }
 }

@@ -505,6 +505,78 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Written (signed) before the oldest segments of a core are deleted: the chain position they ended at,
+/// so `verify` can tell pruning by the appliance from segments an intruder removed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pruned {
+    pub core: u16,
+    /// The last record deleted, and its hash.
+    pub upto_seq: u64,
+    pub hash: String,
+    pub at_ms: u64,
+    pub sig: String,
+}
+
+const PRUNED_FILE: &str = "pruned.json";
+
+fn read_pruned(dir: &Path) -> Option<Pruned> {
+    let text = std::fs::read_to_string(dir.join(PRUNED_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+impl Segments {
+    /// Delete the oldest segments whose records all have sequence numbers up to `exported` (delivered
+    /// elsewhere), never the open one, recording a signed `pruned.json` first. Returns the bytes freed.
+    pub fn prune_exported(&mut self, exported: u64, now_ms: u64) -> Result<u64, AuditError> {
+        let list = segments(&self.dir).map_err(io(&self.dir))?;
+        let mut doomed = Vec::new();
+        for w in list.windows(2) {
+            let (_, path) = &w[0];
+            let (next_first, _) = &w[1];
+            if *path == self.path || next_first.saturating_sub(1) > exported {
+                break;
+            }
+            doomed.push(path.clone());
+        }
+        let Some(last) = doomed.last() else {
+            return Ok(0);
+        };
+        let (records, _, _) = read_segment(last).map_err(io(last))?;
+        let Some(end) = records.last() else {
+            return Ok(0);
+        };
+        let sig = self
+            .key
+            .sign_audit_checkpoint(self.core, end.seq, &end.hash);
+        let manifest = Pruned {
+            core: self.core,
+            upto_seq: end.seq,
+            hash: signing::hex(&end.hash),
+            at_ms: now_ms,
+            sig: signing::hex(&sig),
+        };
+        let tmp = self.dir.join(format!("{PRUNED_FILE}.tmp"));
+        let body = serde_json::to_vec(&manifest).unwrap_or_default();
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.dir.join(PRUNED_FILE))
+        };
+        write().map_err(io(&tmp))?;
+        sync_dir(&self.dir);
+        let mut freed = 0;
+        for p in &doomed {
+            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(p).map_err(io(p))?;
+            freed += len;
+        }
+        sync_dir(&self.dir);
+        self.bytes = self.bytes.saturating_sub(freed);
+        Ok(freed)
+    }
+}
+
 /// One break `verify` found: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Break {
@@ -537,6 +609,31 @@ pub fn verify(root: &Path, public_key: &[u8; 32]) -> std::io::Result<Verified> {
         let mut chain = Chain::GENESIS;
         let mut unanchored = 0u64;
         let list = segments(&dir)?;
+        if let Some(p) = read_pruned(&dir) {
+            let hash = signing::parse_hex::<32>(&p.hash);
+            let sig = signing::unhex_vec(&p.sig).unwrap_or_default();
+            match hash {
+                Some(h)
+                    if p.core == core
+                        && signing::verify_audit_checkpoint(
+                            core, p.upto_seq, &h, &sig, public_key,
+                        )
+                        .is_ok() =>
+                {
+                    chain = Chain {
+                        next_seq: p.upto_seq + 1,
+                        last_hash: h,
+                    };
+                }
+                _ => v.breaks.push(Break {
+                    core,
+                    segment: PRUNED_FILE.into(),
+                    offset: 0,
+                    seq: None,
+                    problem: "the pruning record's signature does not verify".into(),
+                }),
+            }
+        }
         for (i, (first, path)) in list.iter().enumerate() {
             v.segments += 1;
             let name = path
@@ -696,6 +793,33 @@ mod tests {
         let v = verify(&audit, &key.public()).unwrap();
         assert!(v.breaks.is_empty(), "{v:?}");
         assert_eq!(v.events, 103);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn pruning_exported_segments_is_told_apart_from_removal() {
+        let (root, key) = setup("prune");
+        let audit = root.join("audit");
+        let (mut s, _) = Segments::open(&audit, 0, 2048, 8, key.clone()).unwrap();
+        for i in 0..20 {
+            s.append(&events(4, i * 4), true, 1).unwrap();
+        }
+        let before = segments(&core_dir(&audit, 0)).unwrap();
+        assert!(before.len() > 3);
+        // Nothing exported: nothing goes.
+        assert_eq!(s.prune_exported(0, 2).unwrap(), 0);
+        let upto = before[2].0 - 1;
+        let freed = s.prune_exported(upto, 2).unwrap();
+        assert!(freed > 0);
+        let after = segments(&core_dir(&audit, 0)).unwrap();
+        assert_eq!(after.len(), before.len() - 2);
+        s.append(&events(2, 100), true, 3).unwrap();
+        let v = verify(&audit, &key.public()).unwrap();
+        assert!(v.breaks.is_empty(), "{v:?}");
+        // Removing one more by hand is a break.
+        std::fs::remove_file(&after[0].1).unwrap();
+        let v = verify(&audit, &key.public()).unwrap();
+        assert!(!v.breaks.is_empty(), "{v:?}");
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -553,3 +553,44 @@ policies:
         "{rec}"
     );
 }
+
+#[test]
+fn at_the_budget_exported_segments_can_make_room() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        "pinning:\n  recheck_interval: 1h\naudit:\n  segment_bytes: 8192\n  max_bytes: 40000\n  at_budget: drop_oldest_exported\n",
+    );
+    add_capability(&g, "alpha", port);
+    let (ops, _) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    // Nothing exported yet: the budget fails closed as ever.
+    let mut id = 1;
+    loop {
+        let r = call(g.plain_port, id, "alpha__echo", json!({"text": "x"}));
+        id += 1;
+        if refused_for_audit(&r) {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(id < 2000, "the budget never ran out");
+    }
+    // A complete export, marked: its segments may go.
+    let out = g.dir.path().join("export.jsonl");
+    let (ok_, _) = audit(&g, &["export", "--mark", "--out", out.to_str().unwrap()]);
+    assert!(ok_);
+    let exported = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert!(exported > 20);
+    for _ in 0..20 {
+        let r = call(g.plain_port, id, "alpha__echo", json!({"text": "x"}));
+        assert_eq!(r.status, 200, "call {id} after the export: {}", r.text());
+        id += 1;
+    }
+    let pruned = walk(&g.data().join("audit"))
+        .into_iter()
+        .any(|p| p.ends_with("pruned.json"));
+    assert!(pruned, "no segment was pruned");
+    let (ok_, out) = audit(&g, &["verify"]);
+    assert!(ok_, "{out}");
+}

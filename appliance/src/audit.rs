@@ -110,6 +110,7 @@ impl Trail {
         key: Arc<SigningKey>,
     ) -> Result<Trail, String> {
         let used = Arc::new(AtomicU64::new(0));
+        let prune_lock = Arc::new(std::sync::Mutex::new(()));
         let mut out = Vec::with_capacity(cores);
         for core in 0..cores {
             let id = u16::try_from(core).map_err(|_| "too many cores".to_owned())?;
@@ -128,6 +129,9 @@ impl Trail {
             stats.bytes.store(segs.bytes(), Ordering::Relaxed);
             let writer = Writer {
                 root: root.to_path_buf(),
+                key: key.clone(),
+                prune_lock: prune_lock.clone(),
+                cores: cores as u16,
                 drop_exported: cfg.at_budget == AtBudget::DropOldestExported,
                 core: id,
                 segs,
@@ -229,6 +233,10 @@ fn report(core: u16, r: &Recovery) {
 
 struct Writer {
     root: PathBuf,
+    key: Arc<SigningKey>,
+    /// One core prunes at a time (any core's closed segments: the budget is shared).
+    prune_lock: Arc<std::sync::Mutex<()>>,
+    cores: u16,
     drop_exported: bool,
     core: u16,
     segs: Segments,
@@ -309,6 +317,42 @@ impl Writer {
         let _ = self.segs.checkpoint(now_ms());
     }
 
+    /// Free at least `need` bytes of exported segments, this core's first, then the others' (the
+    /// budget is shared, and which core fills it depends on where connections land). Returns the bytes
+    /// freed.
+    fn prune(&mut self, need: u64) -> u64 {
+        let _one = self
+            .prune_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut freed = 0;
+        let order = std::iter::once(self.core).chain((0..self.cores).filter(|c| *c != self.core));
+        for core in order {
+            if freed >= need {
+                break;
+            }
+            let dir = portcullis_storage::audit::core_dir(&self.root, core);
+            let exported = exported(&self.root, core);
+            match portcullis_storage::audit::prune_exported(
+                &dir,
+                core,
+                exported,
+                &self.key,
+                now_ms(),
+            ) {
+                Ok(0) => {}
+                Ok(n) => {
+                    crate::info!(
+                        "audit at its budget: deleted {n} bytes of core {core}'s oldest exported segments"
+                    );
+                    freed += n;
+                }
+                Err(e) => crate::error!("audit pruning core {core} failed: {e}"),
+            }
+        }
+        freed
+    }
+
     fn write(&mut self, payloads: &[Vec<u8>]) -> Result<(), String> {
         let n = payloads.len() as u64;
         let size: u64 = payloads
@@ -317,20 +361,9 @@ impl Writer {
             .sum();
         let mut used = self.used.load(Ordering::Relaxed);
         if used + size > self.max && self.drop_exported {
-            match self
-                .segs
-                .prune_exported(exported(&self.root, self.core), now_ms())
-            {
-                Ok(0) => {}
-                Ok(freed) => {
-                    crate::info!(
-                        "audit core={} at its budget: deleted {freed} bytes of the oldest exported segments",
-                        self.core
-                    );
-                    used = self.used.fetch_sub(freed, Ordering::Relaxed) - freed;
-                    self.stats.bytes.store(self.segs.bytes(), Ordering::Relaxed);
-                }
-                Err(e) => crate::error!("audit core={} pruning failed: {e}", self.core),
+            let freed = self.prune(used + size - self.max);
+            if freed > 0 {
+                used = self.used.fetch_sub(freed, Ordering::Relaxed) - freed;
             }
         }
         let result = if used + size > self.max {

@@ -525,56 +525,68 @@ fn read_pruned(dir: &Path) -> Option<Pruned> {
 }
 
 impl Segments {
-    /// Delete the oldest segments whose records all have sequence numbers up to `exported` (delivered
-    /// elsewhere), never the open one, recording a signed `pruned.json` first. Returns the bytes freed.
+    /// `prune_exported` on this core's own directory.
     pub fn prune_exported(&mut self, exported: u64, now_ms: u64) -> Result<u64, AuditError> {
-        let list = segments(&self.dir).map_err(io(&self.dir))?;
-        let mut doomed = Vec::new();
-        for w in list.windows(2) {
-            let (_, path) = &w[0];
-            let (next_first, _) = &w[1];
-            if *path == self.path || next_first.saturating_sub(1) > exported {
-                break;
-            }
-            doomed.push(path.clone());
-        }
-        let Some(last) = doomed.last() else {
-            return Ok(0);
-        };
-        let (records, _, _) = read_segment(last).map_err(io(last))?;
-        let Some(end) = records.last() else {
-            return Ok(0);
-        };
-        let sig = self
-            .key
-            .sign_audit_checkpoint(self.core, end.seq, &end.hash);
-        let manifest = Pruned {
-            core: self.core,
-            upto_seq: end.seq,
-            hash: signing::hex(&end.hash),
-            at_ms: now_ms,
-            sig: signing::hex(&sig),
-        };
-        let tmp = self.dir.join(format!("{PRUNED_FILE}.tmp"));
-        let body = serde_json::to_vec(&manifest).unwrap_or_default();
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, self.dir.join(PRUNED_FILE))
-        };
-        write().map_err(io(&tmp))?;
-        sync_dir(&self.dir);
-        let mut freed = 0;
-        for p in &doomed {
-            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            std::fs::remove_file(p).map_err(io(p))?;
-            freed += len;
-        }
-        sync_dir(&self.dir);
+        let freed = prune_exported(&self.dir, self.core, exported, &self.key, now_ms)?;
         self.bytes = self.bytes.saturating_sub(freed);
         Ok(freed)
     }
+}
+
+/// Delete core `core`'s oldest segments (in `dir`) whose records all have sequence numbers up to
+/// `exported` (delivered elsewhere), never the newest one (the open one), recording a signed
+/// `pruned.json` first. Returns the bytes freed. Closed segments are never written again, so any thread
+/// may do this; callers serialise pruning of one directory.
+pub fn prune_exported(
+    dir: &Path,
+    core: u16,
+    exported: u64,
+    key: &SigningKey,
+    now_ms: u64,
+) -> Result<u64, AuditError> {
+    let list = segments(dir).map_err(io(dir))?;
+    let mut doomed = Vec::new();
+    for w in list.windows(2) {
+        let (_, path) = &w[0];
+        let (next_first, _) = &w[1];
+        if next_first.saturating_sub(1) > exported {
+            break;
+        }
+        doomed.push(path.clone());
+    }
+    let Some(last) = doomed.last() else {
+        return Ok(0);
+    };
+    let (records, _, _) = read_segment(last).map_err(io(last))?;
+    let Some(end) = records.last() else {
+        return Ok(0);
+    };
+    let sig = key.sign_audit_checkpoint(core, end.seq, &end.hash);
+    let manifest = Pruned {
+        core,
+        upto_seq: end.seq,
+        hash: signing::hex(&end.hash),
+        at_ms: now_ms,
+        sig: signing::hex(&sig),
+    };
+    let tmp = dir.join(format!("{PRUNED_FILE}.tmp"));
+    let body = serde_json::to_vec(&manifest).unwrap_or_default();
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(PRUNED_FILE))
+    };
+    write().map_err(io(&tmp))?;
+    sync_dir(dir);
+    let mut freed = 0;
+    for p in &doomed {
+        let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(p).map_err(io(p))?;
+        freed += len;
+    }
+    sync_dir(dir);
+    Ok(freed)
 }
 
 /// One break `verify` found: where, and what is wrong.

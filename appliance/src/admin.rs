@@ -110,7 +110,26 @@ pub fn run(
                         Err(_) => return,
                     };
                     let path = head.path.split('?').next().unwrap_or("");
-                    let resp = if path.starts_with("/admin/") {
+                    let resp = if path.starts_with("/admin/v1/sessions") {
+                        let a = if control.authorized(head.header_str("authorization")) {
+                            let actor = head
+                                .header_str("x-portcullis-actor")
+                                .filter(|a| {
+                                    !a.is_empty() && a.len() <= 128 && !a.chars().any(char::is_control)
+                                })
+                                .unwrap_or("admin");
+                            crate::sessions::handle(&shared, &head.method, path, actor, &body).await
+                        } else {
+                            crate::control::Answer {
+                                status: 401,
+                                body: br#"{"error":{"code":"unauthenticated","message":"admin API calls need the admin token"}}"#.to_vec(),
+                            }
+                        };
+                        Response::new(a.status)
+                            .header("content-type", "application/json")
+                            .header("cache-control", "no-store")
+                            .full(&a.body, false)
+                    } else if path.starts_with("/admin/") {
                         let a = control
                             .handle(
                                 &head.method,

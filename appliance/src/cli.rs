@@ -41,6 +41,11 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis secret check STORE/PATH[#FIELD]   (whether a reference of any store resolves, not its value)
     portcullis secret keygen FILE                (a new embedded-store key, mode 600; keep it outside the
                                                  data dir and name it in secrets.key_file)
+SESSIONS (of a running `portcullis up`, every core):
+    portcullis session list | show ID
+    portcullis session revoke ID | revoke --agent A | revoke --key KEY_ID
+                               (at once: the next request gets session_revoked, open streams end,
+                                upstream sessions are ended, the audit trail names you)
 AUDIT TRAIL (reads DATA_DIR/audit directly; works with the appliance running or stopped):
     portcullis audit verify [--public-key HEX]   (CRCs, chains, checkpoint signatures; exits 1 on a break)
     portcullis audit tail [--n N] [--follow]      (the newest records, all cores merged by time)
@@ -310,6 +315,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
                 | "openapi"
                 | "secret"
                 | "audit"
+                | "session"
         );
     if !is_cli {
         return Ok(false);
@@ -337,6 +343,7 @@ pub fn run(cmd: &str, argv: Vec<String>) -> Result<bool, String> {
         "apply" => apply(&c, &a)?,
         "openapi" => openapi(&c, &a)?,
         "secret" => secret(&c, &a)?,
+        "session" => session(&c, &a)?,
         "snapshot" => snapshot(&c, &a)?,
         "signing-key" => (c.ok("GET", "/admin/v1/signing-key", None)?, Shape::Record),
         "tls-fingerprint" => (c.ok("GET", "/admin/v1/tls", None)?, Shape::Record),
@@ -455,6 +462,53 @@ fn secret(c: &Client, a: &Args) -> Result<Output, String> {
         other => return Err(format!("secret {other}: not a subcommand\n{USAGE}")),
     };
     Ok((v, Shape::Record))
+}
+
+/// `session list | show ID | revoke ID | revoke --agent A | revoke --key K`.
+fn session(c: &Client, a: &Args) -> Result<Output, String> {
+    const COLUMNS: &[&str] = &[
+        "id",
+        "core",
+        "agent",
+        "identity",
+        "revision",
+        "transport",
+        "client",
+        "age_s",
+        "idle_s",
+        "requests",
+    ];
+    match word(a, 0, "session list|show|revoke")?.as_str() {
+        "list" => Ok((
+            c.ok("GET", "/admin/v1/sessions", None)?,
+            Shape::Table(COLUMNS),
+        )),
+        "show" => {
+            let id = word(a, 1, "session id")?;
+            Ok((
+                c.ok("GET", &format!("/admin/v1/sessions/{id}"), None)?,
+                Shape::Record,
+            ))
+        }
+        "revoke" => {
+            let body = match (a.words.get(1), field(a, "agent"), field(a, "key")) {
+                (Some(id), None, None) => json!({ "id": id }),
+                (None, Some(agent), None) => json!({ "agent": agent }),
+                (None, None, Some(key)) => json!({ "key": key }),
+                _ => {
+                    return Err(format!(
+                        "session revoke ID | --agent A | --key KEY_ID\n{USAGE}"
+                    ))
+                }
+            };
+            let v = c.ok("POST", "/admin/v1/sessions/revoke", Some(&body))?;
+            if a.json {
+                return Ok((v, Shape::Record));
+            }
+            Ok((v["revoked"].clone(), Shape::Table(COLUMNS)))
+        }
+        other => Err(format!("session {other}: not a subcommand\n{USAGE}")),
+    }
 }
 
 /// `secret keygen FILE`: a fresh key, written only if FILE does not exist yet, readable by its owner only.

@@ -453,7 +453,7 @@ impl ControlPlane {
 
     /// Constant-time check of a presented bearer token: both sides are hashed and `blake3::Hash`
     /// compares in constant time, so neither the length nor the content of the token leaks.
-    fn authorized(&self, authorization: Option<&str>) -> bool {
+    pub fn authorized(&self, authorization: Option<&str>) -> bool {
         bearer(authorization).is_some_and(|p| blake3::hash(p.as_bytes()) == self.token_hash)
     }
 

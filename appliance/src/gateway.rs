@@ -53,6 +53,10 @@ pub struct Shared {
     pub broker: Arc<crate::broker::Broker>,
     /// Every core's audit writer.
     pub audit: Arc<crate::audit::Trail>,
+    /// Each core's session inbox, for the admin API (set once the cores exist).
+    pub session_peers: std::sync::OnceLock<Vec<flume::Sender<SessionMsg>>>,
+    /// Moves whenever sessions are revoked, so open streams look again at once.
+    pub revocations: std::sync::atomic::AtomicU64,
 }
 
 /// A session operation sent to the core that owns the session.
@@ -77,6 +81,53 @@ pub enum SessionMsg {
         id: SessionId,
         reply: flume::Sender<Option<Session>>,
     },
+    /// The core's live sessions, for operators.
+    List {
+        reply: flume::Sender<Vec<SessionView>>,
+    },
+    /// Revoke sessions on this core; answers with the ids revoked.
+    Revoke {
+        which: portcullis_pipeline::session::Revoke,
+        reply: flume::Sender<Vec<SessionView>>,
+    },
+}
+
+/// A session as operators see it (never its upstream session ids).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub core: u16,
+    pub agent: Option<String>,
+    pub identity: Option<String>,
+    pub revision: &'static str,
+    pub transport: &'static str,
+    pub client: Option<String>,
+    pub age_s: u64,
+    pub idle_s: u64,
+    pub requests: u64,
+    pub upstream_sessions: usize,
+}
+
+impl SessionView {
+    fn of(id: SessionId, s: &Session, now: Instant) -> SessionView {
+        SessionView {
+            id: id.to_string(),
+            core: id.core,
+            agent: s.agent.clone(),
+            identity: s.identity.clone(),
+            revision: s.revision.as_str(),
+            transport: s.transport,
+            client: s.client_info.as_ref().map(|i| {
+                let name = i.get("name").and_then(|v| v.as_str()).unwrap_or("?");
+                let version = i.get("version").and_then(|v| v.as_str()).unwrap_or("");
+                format!("{name} {version}").trim().to_owned()
+            }),
+            age_s: now.saturating_duration_since(s.created).as_secs(),
+            idle_s: now.saturating_duration_since(s.last_active).as_secs(),
+            requests: s.requests,
+            upstream_sessions: s.upstreams.len(),
+        }
+    }
 }
 
 /// One core's state. Lives in an `Rc`: nothing here crosses threads except through `peers`.
@@ -145,6 +196,8 @@ struct Caller {
     token: Option<Secret>,
     /// How it proved who it is: `api_key`, `jwt` or `certificate` (`None` in static mode).
     kind: Option<&'static str>,
+    /// The credential itself, as sessions record it: `key:<id>`, `jwt`, `certificate`.
+    identity: Option<String>,
     transport: &'static str,
     client: String,
     /// UTC hour and weekday (0 = Monday) when the request arrived.
@@ -324,6 +377,7 @@ impl Core {
                 who: None,
                 token: None,
                 kind: None,
+                identity: None,
                 transport: head.transport,
                 client: String::new(),
                 hour: 0,
@@ -332,8 +386,13 @@ impl Core {
         }
         let mut bearer = None;
         let mut kind = "api_key";
+        let mut identity = None;
         let agent = match govern::credential(head.header_str("authorization")) {
-            govern::Credential::ApiKey(key) => self.keys().authenticate(key)?.to_owned(),
+            govern::Credential::ApiKey(key) => {
+                let agent = self.keys().authenticate(key)?.to_owned();
+                identity = govern::key_id(key).map(|id| format!("key:{id}"));
+                agent
+            }
             govern::Credential::Jwt(token) if !self.shared.identity.is_empty() => {
                 // Why is counted (`portcullis_jwt_refused_total`), not logged: a token storm must not
                 // become a log storm, and the agent learns only `unauthenticated`.
@@ -362,6 +421,7 @@ impl Core {
             who: Some(agent),
             token: bearer,
             kind: Some(kind),
+            identity: identity.or_else(|| Some(kind.to_owned())),
             transport: head.transport,
             client: head.peer.map(|p| p.ip().to_string()).unwrap_or_default(),
             hour,
@@ -505,6 +565,34 @@ impl Core {
                 SessionMsg::Close { id, reply } => {
                     let r = self.sessions.borrow_mut().close(id);
                     let _ = reply.send(r);
+                }
+                SessionMsg::List { reply } => {
+                    let now = Instant::now();
+                    let list = self
+                        .sessions
+                        .borrow()
+                        .list()
+                        .map(|(id, s)| SessionView::of(*id, s, now))
+                        .collect();
+                    let _ = reply.send(list);
+                }
+                SessionMsg::Revoke { which, reply } => {
+                    let now = Instant::now();
+                    let gone = self.sessions.borrow_mut().revoke(&which, now);
+                    let views = gone
+                        .iter()
+                        .map(|(id, s)| SessionView::of(*id, s, now))
+                        .collect();
+                    if !gone.is_empty() {
+                        // Streams anywhere look again whether their session still stands.
+                        self.shared
+                            .revocations
+                            .fetch_add(1, std::sync::atomic::Ordering::Release);
+                    }
+                    let _ = reply.send(views);
+                    for (_, s) in gone {
+                        self.end_upstream_sessions(&s, None).await;
+                    }
                 }
             }
         }
@@ -798,6 +886,11 @@ impl Core {
                         .refuse(conn, id, false, DenyReason::SessionExpired.into(), &[])
                         .await
                 }
+                Err(SessionError::Revoked) => {
+                    return self
+                        .refuse(conn, id, false, DenyReason::SessionRevoked.into(), &[])
+                        .await
+                }
                 Err(_) => {
                     return self
                         .refuse(conn, id, false, DenyReason::SessionNotFound.into(), &[])
@@ -855,6 +948,11 @@ impl Core {
                 .await;
         }
         inc(&self.metrics.shared.counters.sessions_opened);
+        if let Ok(s) = self.sessions.borrow_mut().touch(sid, Instant::now()) {
+            s.identity.clone_from(&caller.identity);
+            s.transport = caller.transport;
+            s.requests = 0;
+        }
         if let Some(a) = conn.audit() {
             a.session = Some(sid.to_string());
             a.revision = Some(revision.as_str().to_owned());
@@ -1274,6 +1372,11 @@ impl Core {
                     .refuse(conn, None, false, DenyReason::SessionExpired.into(), &[])
                     .await
             }
+            Err(SessionError::Revoked) => {
+                return self
+                    .refuse(conn, None, false, DenyReason::SessionRevoked.into(), &[])
+                    .await
+            }
             Err(_) => {
                 return self
                     .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
@@ -1393,6 +1496,10 @@ impl Core {
         };
         let mut quiet_since = std::time::Instant::now();
         let mut lists = self.list_version();
+        let mut revocations = self
+            .shared
+            .revocations
+            .load(std::sync::atomic::Ordering::Acquire);
         loop {
             // An activation, a rollback or a withheld tool changes what this agent may list: say so, as
             // an MCP server whose lists changed does (the gateway advertises `listChanged`).
@@ -1424,6 +1531,18 @@ impl Core {
                 .load(std::sync::atomic::Ordering::SeqCst)
             {
                 return Relayed::Draining;
+            }
+            let seen = self
+                .shared
+                .revocations
+                .load(std::sync::atomic::Ordering::Acquire);
+            if seen != revocations {
+                revocations = seen;
+                if let Some(id) = session {
+                    if self.session_touch(id).await.is_err() {
+                        return Relayed::Ended;
+                    }
+                }
             }
             match monoio::time::timeout(LISTEN_DRAIN_CHECK, rx.recv_async()).await {
                 Ok(Ok(msg)) => {

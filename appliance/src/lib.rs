@@ -23,6 +23,7 @@ pub mod pinwatch;
 pub mod probe;
 pub mod runtime;
 pub mod served;
+pub mod sessions;
 pub mod sync;
 pub mod syslog;
 pub mod tls;

@@ -408,6 +408,8 @@ fn up(args: UpArgs) -> Result<(), String> {
         identity,
         broker,
         audit,
+        session_peers: std::sync::OnceLock::new(),
+        revocations: std::sync::atomic::AtomicU64::new(0),
     });
 
     let control_for_follower = control.clone();
@@ -462,6 +464,7 @@ fn up(args: UpArgs) -> Result<(), String> {
     );
 
     let (senders, receivers) = runtime::session_channels(n_cores);
+    let _ = shared.session_peers.set(senders.clone());
     let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::new();
     for (index, inbox) in receivers.into_iter().enumerate() {

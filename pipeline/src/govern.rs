@@ -117,6 +117,15 @@ impl Keys {
     }
 }
 
+/// The id part of an agent API key (`pcak_<id>_<secret>`), which names it in listings and revocations
+/// without revealing it.
+pub fn key_id(presented: &str) -> Option<&str> {
+    presented
+        .strip_prefix(API_KEY_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+}
+
 // ------------------------------------------------------------------ argument types
 
 /// A Cedar type an argument can be given in `context.arguments`.

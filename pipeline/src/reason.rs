@@ -68,6 +68,8 @@ pub enum DenyReason {
     SessionNotFound,
     /// Session passed its idle or duration limit.
     SessionExpired,
+    /// An operator revoked the session (`portcullis session revoke`).
+    SessionRevoked,
     /// JSON-RPC method the gateway does not serve.
     MethodNotFound,
     /// Params missing or of the wrong shape.
@@ -121,7 +123,7 @@ impl DenyReason {
     }
 
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 40] = [
+    pub const ALL: [DenyReason; 41] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -162,6 +164,7 @@ impl DenyReason {
         Self::OutputSchemaInvalid,
         Self::CredentialUnavailable,
         Self::AuditUnavailable,
+        Self::SessionRevoked,
     ];
 
     /// The stable `data.reason` string.
@@ -207,6 +210,7 @@ impl DenyReason {
             Self::OutputSchemaInvalid => "output_schema_invalid",
             Self::CredentialUnavailable => "credential_unavailable",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::SessionRevoked => "session_revoked",
         }
     }
 
@@ -229,6 +233,7 @@ impl DenyReason {
             | Self::SessionRequired
             | Self::SessionNotFound
             | Self::SessionExpired
+            | Self::SessionRevoked
             | Self::MethodNotFound
             | Self::InvalidParams
             | Self::ToolNotFound
@@ -272,6 +277,7 @@ impl DenyReason {
             | Self::SessionRequired
             | Self::SessionNotFound
             | Self::SessionExpired
+            | Self::SessionRevoked
             | Self::RequestTimeout => -32600,
             Self::MethodNotFound => -32601,
             Self::InvalidParams | Self::ToolNotFound | Self::MissingMeta | Self::SchemaInvalid => {
@@ -325,7 +331,10 @@ impl DenyReason {
             | Self::AgentDisabled
             | Self::PolicyDenied => 403,
             Self::SessionAgentMismatch => 404,
-            Self::NotFound | Self::SessionNotFound | Self::SessionExpired => 404,
+            Self::NotFound
+            | Self::SessionNotFound
+            | Self::SessionExpired
+            | Self::SessionRevoked => 404,
             Self::MethodNotAllowed => 405,
             Self::ToolDefinitionChanged => 409,
             Self::NotAcceptable => 406,
@@ -385,6 +394,7 @@ impl DenyReason {
             Self::SessionRequired => "Mcp-Session-Id header is required",
             Self::SessionNotFound => "Session not found",
             Self::SessionExpired => "Session expired",
+            Self::SessionRevoked => "Session revoked by an operator",
             Self::MethodNotFound => "Method not found",
             Self::InvalidParams => "Invalid params",
             Self::ToolNotFound => "Unknown tool, prompt or resource",
@@ -480,6 +490,7 @@ mod tests {
             ("output_schema_invalid", -32603, 502, "upstream"),
             ("credential_unavailable", -32603, 503, "gateway"),
             ("audit_unavailable", -32603, 503, "gateway"),
+            ("session_revoked", -32600, 404, "agent"),
         ];
         assert_eq!(table, expected);
     }

@@ -76,6 +76,18 @@ pub enum SessionError {
     NotFound,
     Expired,
     Full,
+    /// An operator revoked it (`SessionShard::revoke`).
+    Revoked,
+}
+
+/// Which sessions an operator revokes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoke {
+    Id(SessionId),
+    /// Every session of this agent.
+    Agent(String),
+    /// Every session opened with this identity (`key:<id>`, `jwt`, `certificate`).
+    Identity(String),
 }
 
 /// The gateway's own session with one upstream, held on behalf of one agent session and never shown to it.
@@ -100,12 +112,19 @@ pub struct Session {
     pub agent: Option<String>,
     /// Indexed by upstream position in the configuration.
     pub upstreams: HashMap<usize, UpstreamBinding>,
+    /// How the agent proved who it is when it opened the session: `key:<id>`, `jwt`, `certificate`.
+    pub identity: Option<String>,
+    /// `h1`, `h2` or `h3`.
+    pub transport: &'static str,
 }
 
 #[derive(Debug)]
 pub struct SessionShard {
     limits: SessionLimits,
     sessions: HashMap<SessionId, Session>,
+    /// Revoked ids and when, so their next use says `session_revoked` rather than "not found"; kept
+    /// for the longest a session could have lived on, bounded like the sessions themselves.
+    revoked: HashMap<SessionId, Instant>,
 }
 
 impl SessionShard {
@@ -113,6 +132,7 @@ impl SessionShard {
         SessionShard {
             limits,
             sessions: HashMap::new(),
+            revoked: HashMap::new(),
         }
     }
 
@@ -159,9 +179,42 @@ impl SessionShard {
                 client_info,
                 agent,
                 upstreams: HashMap::new(),
+                identity: None,
+                transport: "h1",
             },
         );
         Ok(id)
+    }
+
+    /// The live sessions, for operators.
+    pub fn list(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
+        self.sessions.iter()
+    }
+
+    /// Revoke the sessions `which` names; returns them so the caller can end their upstream sessions.
+    /// Their ids answer `Revoked` from now on.
+    pub fn revoke(&mut self, which: &Revoke, now: Instant) -> Vec<(SessionId, Session)> {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| match which {
+                Revoke::Id(i) => *id == i,
+                Revoke::Agent(a) => s.agent.as_deref() == Some(a.as_str()),
+                Revoke::Identity(k) => s.identity.as_deref() == Some(k.as_str()),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if self.revoked.len() + ids.len() > 2 * self.limits.sessions_per_core_max {
+            let keep = self.limits.session_duration_max;
+            self.revoked
+                .retain(|_, at| now.saturating_duration_since(*at) < keep);
+        }
+        ids.into_iter()
+            .filter_map(|id| {
+                self.revoked.insert(id, now);
+                self.sessions.remove(&id).map(|s| (id, s))
+            })
+            .collect()
     }
 
     fn is_expired(&self, s: &Session, now: Instant) -> bool {
@@ -172,6 +225,7 @@ impl SessionShard {
     /// Mark a use of the session and return it; an expired session is removed and reported as such.
     pub fn touch(&mut self, id: SessionId, now: Instant) -> Result<&mut Session, SessionError> {
         let expired = match self.sessions.get(&id) {
+            None if self.revoked.contains_key(&id) => return Err(SessionError::Revoked),
             None => return Err(SessionError::NotFound),
             Some(s) => self.is_expired(s, now),
         };
@@ -237,6 +291,35 @@ mod tests {
             core: 3,
             random: [n; 16],
         }
+    }
+
+    #[test]
+    fn revoked_sessions_say_so_and_only_the_named_ones_go() {
+        let mut shard = SessionShard::new(SessionLimits::default());
+        let now = Instant::now();
+        for n in 1..=3 {
+            shard
+                .open_with(
+                    now,
+                    id(n),
+                    Revision::V2025_11_25,
+                    None,
+                    None,
+                    Some(format!("a{}", n % 2)),
+                )
+                .unwrap();
+        }
+        shard.touch(id(3), now).unwrap().identity = Some("key:k3".into());
+        assert_eq!(
+            shard.revoke(&Revoke::Identity("key:k3".into()), now).len(),
+            1
+        );
+        assert_eq!(shard.touch(id(3), now).err(), Some(SessionError::Revoked));
+        let gone = shard.revoke(&Revoke::Agent("a1".into()), now);
+        assert_eq!(gone.len(), 1, "a1 held 1 and 3; 3 was already revoked");
+        assert_eq!(shard.touch(id(1), now).err(), Some(SessionError::Revoked));
+        assert!(shard.touch(id(2), now).is_ok());
+        assert_eq!(shard.touch(id(9), now).err(), Some(SessionError::NotFound));
     }
 
     #[test]

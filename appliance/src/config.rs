@@ -551,6 +551,9 @@ pub struct Limits {
     pub upstream_idle_per_core_max: usize,
     /// Live sessions per core; at the bound `initialize` gets 503 `overloaded`.
     pub sessions_per_core_max: usize,
+    /// Live sessions of one agent across all cores; past it `initialize` gets 429 `session_limit` (a
+    /// flood of `initialize` calls from one agent cannot crowd out the others).
+    pub sessions_per_agent_max: usize,
     /// Session idle time before it expires (404 `session_expired`, the client re-initializes).
     pub session_idle: Dur,
     /// Longest session life, however active.
@@ -578,6 +581,7 @@ impl Default for Limits {
             h2_streams_per_connection_max: 100,
             upstream_idle_per_core_max: 64,
             sessions_per_core_max: 10_000,
+            sessions_per_agent_max: 256,
             session_idle: Dur(Duration::from_secs(30 * 60)),
             session_duration_max: Dur(Duration::from_secs(24 * 3600)),
             drain_timeout: Dur(Duration::from_secs(10)),
@@ -692,7 +696,7 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 10] = [
+        let positive: [(&str, usize); 11] = [
             ("limits.admin_body_bytes_max", l.admin_body_bytes_max),
             ("storage.lmdb_map_bytes", self.storage.lmdb_map_bytes),
             ("limits.body_bytes_max", l.body_bytes_max),
@@ -704,6 +708,7 @@ impl Config {
                 l.connections_per_core_max,
             ),
             ("limits.sessions_per_core_max", l.sessions_per_core_max),
+            ("limits.sessions_per_agent_max", l.sessions_per_agent_max),
             ("limits.json_depth_max", l.json_depth_max as usize),
             (
                 "limits.h2_streams_per_connection_max",

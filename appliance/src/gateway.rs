@@ -81,6 +81,11 @@ pub enum SessionMsg {
         id: SessionId,
         reply: flume::Sender<Option<Session>>,
     },
+    /// How many live sessions an agent holds on this core.
+    CountAgent {
+        agent: String,
+        reply: flume::Sender<usize>,
+    },
     /// The core's live sessions, for operators.
     List {
         reply: flume::Sender<Vec<SessionView>>,
@@ -566,6 +571,9 @@ impl Core {
                     let r = self.sessions.borrow_mut().close(id);
                     let _ = reply.send(r);
                 }
+                SessionMsg::CountAgent { agent, reply } => {
+                    let _ = reply.send(self.sessions.borrow().count_agent(&agent));
+                }
                 SessionMsg::List { reply } => {
                     let now = Instant::now();
                     let list = self
@@ -620,6 +628,26 @@ impl Core {
                 self.delete_upstream_session(*up, on, sid).await;
             }
         }
+    }
+
+    /// Live sessions of `agent` on every core (each core counts its own; a core that does not answer
+    /// counts none, so a stuck core cannot lock an agent out).
+    async fn agent_sessions(&self, agent: &str) -> usize {
+        let mut n = self.sessions.borrow().count_agent(agent);
+        for (core, tx) in self.peers.iter().enumerate() {
+            if core == usize::from(self.id) {
+                continue;
+            }
+            let (reply, rx) = flume::bounded(1);
+            let msg = SessionMsg::CountAgent {
+                agent: agent.to_owned(),
+                reply,
+            };
+            if tx.send_async(msg).await.is_ok() {
+                n += rx.recv_async().await.unwrap_or(0);
+            }
+        }
+        n
     }
 
     fn new_session_id(&self) -> Result<SessionId, DenyReason> {
@@ -924,6 +952,19 @@ impl Core {
         let revision = mcp::negotiate_initialize(requested);
         let caps = params.and_then(|p| p.get("capabilities")).cloned();
         let info = params.and_then(|p| p.get("clientInfo")).cloned();
+        if let Some(who) = &caller.who {
+            if self.agent_sessions(who).await >= self.shared.config.limits.sessions_per_agent_max {
+                return self
+                    .refuse(
+                        conn,
+                        Some(req.id),
+                        false,
+                        DenyReason::SessionLimit.into(),
+                        &[],
+                    )
+                    .await;
+            }
+        }
         let sid = match self.new_session_id() {
             Ok(s) => s,
             Err(r) => return self.refuse(conn, Some(req.id), false, r.into(), &[]).await,

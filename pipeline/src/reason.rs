@@ -70,6 +70,8 @@ pub enum DenyReason {
     SessionExpired,
     /// An operator revoked the session (`portcullis session revoke`).
     SessionRevoked,
+    /// The agent already holds `limits.sessions_per_agent_max` sessions.
+    SessionLimit,
     /// JSON-RPC method the gateway does not serve.
     MethodNotFound,
     /// Params missing or of the wrong shape.
@@ -123,7 +125,7 @@ impl DenyReason {
     }
 
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 41] = [
+    pub const ALL: [DenyReason; 42] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -165,6 +167,7 @@ impl DenyReason {
         Self::CredentialUnavailable,
         Self::AuditUnavailable,
         Self::SessionRevoked,
+        Self::SessionLimit,
     ];
 
     /// The stable `data.reason` string.
@@ -211,6 +214,7 @@ impl DenyReason {
             Self::CredentialUnavailable => "credential_unavailable",
             Self::AuditUnavailable => "audit_unavailable",
             Self::SessionRevoked => "session_revoked",
+            Self::SessionLimit => "session_limit",
         }
     }
 
@@ -247,7 +251,8 @@ impl DenyReason {
             | Self::PolicyDenied
             | Self::SchemaInvalid
             | Self::SessionAgentMismatch
-            | Self::RateLimited => Blame::Agent,
+            | Self::RateLimited
+            | Self::SessionLimit => Blame::Agent,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
@@ -285,7 +290,7 @@ impl DenyReason {
             }
             // Implementation-defined server errors (JSON-RPC reserves -32000..-32099).
             Self::Unauthenticated => -32001,
-            Self::RateLimited => -32005,
+            Self::RateLimited | Self::SessionLimit => -32005,
             Self::AgentNotRegistered
             | Self::AgentDisabled
             | Self::PolicyDenied
@@ -342,7 +347,7 @@ impl DenyReason {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::SessionLimit => 429,
             Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
                 502
             }
@@ -395,6 +400,7 @@ impl DenyReason {
             Self::SessionNotFound => "Session not found",
             Self::SessionExpired => "Session expired",
             Self::SessionRevoked => "Session revoked by an operator",
+            Self::SessionLimit => "The agent holds as many sessions as it may; end one first",
             Self::MethodNotFound => "Method not found",
             Self::InvalidParams => "Invalid params",
             Self::ToolNotFound => "Unknown tool, prompt or resource",
@@ -491,6 +497,7 @@ mod tests {
             ("credential_unavailable", -32603, 503, "gateway"),
             ("audit_unavailable", -32603, 503, "gateway"),
             ("session_revoked", -32600, 404, "agent"),
+            ("session_limit", -32005, 429, "agent"),
         ];
         assert_eq!(table, expected);
     }

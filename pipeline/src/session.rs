@@ -186,6 +186,14 @@ impl SessionShard {
         Ok(id)
     }
 
+    /// Live sessions of `agent` on this core.
+    pub fn count_agent(&self, agent: &str) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| s.agent.as_deref() == Some(agent))
+            .count()
+    }
+
     /// The live sessions, for operators.
     pub fn list(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
         self.sessions.iter()

@@ -135,3 +135,64 @@ fn operators_list_and_revoke_sessions_on_every_core() {
         .iter()
         .all(|r| r["identity"] == json!("operator:alice")));
 }
+
+#[test]
+fn an_initialize_flood_stops_at_the_agents_session_limit_and_bad_ids_are_unknown() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        "pinning:\n  recheck_interval: 1h\nlimits:\n  sessions_per_agent_max: 3\n",
+    );
+    add_capability(&g, "alpha", port);
+    let (ops, viewer) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    let mine: Vec<String> = (0..3).map(|_| initialize(g.plain_port)).collect();
+    // Across both cores, however the connections landed.
+    for _ in 0..5 {
+        let r = post(
+            g.plain_port,
+            &[],
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"flood","version":"0"}}}"#,
+        );
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.reason(), "session_limit", "{}", r.text());
+        assert!(r.header("mcp-session-id").is_none());
+    }
+    // Another agent is not held back by this one.
+    act_as(&viewer);
+    let theirs = initialize(g.plain_port);
+    assert_eq!(list_on(g.plain_port, &theirs).status, 200);
+    // Ending one session makes room for one.
+    act_as(&ops);
+    let r = request(
+        g.plain_port,
+        "DELETE",
+        "/mcp",
+        &[
+            ("mcp-session-id", &mine[0]),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    initialize(g.plain_port);
+
+    // Forged, truncated, other-node and other-core ids are unknown sessions.
+    let good = &mine[1];
+    let forged = format!("{}{}", &good[..8], "0".repeat(32));
+    let truncated = good[..39].to_owned();
+    let other_node = format!("ffff{}", &good[4..]);
+    let other_core = format!("{}0007{}", &good[..4], &good[8..]);
+    for bad in [forged, truncated, other_node, other_core] {
+        let r = list_on(g.plain_port, &bad);
+        assert_eq!(r.status, 404, "{bad}: {}", r.text());
+        assert_eq!(r.reason(), "session_not_found", "{bad}");
+    }
+    // A live session presented with another agent's credential is no session of theirs.
+    act_as(&viewer);
+    let r = list_on(g.plain_port, &mine[1]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.reason(), "session_agent_mismatch", "{}", r.text());
+}

@@ -31,8 +31,10 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis apply -f FILE [--dry-run] [--approve [--note N]]
                                (YAML desired state: capabilities, agents, policies; records not in
                                the file are removed; a policy may give `file:` instead of `text:`)
-    portcullis openapi import CAP FILE|-      (an openapi capability's document, JSON or YAML; shows its
-                                               operations and what changed since the last import)
+    portcullis openapi import CAP FILE|-|URL  (an openapi capability's document, JSON or YAML; shows its
+                                               operations and what changed since the last import; an
+                                               https:// URL is fetched, verified by --ca-file F (default
+                                               the system bundle) or --fingerprint SHA256)
     portcullis openapi ops CAP                (operations: convertible or why not, selected or not)
     portcullis openapi select CAP SELECTOR... (operationId, 'METHOD /path', tag:T or *; tags and * pick
                                                only GET/HEAD: writes must be named)
@@ -374,9 +376,11 @@ fn openapi(c: &Client, a: &Args) -> Result<Output, String> {
     let path = format!("/admin/v1/capabilities/{cap}/openapi");
     let v = match sub.as_str() {
         "import" => {
-            let file = word(a, 2, "document file (or - for stdin)")?;
+            let file = word(a, 2, "document file (or - for stdin, or an https:// URL)")?;
             let mut bytes = Vec::new();
-            if file == "-" {
+            if file.starts_with("https://") {
+                bytes = fetch_document(&file, field(a, "ca-file"), field(a, "fingerprint"))?;
+            } else if file == "-" {
                 std::io::stdin()
                     .read_to_end(&mut bytes)
                     .map_err(|e| format!("stdin: {e}"))?;
@@ -534,6 +538,44 @@ fn keygen(a: &Args) -> Result<(), String> {
         path.display()
     );
     Ok(())
+}
+
+/// Largest OpenAPI document fetched from a URL (the converter takes up to 16 MiB).
+const DOCUMENT_BYTES_MAX: usize = 16 << 20;
+
+/// GET an OpenAPI document over HTTPS, verified by `ca_file` (default: the system's CA bundle) or a
+/// pinned certificate fingerprint; redirects are not followed (a document that moved says so).
+fn fetch_document(
+    url: &str,
+    ca_file: Option<String>,
+    fingerprint: Option<String>,
+) -> Result<Vec<u8>, String> {
+    let u = crate::config::parse_https_url(url).map_err(|e| format!("{url}: {e}"))?;
+    let ca = std::path::PathBuf::from(
+        ca_file.unwrap_or_else(|| crate::config::SYSTEM_CA_BUNDLE.to_owned()),
+    );
+    let tls = crate::https::client_config(fingerprint.as_deref(), Some(&ca), "--ca-file")?;
+    let (status, location, body) = crate::https::get(
+        &u,
+        &tls,
+        &crate::https::Get {
+            target: &u.path,
+            headers: "accept: application/json, application/yaml, text/yaml, */*\r\n",
+            connect_timeout: std::time::Duration::from_secs(10),
+            io_timeout: std::time::Duration::from_secs(30),
+            body_max: DOCUMENT_BYTES_MAX,
+            header: "location",
+        },
+    )
+    .map_err(|e| format!("{url}: {e}"))?;
+    match status {
+        200 => Ok(body),
+        300..=399 => Err(format!(
+            "{url}: HTTP {status} to {} (redirects are not followed; import from there if you trust it)",
+            location.unwrap_or_default()
+        )),
+        s => Err(format!("{url}: HTTP {s}")),
+    }
 }
 
 fn field(a: &Args, name: &str) -> Option<String> {

@@ -14,6 +14,8 @@ DIR/ca.pem for 127.0.0.1) serves GET /jwks. The control port (plain HTTP, loopba
   POST /down, POST /up          make GET /jwks fail with 503, or serve again
   GET  /hits                  {"hits": GET /jwks requests so far}
   POST /exchange {"client_id", "client_secret", "refuse"?, "expires_in"?}   configure the token endpoint
+  POST /document {"body", "status"?, "location"?}   what GET /doc on the HTTPS listener answers (tests fetch
+                                                   OpenAPI documents over verified TLS from it)
   GET  /exchanges             {"exchanges": token exchanges answered so far (issued or refused)}
 
 The HTTPS listener also serves POST /token: OAuth 2.0 Token Exchange (RFC 8693). The client authenticates
@@ -130,6 +132,7 @@ class State:
         self.hits = 0
         self.exchange = {"client_id": None, "client_secret": None, "refuse": False, "expires_in": 300}
         self.exchanges = 0
+        self.document = {"body": "", "status": 404, "location": None}
         for kid, alg in (("r1", "RS256"), ("e1", "ES256"), ("d1", "EdDSA")):
             self.keys[kid] = (alg, new_key(alg))
 
@@ -174,6 +177,17 @@ def main():
             pass
 
         def do_GET(self):
+            if self.path == "/doc":
+                with state.lock:
+                    doc = dict(state.document)
+                body = doc["body"].encode()
+                self.send_response(doc["status"])
+                if doc.get("location"):
+                    self.send_header("location", doc["location"])
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             with state.lock:
                 state.hits += 1
                 down = state.down
@@ -295,6 +309,10 @@ def main():
                 with state.lock:
                     state.keys[req["kid"]] = (req["alg"], new_key(req["alg"]))
                 self.reply({"kids": list(state.keys)})
+            elif self.path == "/document":
+                with state.lock:
+                    state.document = {"body": req["body"], "status": req.get("status", 200), "location": req.get("location")}
+                self.reply({"ok": True})
             elif self.path == "/exchange":
                 with state.lock:
                     state.exchange.update(req)

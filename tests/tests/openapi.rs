@@ -336,3 +336,49 @@ fn documents_that_cannot_be_imported_are_refused_with_the_reason() {
     let e = fails(&g, &["openapi", "import", "mcpcap", bad.to_str().unwrap()]);
     assert!(e.contains("not_openapi"), "{e}");
 }
+
+#[test]
+fn documents_import_from_an_https_url_verified_by_its_ca() {
+    let (_api, port) = rest_api();
+    let g = Gateway::start(&[], CONFIG);
+    let dir = shop(&g, port);
+    let doc = std::fs::read_to_string(dir.path().join("shop.json")).unwrap();
+    let idp = Idp::start();
+    let serve = |body: &str, status: u16, location: Option<&str>| {
+        let r = request(
+            idp.control,
+            "POST",
+            "/document",
+            &[("authorization", "none")],
+            json!({"body": body, "status": status, "location": location})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200);
+    };
+    serve(&doc, 200, None);
+    let url = format!("https://127.0.0.1:{}/doc", idp.jwks_port);
+    let imported = ok(
+        &g,
+        &["openapi", "import", "shop", &url, "--ca-file", &idp.ca],
+    );
+    assert_eq!(
+        imported["operations"].as_array().unwrap().len(),
+        10,
+        "{imported}"
+    );
+    // Without the CA that issued its certificate, the server is not trusted.
+    let e = fails(&g, &["openapi", "import", "shop", &url]);
+    assert!(
+        e.contains("certificate") || e.contains("Certificate") || e.contains("tls"),
+        "{e}"
+    );
+    // A redirect is reported, not followed.
+    serve("", 302, Some("https://elsewhere.example/doc"));
+    let e = fails(
+        &g,
+        &["openapi", "import", "shop", &url, "--ca-file", &idp.ca],
+    );
+    assert!(e.contains("302") && e.contains("elsewhere.example"), "{e}");
+}

@@ -98,6 +98,17 @@ pub struct Config {
     pub secrets: Secrets,
     /// The audit trail under `DATA_DIR/audit` (`crate::audit`).
     pub audit: Audit,
+    /// TLS to `https://` capability endpoints.
+    pub upstream_tls: UpstreamTls,
+}
+
+/// How `https://` upstreams are trusted, loaded from `upstream_tls:`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates that issue upstreams' certificates (default: the system's
+    /// bundle). Their names are checked against the endpoint's host.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The audit trail, loaded from `audit:`.
@@ -476,6 +487,7 @@ impl Default for Config {
             identity: Identity::default(),
             secrets: Secrets::default(),
             audit: Audit::default(),
+            upstream_tls: UpstreamTls::default(),
         }
     }
 }
@@ -596,13 +608,15 @@ pub struct UpstreamUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// `https://`: the upstream pool speaks TLS to it (`upstream_tls`).
+    pub secure: bool,
 }
 
 pub fn parse_http_url(url: &str) -> Result<UpstreamUrl, String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| "only http:// upstream URLs are supported so far".to_owned())?;
-    parse_authority_path(rest, 80)
+        .ok_or_else(|| "must be an http:// URL".to_owned())?;
+    parse_authority_path(rest, 80, false)
 }
 
 /// An `https://host[:port][/path]` URL (port 443 when left out).
@@ -610,10 +624,23 @@ pub fn parse_https_url(url: &str) -> Result<UpstreamUrl, String> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| "must be an https:// URL".to_owned())?;
-    parse_authority_path(rest, 443)
+    parse_authority_path(rest, 443, true)
 }
 
-fn parse_authority_path(rest: &str, default_port: u16) -> Result<UpstreamUrl, String> {
+/// An upstream endpoint: `http://` or `https://`.
+pub fn parse_upstream_url(url: &str) -> Result<UpstreamUrl, String> {
+    if url.starts_with("https://") {
+        parse_https_url(url)
+    } else {
+        parse_http_url(url).map_err(|_| "must be an http:// or https:// URL".to_owned())
+    }
+}
+
+fn parse_authority_path(
+    rest: &str,
+    default_port: u16,
+    secure: bool,
+) -> Result<UpstreamUrl, String> {
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -635,6 +662,7 @@ fn parse_authority_path(rest: &str, default_port: u16) -> Result<UpstreamUrl, St
         host,
         port,
         path: path.to_owned(),
+        secure,
     })
 }
 

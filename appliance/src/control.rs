@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::parse_http_url;
+use crate::config::parse_upstream_url;
 use crate::follow::FollowStatus;
 use crate::probe::{self, join_bounded, ProbeLimits, Target};
 use crate::served::{Published, Served};
@@ -275,8 +275,8 @@ impl ControlPlane {
                 let limits = self.probe;
                 let broker = self.broker.clone();
                 async move {
-                    let url =
-                        parse_http_url(&c.spec.endpoint).map_err(|e| format!("endpoint: {e}"))?;
+                    let url = parse_upstream_url(&c.spec.endpoint)
+                        .map_err(|e| format!("endpoint: {e}"))?;
                     let credential = match &broker {
                         Some(b) => probe::service_credential(b, c.spec.credential.as_ref())
                             .await

@@ -247,6 +247,16 @@ fn up(args: UpArgs) -> Result<(), String> {
         Err(why) => info!("{why}"),
     }
     broker.start()?;
+    let ca = config
+        .upstream_tls
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(portcullis::config::SYSTEM_CA_BUNDLE));
+    let _ = portcullis::upstream::TLS.set(portcullis::https::client_config(
+        None,
+        Some(&ca),
+        "upstream_tls.ca_file",
+    ));
     let audit_key = Arc::new(SigningKey::load_or_create(&data).map_err(|e| e.to_string())?);
     let audit = Arc::new(portcullis::audit::Trail::open(
         &data.file("audit"),

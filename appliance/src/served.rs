@@ -24,7 +24,7 @@ use portcullis_pipeline::mcp::Naming;
 use portcullis_pipeline::ratelimit::{Limit, Scope};
 use portcullis_pipeline::DenyReason;
 
-use crate::config::{parse_http_url, UpstreamUrl};
+use crate::config::{parse_upstream_url, UpstreamUrl};
 
 /// One upstream endpoint as the cores know it.
 #[derive(Clone, Debug)]
@@ -239,7 +239,7 @@ impl Served {
     }
 
     /// Compile an approved snapshot (already verified) for serving. Capabilities that serve MCP become
-    /// upstreams; an endpoint the data plane cannot reach yet (https) is left out, loudly.
+    /// upstreams (`http://` or `https://`); an endpoint that does not parse is left out, loudly.
     /// Snapshots always name tools `CAPABILITY__tool` (`naming: passthrough` is for static mode).
     /// Compile a snapshot for serving. Fails (and the caller keeps serving what it had) only if its
     /// policies do not parse, which approval rules out for snapshots this version approved.
@@ -271,7 +271,7 @@ impl Served {
             } else {
                 continue;
             };
-            match parse_http_url(&c.spec.endpoint) {
+            match parse_upstream_url(&c.spec.endpoint) {
                 Ok(url) => list.push(ServedUpstream {
                     name: c.spec.name.clone(),
                     slot: published.slot(&c.spec.name, url),

@@ -67,9 +67,46 @@ impl ClientLimits {
     }
 }
 
+/// The rustls client config for `https://` upstreams, set once at start from `upstream_tls`.
+pub static TLS: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
+    std::sync::OnceLock::new();
+
+type TlsStream = tokio_rustls::client::TlsStream<monoio_compat::StreamWrapper<TcpStream>>;
+
+/// A connection to an upstream: plain TCP on monoio's owned buffers, or TLS (tokio-rustls over
+/// monoio-compat, as the TLS listener does).
+enum UpStream {
+    Plain(Native<TcpStream>),
+    Tls(Box<crate::http::Polled<TlsStream>>),
+}
+
+impl std::fmt::Debug for UpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpStream::Plain(_) => "UpStream::Plain",
+            UpStream::Tls(_) => "UpStream::Tls",
+        })
+    }
+}
+
+impl ByteStream for UpStream {
+    async fn read_append(&mut self, buf: Vec<u8>, reserve: usize) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            UpStream::Plain(s) => s.read_append(buf, reserve).await,
+            UpStream::Tls(s) => s.read_append(buf, reserve).await,
+        }
+    }
+    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        match self {
+            UpStream::Plain(s) => s.write_vec(buf).await,
+            UpStream::Tls(s) => s.write_vec(buf).await,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct UpstreamConn {
-    stream: Native<TcpStream>,
+    stream: UpStream,
     buf: Vec<u8>,
 }
 
@@ -275,8 +312,34 @@ impl Pool {
         };
         // Small request/response exchanges: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        let stream = if url.secure {
+            let config = match TLS.get() {
+                Some(Ok(c)) => c.clone(),
+                Some(Err(e)) => return Err(UpstreamError::Connect(io::Error::other(e.clone()))),
+                None => {
+                    return Err(UpstreamError::Connect(io::Error::other(
+                        "no TLS configuration for https upstreams",
+                    )))
+                }
+            };
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(|e| UpstreamError::Connect(io::Error::other(e.to_string())))?;
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let io = monoio_compat::StreamWrapper::new(stream);
+            match monoio::time::timeout(self.limits.connect_timeout, connector.connect(name, io))
+                .await
+            {
+                Ok(Ok(s)) => UpStream::Tls(Box::new(crate::http::Polled(s))),
+                // A handshake refused (untrusted or mismatched certificate) is the upstream
+                // being unavailable to us, not a protocol error of the agent's.
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => return Err(UpstreamError::ConnectTimeout),
+            }
+        } else {
+            UpStream::Plain(Native(stream))
+        };
         Ok(UpstreamConn {
-            stream: Native(stream),
+            stream,
             buf: Vec::with_capacity(16 << 10),
         })
     }

@@ -122,6 +122,8 @@ def get_calls() -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    p.add_argument("--tls-key", help="... and this key")
     args = p.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,7 +131,8 @@ def main() -> None:
     # Listening before READY: connections made while uvicorn starts wait in the backlog, not refused.
     sock.listen(128)
     print(f"READY {sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **tls))
     server.run(sockets=[sock])
 
 

@@ -207,9 +207,15 @@ pub fn py_server(name: &str, extra: &[&str]) -> (Proc, u16) {
 
 /// The FastAPI REST upstream (`tests/peers/rest_api.py`), whose OpenAPI document FastAPI generates.
 pub fn rest_api() -> (Proc, u16) {
+    rest_api_with(&[])
+}
+
+/// `rest_api` with more arguments (`--tls-cert C --tls-key K` serves HTTPS).
+pub fn rest_api_with(extra: &[&str]) -> (Proc, u16) {
     let mut cmd = Command::new(python());
     cmd.arg(peers_dir().join("rest_api.py"))
-        .args(["--port", "0"]);
+        .args(["--port", "0"])
+        .args(extra);
     start_ready(cmd, "rest_api")
 }
 

@@ -382,3 +382,100 @@ fn documents_import_from_an_https_url_verified_by_its_ca() {
     );
     assert!(e.contains("302") && e.contains("elsewhere.example"), "{e}");
 }
+
+#[test]
+fn https_base_urls_are_called_over_verified_tls() {
+    // The REST API serves HTTPS with a certificate for 127.0.0.1 from the test IdP's CA.
+    let idp = Idp::start();
+    let cert = idp.dir.path().join("cert.pem");
+    let key = idp.dir.path().join("key.pem");
+    let (_api, port) = rest_api_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let g = Gateway::start(
+        &[],
+        &format!("{CONFIG}upstream_tls:\n  ca_file: {}\n", idp.ca),
+    );
+    admit_tester(&g);
+    ok(
+        &g,
+        &[
+            "capability",
+            "add",
+            "shop",
+            "--kind",
+            "openapi",
+            "--owner",
+            "team",
+            "--risk",
+            "medium",
+            "--environment",
+            "prod",
+            "--endpoint",
+            &format!("https://127.0.0.1:{port}"),
+        ],
+    );
+    let url = format!("https://127.0.0.1:{port}/openapi.json");
+    ok(
+        &g,
+        &["openapi", "import", "shop", &url, "--ca-file", &idp.ca],
+    );
+    ok(&g, &["openapi", "select", "shop", "GET /items/{item_id}"]);
+    ok(&g, &["approve"]);
+    let r = modern(
+        g.plain_port,
+        3,
+        "tools/call",
+        json!({"name": "shop__get_item_items_item_id_get", "arguments": {"item_id": 1}}),
+    );
+    let m = r.message();
+    assert_eq!(
+        m["result"]["structuredContent"]["name"],
+        json!("lamp"),
+        "{}",
+        r.text()
+    );
+
+    // A gateway that does not trust the API's CA refuses to call it: no plaintext fallback.
+    let g2 = Gateway::start(&[], CONFIG);
+    admit_tester(&g2);
+    ok(
+        &g2,
+        &[
+            "capability",
+            "add",
+            "shop",
+            "--kind",
+            "openapi",
+            "--owner",
+            "team",
+            "--risk",
+            "medium",
+            "--environment",
+            "prod",
+            "--endpoint",
+            &format!("https://127.0.0.1:{port}"),
+        ],
+    );
+    ok(
+        &g2,
+        &["openapi", "import", "shop", &url, "--ca-file", &idp.ca],
+    );
+    ok(&g2, &["openapi", "select", "shop", "GET /items/{item_id}"]);
+    ok(&g2, &["approve"]);
+    let r = modern(
+        g2.plain_port,
+        4,
+        "tools/call",
+        json!({"name": "shop__get_item_items_item_id_get", "arguments": {"item_id": 1}}),
+    );
+    assert_eq!(
+        r.message()["error"]["data"]["reason"],
+        json!("upstream_unavailable"),
+        "{}",
+        r.text()
+    );
+}

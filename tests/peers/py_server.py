@@ -211,6 +211,8 @@ def main() -> int:
         "--require-auth", help="answer 401 (echoing the request headers) unless Authorization is exactly this"
     )
     parser.add_argument("--reject-log", help="with --require-auth: append one line per refused request here")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", help="... and this key")
     parser.add_argument(
         "--broken-output", action="store_true", help="also serve bad_add, whose results break its output schema"
     )
@@ -237,11 +239,13 @@ def main() -> int:
     sock.bind(("127.0.0.1", args.port))
     port = sock.getsockname()[1]
 
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
     config = uvicorn.Config(
         app,
         log_level="info" if args.verbose else "warning",
         lifespan="on",
         timeout_graceful_shutdown=2,
+        **tls,
     )
     server = uvicorn.Server(config)
 

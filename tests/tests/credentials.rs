@@ -962,3 +962,71 @@ agents:
     assert!(!calls.contains(&svc), "{calls}");
     assert!(!g.output.lock().unwrap().contains(&shop_key));
 }
+
+#[test]
+fn an_https_mcp_server_is_listed_and_called_over_verified_tls_with_its_credential() {
+    let idp = Idp::start();
+    let cert = idp.dir.path().join("cert.pem");
+    let tls_key = idp.dir.path().join("key.pem");
+    let token = canary("tls");
+    let (_alpha, port) = py_server(
+        "alpha",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            tls_key.to_str().unwrap(),
+            "--require-auth",
+            &format!("Bearer {token}"),
+        ],
+    );
+    let dir = TempDir::new("cred-tls");
+    let key = keygen(dir.path());
+    let extra = format!(
+        "pinning:\n  recheck_interval: 1h\nupstream_tls:\n  ca_file: {}\nsecrets:\n  key_file: {}\n",
+        idp.ca,
+        key.display()
+    );
+    let g = Gateway::start_in(
+        TempDir::new("cred-tls-gw"),
+        "",
+        &[],
+        &extra,
+        &["--cores", "2"],
+    );
+    secret(&g, "put", "embedded/alpha#token", &token);
+    let state = format!(
+        r#"capabilities:
+  - name: alpha
+    kind: mcp
+    owner: team
+    risk: low
+    environment: prod
+    endpoint: https://127.0.0.1:{port}/mcp
+    credential:
+      service: embedded/alpha#token
+agents:
+{}{POLICIES}"#,
+        agent("svc", "service", "testers"),
+    );
+    // Approval lists the tools over TLS, with the service credential.
+    apply(&g, dir.path(), &state);
+    let svc = ok(&g, &["agent", "key", "issue", "svc"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = seen(&call_as(&g, &svc, "alpha__credentials"));
+    assert_eq!(
+        s["authorization_sha256"],
+        json!(sha(&format!("Bearer {token}"))),
+        "{s}"
+    );
+    act_as(&svc);
+    let v = py_client(
+        &g.url(),
+        "2025-11-25",
+        "call",
+        &["--tool", "alpha__echo", "--args", r#"{"text":"over tls"}"#],
+    );
+    assert_eq!(v["text"], json!("over tls"), "{v}");
+}

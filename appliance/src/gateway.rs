@@ -57,7 +57,14 @@ pub struct Shared {
     pub session_peers: std::sync::OnceLock<Vec<flume::Sender<SessionMsg>>>,
     /// Moves whenever sessions are revoked, so open streams look again at once.
     pub revocations: std::sync::atomic::AtomicU64,
+    /// Each session's GET-stream replay buffer (`Last-Event-ID`). Touched only when a stream event is
+    /// sent or a stream resumes, never on the call path.
+    pub replays:
+        std::sync::Mutex<std::collections::HashMap<SessionId, portcullis_pipeline::replay::Replay>>,
 }
+
+/// Sessions with a replay buffer, at most; past it the older half is dropped (their clients re-sync).
+const REPLAYS_MAX: usize = 65_536;
 
 /// A session operation sent to the core that owns the session.
 #[derive(Debug)]
@@ -648,6 +655,38 @@ impl Core {
             }
         }
         n
+    }
+
+    /// The GET-stream events of session `sid` after event `last` (a `Last-Event-ID`); `None` when the
+    /// buffer cannot say (evicted, never sent, not a number).
+    fn replay_after(&self, sid: SessionId, last: &str) -> Option<Vec<(u64, Vec<u8>)>> {
+        let last = last.trim().parse::<u64>().ok()?;
+        let replays = self
+            .shared
+            .replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match replays.get(&sid) {
+            Some(r) => r.after(last).ok(),
+            None if last == 0 => Some(Vec::new()),
+            None => None,
+        }
+    }
+
+    /// Keep one GET-stream event of session `sid` for resumption; its event id.
+    fn remember(&self, sid: SessionId, data: Vec<u8>) -> u64 {
+        let mut replays = self
+            .shared
+            .replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if replays.len() >= REPLAYS_MAX && !replays.contains_key(&sid) {
+            let drop: Vec<SessionId> = replays.keys().take(REPLAYS_MAX / 2).copied().collect();
+            for k in drop {
+                replays.remove(&k);
+            }
+        }
+        replays.entry(sid).or_default().push(data)
     }
 
     fn new_session_id(&self) -> Result<SessionId, DenyReason> {
@@ -1424,6 +1463,18 @@ impl Core {
                     .await
             }
         };
+        // A client resuming a dropped stream: what it missed, or a clear refusal it can re-sync after.
+        let missed = match head.header_str("last-event-id") {
+            None => Vec::new(),
+            Some(last) => match self.replay_after(id, last) {
+                Some(events) => events,
+                None => {
+                    return self
+                        .refuse(conn, None, false, DenyReason::ResumeUnavailable.into(), &[])
+                        .await
+                }
+            },
+        };
         let agent = Agent::Session {
             id,
             session: Box::new(session),
@@ -1447,6 +1498,11 @@ impl Core {
             return false;
         }
         inc(&self.metrics.shared.counters.responses_ok);
+        for (event, data) in missed {
+            if !conn.stream_data(sse_event_with_id(&data, event)).await {
+                return false;
+            }
+        }
         match self.relay_out_of_request(conn, &rx, None, Some(id)).await {
             Relayed::AgentGone => false,
             Relayed::Ended | Relayed::Draining => {
@@ -1526,6 +1582,11 @@ impl Core {
     ) -> Relayed {
         let frame = |msg: Message| -> Option<Vec<u8>> {
             match (subscription, msg) {
+                (None, msg) if session.is_some() => {
+                    let data = jsonrpc::encode(&msg);
+                    let id = self.remember(session.unwrap_or_else(|| unreachable!()), data.clone());
+                    Some(sse_event_with_id(&data, id))
+                }
                 (None, msg) => Some(sse_message(&msg)),
                 (Some((filter, id)), Message::Notification(mut n)) if filter.accepts(&n) => {
                     listen::tag(&mut n, id);
@@ -3230,6 +3291,21 @@ fn discover_result(naming: &mcp::Naming) -> Value {
 }
 
 /// One JSON-RPC message as an SSE `message` event.
+/// One SSE event carrying an encoded JSON-RPC message and its event id.
+fn sse_event_with_id(data: &[u8], id: u64) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(data.len() + 48);
+    sse::encode(
+        &sse::Event {
+            id: Some(id.to_string()),
+            event: Some("message".into()),
+            data: String::from_utf8_lossy(data).into_owned(),
+            retry_ms: None,
+        },
+        &mut framed,
+    );
+    framed
+}
+
 fn sse_message(msg: &Message) -> Vec<u8> {
     let data = String::from_utf8(jsonrpc::encode(msg)).unwrap_or_default();
     let mut framed = Vec::with_capacity(data.len() + 32);

@@ -420,6 +420,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         audit,
         session_peers: std::sync::OnceLock::new(),
         revocations: std::sync::atomic::AtomicU64::new(0),
+        replays: std::sync::Mutex::new(std::collections::HashMap::new()),
     });
 
     let control_for_follower = control.clone();

@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod params;
 pub mod ratelimit;
 pub mod reason;
+pub mod replay;
 pub mod revision;
 pub mod session;
 pub mod sse;

@@ -72,6 +72,9 @@ pub enum DenyReason {
     SessionRevoked,
     /// The agent already holds `limits.sessions_per_agent_max` sessions.
     SessionLimit,
+    /// `Last-Event-ID` names events the session's replay buffer no longer holds (or never sent): the
+    /// client re-syncs (lists again) and opens the stream without it.
+    ResumeUnavailable,
     /// JSON-RPC method the gateway does not serve.
     MethodNotFound,
     /// Params missing or of the wrong shape.
@@ -125,7 +128,7 @@ impl DenyReason {
     }
 
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 42] = [
+    pub const ALL: [DenyReason; 43] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -168,6 +171,7 @@ impl DenyReason {
         Self::AuditUnavailable,
         Self::SessionRevoked,
         Self::SessionLimit,
+        Self::ResumeUnavailable,
     ];
 
     /// The stable `data.reason` string.
@@ -215,6 +219,7 @@ impl DenyReason {
             Self::AuditUnavailable => "audit_unavailable",
             Self::SessionRevoked => "session_revoked",
             Self::SessionLimit => "session_limit",
+            Self::ResumeUnavailable => "resume_unavailable",
         }
     }
 
@@ -252,7 +257,8 @@ impl DenyReason {
             | Self::SchemaInvalid
             | Self::SessionAgentMismatch
             | Self::RateLimited
-            | Self::SessionLimit => Blame::Agent,
+            | Self::SessionLimit
+            | Self::ResumeUnavailable => Blame::Agent,
             Self::UpstreamUnavailable
             | Self::UpstreamTimeout
             | Self::UpstreamProtocolError
@@ -283,6 +289,7 @@ impl DenyReason {
             | Self::SessionNotFound
             | Self::SessionExpired
             | Self::SessionRevoked
+            | Self::ResumeUnavailable
             | Self::RequestTimeout => -32600,
             Self::MethodNotFound => -32601,
             Self::InvalidParams | Self::ToolNotFound | Self::MissingMeta | Self::SchemaInvalid => {
@@ -348,6 +355,7 @@ impl DenyReason {
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
             Self::RateLimited | Self::SessionLimit => 429,
+            Self::ResumeUnavailable => 409,
             Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
                 502
             }
@@ -401,6 +409,9 @@ impl DenyReason {
             Self::SessionExpired => "Session expired",
             Self::SessionRevoked => "Session revoked by an operator",
             Self::SessionLimit => "The agent holds as many sessions as it may; end one first",
+            Self::ResumeUnavailable => {
+                "The stream cannot resume from that event; list again and reopen it without Last-Event-ID"
+            }
             Self::MethodNotFound => "Method not found",
             Self::InvalidParams => "Invalid params",
             Self::ToolNotFound => "Unknown tool, prompt or resource",
@@ -498,6 +509,7 @@ mod tests {
             ("audit_unavailable", -32603, 503, "gateway"),
             ("session_revoked", -32600, 404, "agent"),
             ("session_limit", -32005, 429, "agent"),
+            ("resume_unavailable", -32600, 409, "agent"),
         ];
         assert_eq!(table, expected);
     }

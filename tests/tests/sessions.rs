@@ -196,3 +196,86 @@ fn an_initialize_flood_stops_at_the_agents_session_limit_and_bad_ids_are_unknown
     assert_eq!(r.status, 404);
     assert_eq!(r.reason(), "session_agent_mismatch", "{}", r.text());
 }
+
+/// Whatever a stream sends within `d`.
+fn read_for(s: &mut TcpStream, d: Duration) -> String {
+    let end = std::time::Instant::now() + d;
+    let mut out = String::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The `id:` lines of an SSE text.
+fn event_ids(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id:"))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+fn open_stream(port: u16, sid: &str, last: Option<&str>) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let resume = last.map_or(String::new(), |l| format!("last-event-id: {l}\r\n"));
+    write!(
+        s,
+        "GET /mcp HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n{}{resume}\r\n",
+        auth_line()
+    )
+    .unwrap();
+    let head = read_for(&mut s, Duration::from_millis(1500));
+    (s, head)
+}
+
+#[test]
+fn a_dropped_get_stream_resumes_from_last_event_id() {
+    // The gateway's own list_changed events (each activation changes what the agent may list) are the
+    // stream's events here: no upstream timing involved.
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, _) = ops_and_viewer(&g);
+    ok(&g, &["approve", "--note", "v1"]);
+    ok(
+        &g,
+        &["capability", "edit", "alpha", "--description", "second"],
+    );
+    ok(&g, &["approve", "--note", "v2"]);
+    act_as(&ops);
+    let sid = initialize(g.plain_port);
+    let (mut s, head) = open_stream(g.plain_port, &sid, None);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut seen = String::new();
+    for v in ["1", "2", "1"] {
+        ok(&g, &["snapshot", "activate", v]);
+        seen.push_str(&read_for(&mut s, Duration::from_millis(700)));
+    }
+    let ids = event_ids(&seen);
+    assert!(ids.len() >= 2, "events with ids: {seen}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    drop(s);
+
+    // Back with the first id: what followed it comes first, with its id.
+    let (mut s, head) = open_stream(g.plain_port, &sid, Some(&ids[0].to_string()));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let replayed = format!("{head}{}", read_for(&mut s, Duration::from_secs(1)));
+    assert_eq!(event_ids(&replayed).first(), Some(&ids[1]), "{replayed}");
+    assert!(
+        replayed.contains("notifications/tools/list_changed"),
+        "{replayed}"
+    );
+    drop(s);
+
+    // An id the session never sent: a clear refusal, after which the client re-syncs.
+    let (_, head) = open_stream(g.plain_port, &sid, Some("999999"));
+    assert!(head.starts_with("HTTP/1.1 409"), "{head}");
+    assert!(head.contains("resume_unavailable"), "{head}");
+}

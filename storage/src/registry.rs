@@ -639,8 +639,16 @@ impl Registry {
         dry_run: bool,
     ) -> Result<ApplyPlan> {
         let mut w = self.write()?;
+        // A capability's OpenAPI document and selection are set by `openapi import|select`, not written
+        // in desired-state files: a file that leaves them out keeps them.
+        let mut capabilities = desired.capabilities;
+        for c in capabilities.iter_mut().filter(|c| c.openapi.is_none()) {
+            if let Some(old) = self.get_in::<Capability>(&w, &c.name)? {
+                c.openapi = old.spec.openapi;
+            }
+        }
         let plan = ApplyPlan {
-            capabilities: self.apply_kind(&mut w, desired.capabilities, by, now_ms)?,
+            capabilities: self.apply_kind(&mut w, capabilities, by, now_ms)?,
             agents: self.apply_kind(&mut w, desired.agents, by, now_ms)?,
             policies: self.apply_kind(&mut w, desired.policies, by, now_ms)?,
             applied: !dry_run,
@@ -1451,6 +1459,30 @@ mod tests {
                 version: c.meta.version,
             })
             .collect()
+    }
+
+    #[test]
+    fn apply_keeps_an_imported_openapi_document_the_file_leaves_out() {
+        let (r, root) = reg("apply-openapi", DEFAULT_MAP_BYTES);
+        let mut shop = cap("shop");
+        shop.kind = CapabilityKind::Openapi;
+        shop.openapi = Some(control::OpenApiSource {
+            document: "ab".repeat(32),
+            select: vec!["GET /items".into()],
+        });
+        r.put(shop.clone(), Put::Create, "alice", 1).unwrap();
+        let mut edited = shop.clone();
+        edited.openapi = None;
+        edited.description = "edited by a file".into();
+        let desired = DesiredState {
+            capabilities: vec![edited],
+            ..DesiredState::default()
+        };
+        r.apply(desired, "ops", 2, false).unwrap();
+        let got = r.get::<Capability>("shop").unwrap();
+        assert_eq!(got.spec.openapi, shop.openapi);
+        assert_eq!(got.spec.description, "edited by a file");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -53,7 +53,6 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Nanoseconds spent writing and syncing batches.
     pub write_nanos: AtomicU64,
-    pub bytes: AtomicU64,
 }
 
 /// One core's handle on its writer.
@@ -126,7 +125,6 @@ impl Trail {
             used.fetch_add(segs.bytes(), Ordering::Relaxed);
             let (tx, rx) = flume::bounded(QUEUE_MAX);
             let stats = Arc::new(Stats::default());
-            stats.bytes.store(segs.bytes(), Ordering::Relaxed);
             let writer = Writer {
                 root: root.to_path_buf(),
                 key: key.clone(),
@@ -381,7 +379,6 @@ impl Writer {
                 .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let grown = self.segs.bytes().saturating_sub(before);
             self.used.fetch_add(grown, Ordering::Relaxed);
-            self.stats.bytes.store(self.segs.bytes(), Ordering::Relaxed);
             r.map(|_| ()).map_err(|e| e.to_string())
         };
         match &result {

@@ -204,13 +204,7 @@ fn export(
     out: Option<String>,
     mark: bool,
 ) -> Result<(), String> {
-    let filtered = filter.from_ms.is_some()
-        || filter.to_ms.is_some()
-        || filter.agent.is_some()
-        || filter.tool.is_some()
-        || filter.decision.is_some()
-        || filter.reason.is_some();
-    if mark && filtered {
+    if mark && !filter.is_empty() {
         return Err("--mark records a complete export: use it without filters".into());
     }
     let ocsf = match format.as_deref() {

@@ -289,7 +289,11 @@ impl Broker {
         }
         let mut form = Zeroizing::new(credential::exchange_form(x, resource, subject.expose()));
         if x.client_secret.is_none() {
-            let _ = write!(form, "&client_id={}", form_encode(&x.client_id));
+            let _ = write!(
+                form,
+                "&client_id={}",
+                portcullis_pipeline::openapi::call::encode(&x.client_id)
+            );
         }
         let (status, _, body) = https::post(
             &url,
@@ -359,18 +363,6 @@ fn describe(w: &Want) -> String {
         Want::Secret(r) => format!("secret {r}"),
         Want::Exchange { exchange, .. } => format!("token exchange at {}", exchange.token_endpoint),
     }
-}
-
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
 
 /// A file store's secret: the file under `dir` (symlinks allowed only where they stay inside it, as

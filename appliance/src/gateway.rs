@@ -948,19 +948,9 @@ impl Core {
                         on: caller.on_behalf(),
                     }
                 }
-                Err(SessionError::Expired) => {
+                Err(e) => {
                     return self
-                        .refuse(conn, id, false, DenyReason::SessionExpired.into(), &[])
-                        .await
-                }
-                Err(SessionError::Revoked) => {
-                    return self
-                        .refuse(conn, id, false, DenyReason::SessionRevoked.into(), &[])
-                        .await
-                }
-                Err(_) => {
-                    return self
-                        .refuse(conn, id, false, DenyReason::SessionNotFound.into(), &[])
+                        .refuse(conn, id, false, session_refusal(e).into(), &[])
                         .await
                 }
             },
@@ -1028,10 +1018,9 @@ impl Core {
                 .await;
         }
         inc(&self.metrics.shared.counters.sessions_opened);
-        if let Ok(s) = self.sessions.borrow_mut().touch(sid, Instant::now()) {
+        if let Some(s) = self.sessions.borrow_mut().get_mut(sid) {
             s.identity.clone_from(&caller.identity);
             s.transport = caller.transport;
-            s.requests = 0;
         }
         if let Some(a) = conn.audit() {
             a.session = Some(sid.to_string());
@@ -1447,19 +1436,9 @@ impl Core {
                     .await
             }
             Ok(s) => s,
-            Err(SessionError::Expired) => {
+            Err(e) => {
                 return self
-                    .refuse(conn, None, false, DenyReason::SessionExpired.into(), &[])
-                    .await
-            }
-            Err(SessionError::Revoked) => {
-                return self
-                    .refuse(conn, None, false, DenyReason::SessionRevoked.into(), &[])
-                    .await
-            }
-            Err(_) => {
-                return self
-                    .refuse(conn, None, false, DenyReason::SessionNotFound.into(), &[])
+                    .refuse(conn, None, false, session_refusal(e).into(), &[])
                     .await
             }
         };
@@ -2155,47 +2134,21 @@ impl Core {
         let credential = self.credential(up, on, scheme).await?;
         inc(&self.metrics.shared.counters.upstream_requests);
         let t0 = Instant::now();
-        let r = match credential {
-            None => self.pool.send(up, url, method, headers, body).await,
-            Some((inject, secret)) => {
-                let mut owned: Vec<(String, String)> = headers
-                    .iter()
-                    .map(|(n, v)| ((*n).to_owned(), v.clone()))
-                    .collect();
-                let mut url = url.clone();
-                credential::apply(
-                    &inject,
-                    secret.expose(),
-                    credential::Target {
-                        headers: &mut owned,
-                        path_and_query: &mut url.path,
-                    },
-                )
-                .map_err(|e| {
-                    crate::warn!("upstream={} credential refused: {e}", self.slot_name(up));
-                    DenyReason::CredentialUnavailable
-                })?;
-                let mut borrowed: Vec<(&str, String)> =
-                    owned.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-                let r = self
-                    .pool
-                    .send(up, &url, method, &borrowed, body)
-                    .await
-                    .map(|mut resp| {
-                        resp.presented = credential::wire_forms(&inject, secret.expose());
-                        resp
-                    });
-                // The copies holding the secret go now rather than whenever the allocator reuses them.
-                for (_, v) in borrowed.iter_mut() {
-                    zeroize::Zeroize::zeroize(v);
-                }
-                drop(borrowed);
-                for (_, v) in owned.iter_mut() {
-                    zeroize::Zeroize::zeroize(v);
-                }
-                r
-            }
-        };
+        let r = self
+            .pool
+            .send_with_credential(
+                up,
+                url,
+                method,
+                headers,
+                body,
+                credential.as_ref().map(|(i, s)| (i, s)),
+            )
+            .await;
+        if let Err(crate::upstream::UpstreamError::Credential(e)) = &r {
+            crate::warn!("upstream={} credential refused: {e}", self.slot_name(up));
+            return Err(DenyReason::CredentialUnavailable);
+        }
         self.metrics.record_upstream(t0.elapsed());
         r.map_err(|e| {
             inc(&self.metrics.shared.counters.upstream_errors);
@@ -2999,6 +2952,15 @@ const DISCOVERED_AGENTS_MAX: usize = 1024;
 /// RFC 9728 protected-resource metadata: the root form, and the form for the resource `/mcp`.
 const PROTECTED_RESOURCE_PATH: &str = "/.well-known/oauth-protected-resource";
 const PROTECTED_RESOURCE_MCP_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
+
+/// What an agent is told when its session id does not lead to a live session.
+fn session_refusal(e: SessionError) -> DenyReason {
+    match e {
+        SessionError::Expired => DenyReason::SessionExpired,
+        SessionError::Revoked => DenyReason::SessionRevoked,
+        SessionError::NotFound | SessionError::Full => DenyReason::SessionNotFound,
+    }
+}
 
 fn origin_of(head: &RequestHead) -> String {
     let scheme = if head.secure { "https" } else { "http" };

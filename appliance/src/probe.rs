@@ -6,7 +6,7 @@ use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use simd_json::prelude::*;
 use simd_json::OwnedValue as Value;
 
-use portcullis_pipeline::credential::{self, Binding, Inject, Secret, SecretRef};
+use portcullis_pipeline::credential::{Binding, Inject, Secret, SecretRef};
 
 use crate::broker::{Broker, Want};
 use crate::config::UpstreamUrl;
@@ -74,35 +74,15 @@ impl Target<'_> {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> Result<crate::upstream::UpstreamResponse, crate::upstream::UpstreamError> {
-        let Some((inject, secret)) = &self.credential else {
-            return self
-                .pool
-                .send(self.slot, self.url, method, headers, body)
-                .await;
-        };
-        let mut owned: Vec<(String, String)> = headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), v.clone()))
-            .collect();
-        let mut url = self.url.clone();
-        if credential::apply(
-            inject,
-            secret.expose(),
-            credential::Target {
-                headers: &mut owned,
-                path_and_query: &mut url.path,
-            },
-        )
-        .is_err()
-        {
-            return Err(crate::upstream::UpstreamError::Protocol(
-                "the credential holds a line break",
-            ));
-        }
-        let borrowed: Vec<(&str, String)> =
-            owned.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
         self.pool
-            .send(self.slot, &url, method, &borrowed, body)
+            .send_with_credential(
+                self.slot,
+                self.url,
+                method,
+                headers,
+                body,
+                self.credential.as_ref().map(|(i, s)| (i, s)),
+            )
             .await
     }
 

@@ -13,6 +13,8 @@ use monoio::net::TcpStream;
 use portcullis_pipeline::chunked::ChunkedDecoder;
 use portcullis_pipeline::DenyReason;
 
+use portcullis_pipeline::credential::{self, Inject, Secret};
+
 use crate::config::UpstreamUrl;
 use crate::http::{read_more, ByteStream, Native, ReadError};
 
@@ -24,6 +26,8 @@ pub enum UpstreamError {
     Timeout,
     /// Not HTTP/1.1, bad framing, or a body past the bound.
     Protocol(&'static str),
+    /// The credential to present cannot go on a request (`credential::apply`); nothing was sent.
+    Credential(&'static str),
 }
 
 impl UpstreamError {
@@ -34,6 +38,7 @@ impl UpstreamError {
             }
             UpstreamError::Timeout => DenyReason::UpstreamTimeout,
             UpstreamError::Protocol(_) => DenyReason::UpstreamProtocolError,
+            UpstreamError::Credential(_) => DenyReason::CredentialUnavailable,
         }
     }
 }
@@ -342,6 +347,55 @@ impl Pool {
             stream,
             buf: Vec::with_capacity(16 << 10),
         })
+    }
+
+    /// `send`, presenting `credential` as its injection says (after removing whatever the request
+    /// carried under the same name). The response notes the credential's wire forms for scrubbing, and
+    /// the header copies that held it are wiped once sent.
+    pub async fn send_with_credential(
+        &self,
+        upstream: usize,
+        url: &UpstreamUrl,
+        method: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        credential: Option<(&Inject, &Secret)>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let Some((inject, secret)) = credential else {
+            return self.send(upstream, url, method, headers, body).await;
+        };
+        let mut owned: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect();
+        let mut url = url.clone();
+        credential::apply(
+            inject,
+            secret.expose(),
+            credential::Target {
+                headers: &mut owned,
+                path_and_query: &mut url.path,
+            },
+        )
+        .map_err(UpstreamError::Credential)?;
+        let mut borrowed: Vec<(&str, String)> =
+            owned.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        let r = self
+            .send(upstream, &url, method, &borrowed, body)
+            .await
+            .map(|mut resp| {
+                resp.presented = credential::wire_forms(inject, secret.expose());
+                resp
+            });
+        // The copies holding the secret go now rather than whenever the allocator reuses them.
+        for (_, v) in borrowed.iter_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+        drop(borrowed);
+        for (_, v) in owned.iter_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+        r
     }
 
     /// Send one request and read the response head.

@@ -161,6 +161,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether it lets every record through.
+    pub fn is_empty(&self) -> bool {
+        self.from_ms.is_none()
+            && self.to_ms.is_none()
+            && self.agent.is_none()
+            && self.tool.is_none()
+            && self.decision.is_none()
+            && self.reason.is_none()
+    }
+
     pub fn matches(&self, e: &Event) -> bool {
         self.from_ms.is_none_or(|f| e.at_ms >= f)
             && self.to_ms.is_none_or(|t| e.at_ms <= t)

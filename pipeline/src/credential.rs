@@ -402,7 +402,7 @@ pub fn apply(inject: &Inject, secret: &str, t: Target<'_>) -> Result<(), &'stati
                 );
             }
             t.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("cookie"));
-            kept.push(format!("{name}={}", percent_encode(secret)));
+            kept.push(format!("{name}={}", crate::openapi::call::encode(secret)));
             t.headers.push(("cookie".into(), kept.join("; ")));
         }
         Inject::Query { name } => {
@@ -414,7 +414,7 @@ pub fn apply(inject: &Inject, secret: &str, t: Target<'_>) -> Result<(), &'stati
                 .split('&')
                 .filter(|p| !p.is_empty() && p.split('=').next() != Some(name.as_str()))
                 .collect();
-            let ours = format!("{name}={}", percent_encode(secret));
+            let ours = format!("{name}={}", crate::openapi::call::encode(secret));
             pairs.push(&ours);
             *t.path_and_query = format!("{path}?{}", pairs.join("&"));
         }
@@ -426,7 +426,7 @@ pub fn apply(inject: &Inject, secret: &str, t: Target<'_>) -> Result<(), &'stati
 /// for `scrub` to find them in what an upstream answers.
 pub fn wire_forms(inject: &Inject, secret: &str) -> Vec<String> {
     let mut forms = vec![secret.to_owned()];
-    let encoded = percent_encode(secret);
+    let encoded = crate::openapi::call::encode(secret);
     if encoded != secret {
         forms.push(encoded);
     }
@@ -474,19 +474,6 @@ pub fn scrub(bytes: &mut Vec<u8>, forms: &[String]) -> usize {
     replaced
 }
 
-/// RFC 3986 unreserved characters pass; every other byte is `%XX`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The `application/x-www-form-urlencoded` body of an RFC 8693 token exchange for `subject_token`.
 pub fn exchange_form(x: &Exchange, default_resource: &str, subject_token: &str) -> String {
     let mut fields: Vec<(&str, &str)> = vec![
@@ -516,7 +503,7 @@ pub fn exchange_form(x: &Exchange, default_resource: &str, subject_token: &str) 
     }
     fields
         .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .map(|(k, v)| format!("{k}={}", crate::openapi::call::encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -525,8 +512,8 @@ pub fn exchange_form(x: &Exchange, default_resource: &str, subject_token: &str) 
 pub fn client_basic(client_id: &str, client_secret: &str) -> String {
     let pair = format!(
         "{}:{}",
-        percent_encode(client_id),
-        percent_encode(client_secret)
+        crate::openapi::call::encode(client_id),
+        crate::openapi::call::encode(client_secret)
     );
     format!("Basic {}", base64::encode_standard(pair.as_bytes()))
 }

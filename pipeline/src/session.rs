@@ -186,6 +186,11 @@ impl SessionShard {
         Ok(id)
     }
 
+    /// A live session, to fill in what its opener knows beyond `open_with` (no use is counted).
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Session> {
+        self.sessions.get_mut(&id)
+    }
+
     /// Live sessions of `agent` on this core.
     pub fn count_agent(&self, agent: &str) -> usize {
         self.sessions
@@ -317,7 +322,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        shard.touch(id(3), now).unwrap().identity = Some("key:k3".into());
+        shard.get_mut(id(3)).unwrap().identity = Some("key:k3".into());
         assert_eq!(
             shard.revoke(&Revoke::Identity("key:k3".into()), now).len(),
             1

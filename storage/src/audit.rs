@@ -524,15 +524,6 @@ fn read_pruned(dir: &Path) -> Option<Pruned> {
     serde_json::from_str(&text).ok()
 }
 
-impl Segments {
-    /// `prune_exported` on this core's own directory.
-    pub fn prune_exported(&mut self, exported: u64, now_ms: u64) -> Result<u64, AuditError> {
-        let freed = prune_exported(&self.dir, self.core, exported, &self.key, now_ms)?;
-        self.bytes = self.bytes.saturating_sub(freed);
-        Ok(freed)
-    }
-}
-
 /// Delete core `core`'s oldest segments (in `dir`) whose records all have sequence numbers up to
 /// `exported` (delivered elsewhere), never the newest one (the open one), recording a signed
 /// `pruned.json` first. Returns the bytes freed. Closed segments are never written again, so any thread
@@ -819,9 +810,10 @@ mod tests {
         let before = segments(&core_dir(&audit, 0)).unwrap();
         assert!(before.len() > 3);
         // Nothing exported: nothing goes.
-        assert_eq!(s.prune_exported(0, 2).unwrap(), 0);
+        let dir = core_dir(&audit, 0);
+        assert_eq!(prune_exported(&dir, 0, 0, &key, 2).unwrap(), 0);
         let upto = before[2].0 - 1;
-        let freed = s.prune_exported(upto, 2).unwrap();
+        let freed = prune_exported(&dir, 0, upto, &key, 2).unwrap();
         assert!(freed > 0);
         let after = segments(&core_dir(&audit, 0)).unwrap();
         assert_eq!(after.len(), before.len() - 2);

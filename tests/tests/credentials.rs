@@ -111,8 +111,17 @@ fn apply(g: &Gateway, dir: &Path, yaml: &str) {
 }
 
 fn call_as(g: &Gateway, auth: &str, tool: &str) -> RawResponse {
+    call_as_with(g, auth, tool, 7, json!({}))
+}
+
+/// A 2026-07-28 `tools/call` of `tool` with `arguments`, presenting `auth` as the bearer token.
+fn call_as_with(g: &Gateway, auth: &str, tool: &str, id: u64, arguments: Value) -> RawResponse {
     let bearer = format!("Bearer {auth}");
-    let body = modern_body(7, "tools/call", json!({"name": tool, "arguments": {}}));
+    let body = modern_body(
+        id,
+        "tools/call",
+        json!({"name": tool, "arguments": arguments}),
+    );
     let mut h = JSON_HEADERS.to_vec();
     h.extend([
         ("mcp-protocol-version", "2026-07-28"),
@@ -468,20 +477,7 @@ agents:
         let (who, tool) = calls[i % calls.len()];
         let r = if i % 50 == 49 {
             // Arguments the pinned schema refuses.
-            let bearer = format!("Bearer {who}");
-            let body = modern_body(
-                9,
-                "tools/call",
-                json!({"name": tool, "arguments": {"x": {"y": 1}}}),
-            );
-            let mut h = JSON_HEADERS.to_vec();
-            h.extend([
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", "tools/call"),
-                ("mcp-name", tool),
-                ("authorization", bearer.as_str()),
-            ]);
-            request(g.plain_port, "POST", "/mcp", &h, body.as_bytes()).unwrap()
+            call_as_with(&g, who, tool, 9, json!({"x": {"y": 1}}))
         } else {
             call_as(&g, who, tool)
         };

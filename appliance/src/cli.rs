@@ -20,6 +20,8 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
     portcullis agent add NAME --owner O --surface S --environment E
                               --credential-mode service|delegated|agent-scoped [--group G]... [--status S]
                               [--limit [SCOPE=]COUNT/PERIOD]...   (600/1m, alpha=100/1h, alpha__add=10/1d)
+                              [--session-idle 15m] [--session-duration-max 8h] [--session-max N]
+                              [--session-streams-max N]   (the agent's own session bounds)
     portcullis policy add ID (--file F | --text T) [--description D]
     portcullis policy explain --agent A --tool CAP__TOOL [--action call|discover] [--args JSON]
                               [--context JSON] [--snapshot active|draft|N]
@@ -45,7 +47,9 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
                                                  data dir and name it in secrets.key_file)
 SESSIONS (of a running `portcullis up`, every core):
     portcullis session list | show ID
-    portcullis session revoke ID | revoke --agent A | revoke --key KEY_ID
+    portcullis session revoke ID | revoke --agent A | revoke --key KEY_ID   [--hold 30m]
+                               (an agent or key stays refused for the hold: limits.revocation_hold)
+    portcullis session holds | lift --agent A | lift --key KEY_ID
                                (at once: the next request gets session_revoked, open streams end,
                                 upstream sessions are ended, the audit trail names you)
 AUDIT TRAIL (reads DATA_DIR/audit directly; works with the appliance running or stopped):
@@ -482,7 +486,7 @@ fn session(c: &Client, a: &Args) -> Result<Output, String> {
         "idle_s",
         "requests",
     ];
-    match word(a, 0, "session list|show|revoke")?.as_str() {
+    match word(a, 0, "session list|show|revoke|holds|lift")?.as_str() {
         "list" => Ok((
             c.ok("GET", "/admin/v1/sessions", None)?,
             Shape::Table(COLUMNS),
@@ -495,7 +499,7 @@ fn session(c: &Client, a: &Args) -> Result<Output, String> {
             ))
         }
         "revoke" => {
-            let body = match (a.words.get(1), field(a, "agent"), field(a, "key")) {
+            let mut body = match (a.words.get(1), field(a, "agent"), field(a, "key")) {
                 (Some(id), None, None) => json!({ "id": id }),
                 (None, Some(agent), None) => json!({ "agent": agent }),
                 (None, None, Some(key)) => json!({ "key": key }),
@@ -505,11 +509,29 @@ fn session(c: &Client, a: &Args) -> Result<Output, String> {
                     ))
                 }
             };
+            if let Some(hold) = field(a, "hold") {
+                body["hold"] = json!(hold);
+            }
             let v = c.ok("POST", "/admin/v1/sessions/revoke", Some(&body))?;
             if a.json {
                 return Ok((v, Shape::Record));
             }
             Ok((v["revoked"].clone(), Shape::Table(COLUMNS)))
+        }
+        "holds" => Ok((
+            c.ok("GET", "/admin/v1/sessions/holds", None)?,
+            Shape::Table(&["kind", "name", "left_s"]),
+        )),
+        "lift" => {
+            let body = match (field(a, "agent"), field(a, "key")) {
+                (Some(agent), None) => json!({ "agent": agent }),
+                (None, Some(key)) => json!({ "key": key }),
+                _ => return Err(format!("session lift --agent A | --key KEY_ID\n{USAGE}")),
+            };
+            Ok((
+                c.ok("POST", "/admin/v1/sessions/lift", Some(&body))?,
+                Shape::Record,
+            ))
         }
         other => Err(format!("session {other}: not a subcommand\n{USAGE}")),
     }
@@ -836,6 +858,18 @@ fn apply_fields(rec: &mut Map<String, Value>, k: &KindInfo, a: &Args) -> Result<
                 for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
                     arr.push(Value::from(v));
                 }
+            }
+            continue;
+        }
+        // An agent's session bounds nest: `--session-idle 5m`, `--session-max 4`.
+        if let Some(key) = name.strip_prefix("session-") {
+            let v = match value.parse::<u64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => Value::from(value.as_str()),
+            };
+            let nested = rec.entry("sessions").or_insert_with(|| json!({}));
+            if let Some(o) = nested.as_object_mut() {
+                o.insert(key.replace('-', "_"), v);
             }
             continue;
         }

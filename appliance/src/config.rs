@@ -570,6 +570,13 @@ pub struct Limits {
     pub session_idle: Dur,
     /// Longest session life, however active.
     pub session_duration_max: Dur,
+    /// Open streams of one session (a 2025-11-25 GET stream, 2026-07-28 `subscriptions/listen`); past
+    /// it a new stream gets 429 `stream_limit`.
+    pub streams_per_session_max: u32,
+    /// How long revoking an agent or an API key refuses it afterwards (403 `access_revoked`), so that a
+    /// revoked client cannot simply start over; 0s holds nothing. Disabling the agent or revoking the
+    /// key in the control plane is what lasts.
+    pub revocation_hold: Dur,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout: Dur,
     /// An admin API request body, bytes (one record or policy per request).
@@ -596,6 +603,8 @@ impl Default for Limits {
             sessions_per_agent_max: 256,
             session_idle: Dur(Duration::from_secs(30 * 60)),
             session_duration_max: Dur(Duration::from_secs(24 * 3600)),
+            streams_per_session_max: 8,
+            revocation_hold: Dur(Duration::from_secs(3600)),
             drain_timeout: Dur(Duration::from_secs(10)),
             admin_body_bytes_max: 1 << 20,
         }
@@ -724,7 +733,7 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 11] = [
+        let positive: [(&str, usize); 12] = [
             ("limits.admin_body_bytes_max", l.admin_body_bytes_max),
             ("storage.lmdb_map_bytes", self.storage.lmdb_map_bytes),
             ("limits.body_bytes_max", l.body_bytes_max),
@@ -741,6 +750,10 @@ impl Config {
             (
                 "limits.h2_streams_per_connection_max",
                 l.h2_streams_per_connection_max as usize,
+            ),
+            (
+                "limits.streams_per_session_max",
+                l.streams_per_session_max as usize,
             ),
         ];
         for (k, v) in positive {

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use portcullis_pipeline::control::OutputSchemaMode;
 use portcullis_pipeline::credential::{self, Secret};
@@ -18,7 +18,7 @@ use portcullis_pipeline::jsonrpc::{self, Id, Message, ParseLimits, Request};
 use portcullis_pipeline::listen::{self, ListenFilter, UpstreamWant};
 use portcullis_pipeline::mcp::{self, ListKind, Route};
 use portcullis_pipeline::session::{
-    Session, SessionError, SessionId, SessionShard, UpstreamBinding,
+    Holds, LeaseHeld, Opening, Session, SessionError, SessionId, SessionShard, UpstreamBinding,
 };
 use portcullis_pipeline::sse::{self, SseParser};
 use portcullis_pipeline::transport::{self, Era, McpHeaders, Refusal};
@@ -97,12 +97,69 @@ pub enum SessionMsg {
     List {
         reply: flume::Sender<Vec<SessionView>>,
     },
-    /// Revoke sessions on this core; answers with the ids revoked.
+    /// Revoke sessions on this core; answers with the ids revoked. Every core gets it: each drops what
+    /// it caches of the sessions named and, with `hold_until`, refuses the agent or key till then.
     Revoke {
         which: portcullis_pipeline::session::Revoke,
+        hold_until: Option<Instant>,
         reply: flume::Sender<Vec<SessionView>>,
     },
+    /// End the hold on an agent or key on this core; answers whether there was one.
+    Lift {
+        which: portcullis_pipeline::session::Revoke,
+        reply: flume::Sender<bool>,
+    },
+    /// The holds in force on this core: (`agent` | `key`, name, seconds left).
+    Holds {
+        reply: flume::Sender<Vec<(&'static str, String, u64)>>,
+    },
+    /// The 2026-07-28 session of a credential lease, opened with `open` when there is none.
+    Lease {
+        lease: String,
+        agent: String,
+        open: Option<Box<(SessionId, Opening)>>,
+        now: Instant,
+        reply: flume::Sender<Result<LeaseHeld, SessionError>>,
+    },
+    /// Uses of a lease session another core served since it last said (no answer).
+    Seen {
+        id: SessionId,
+        at: Instant,
+        requests: u64,
+    },
+    /// Count a stream the session opens, unless it holds as many as it may.
+    StreamOpen {
+        id: SessionId,
+        reply: flume::Sender<Result<(), SessionError>>,
+    },
+    StreamClosed {
+        id: SessionId,
+    },
 }
+
+/// What a core remembers of a lease session another core owns, so that the lease's requests here need
+/// no round trip: uses are reported (`SessionMsg::Seen`) at most once per `LEASE_REPORT_INTERVAL`.
+#[derive(Debug)]
+struct LeaseEntry {
+    id: SessionId,
+    agent: String,
+    identity: Option<String>,
+    created: Instant,
+    idle: Duration,
+    duration_max: Duration,
+    /// The last use reported to the owner, and the uses since.
+    reported: Instant,
+    pending: u64,
+}
+
+/// How often a core tells a lease session's owner about its uses; well inside any idle bound.
+const LEASE_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Lease sessions one core remembers of other cores; past it the memory starts over.
+const LEASE_CACHE_MAX: usize = 65_536;
+
+/// The response header naming a 2026-07-28 request's gateway session (see `Core::modern_session`).
+pub const SESSION_HEADER: &str = "portcullis-session";
 
 /// A session as operators see it (never its upstream session ids).
 #[derive(Clone, Debug, serde::Serialize)]
@@ -118,6 +175,12 @@ pub struct SessionView {
     pub idle_s: u64,
     pub requests: u64,
     pub upstream_sessions: usize,
+    pub streams: u32,
+    /// A 2026-07-28 session's credential lease kind (`key`, `jwt`, `certificate`), never its digest.
+    pub lease: Option<String>,
+    /// Its own bounds, seconds.
+    pub idle_max_s: u64,
+    pub duration_max_s: u64,
 }
 
 impl SessionView {
@@ -138,6 +201,13 @@ impl SessionView {
             idle_s: now.saturating_duration_since(s.last_active).as_secs(),
             requests: s.requests,
             upstream_sessions: s.upstreams.len(),
+            streams: s.streams,
+            lease: s
+                .lease
+                .as_deref()
+                .map(|l| l.split(':').next().unwrap_or(l).to_owned()),
+            idle_max_s: s.idle.as_secs(),
+            duration_max_s: s.duration_max.as_secs(),
         }
     }
 }
@@ -149,6 +219,10 @@ pub struct Core {
     pub shared: Arc<Shared>,
     pub pool: Rc<Pool>,
     pub sessions: RefCell<SessionShard>,
+    /// Agents and keys operators revoked, refused here until their hold ends.
+    holds: RefCell<Holds>,
+    /// Lease sessions other cores own, by lease.
+    leases: RefCell<std::collections::HashMap<String, LeaseEntry>>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub metrics: CoreMetrics,
     /// Which revisions each upstream slot speaks, as learned by this core.
@@ -210,6 +284,9 @@ struct Caller {
     kind: Option<&'static str>,
     /// The credential itself, as sessions record it: `key:<id>`, `jwt`, `certificate`.
     identity: Option<String>,
+    /// The credential lease a 2026-07-28 session groups by: `key:<id>`, `jwt:<digest of the token>`,
+    /// `certificate:<agent>`.
+    lease: Option<String>,
     transport: &'static str,
     client: String,
     /// UTC hour and weekday (0 = Monday) when the request arrived.
@@ -282,6 +359,8 @@ enum Agent {
         /// passed on to a 2026-07-28 upstream, which checks them against the body.
         params: Vec<(String, String)>,
         on: OnBehalf,
+        /// Its gateway session (`Core::modern_session`); `None` where nothing is governed.
+        session: Option<SessionId>,
     },
     Session {
         id: SessionId,
@@ -327,6 +406,7 @@ impl Core {
             session_idle: l.session_idle.0,
             session_duration_max: l.session_duration_max.0,
             sessions_per_core_max: l.sessions_per_core_max,
+            streams_per_session_max: l.streams_per_session_max,
         };
         let generation = shared.served.generation();
         let served = shared.served.current();
@@ -341,6 +421,8 @@ impl Core {
             shared,
             pool: Rc::new(pool),
             sessions: RefCell::new(SessionShard::new(limits)),
+            holds: RefCell::default(),
+            leases: RefCell::default(),
             peers,
             metrics: CoreMetrics::new(metrics),
             upstream_eras: RefCell::new(vec![Eras::default(); n]),
@@ -390,6 +472,7 @@ impl Core {
                 token: None,
                 kind: None,
                 identity: None,
+                lease: None,
                 transport: head.transport,
                 client: String::new(),
                 hour: 0,
@@ -429,7 +512,16 @@ impl Core {
         };
         sv.governor.admit(&agent)?;
         let (hour, weekday) = hour_and_weekday();
+        let lease = match (&identity, &bearer) {
+            (Some(key), _) => key.clone(),
+            (None, Some(token)) => {
+                let digest = blake3::hash(token.expose().as_bytes());
+                format!("jwt:{}", &digest.to_hex()[..32])
+            }
+            (None, None) => format!("{kind}:{agent}"),
+        };
         Ok(Caller {
+            lease: Some(lease),
             who: Some(agent),
             token: bearer,
             kind: Some(kind),
@@ -554,6 +646,191 @@ impl Core {
         }
     }
 
+    /// The core owning a lease's session: every core computes the same one, so a lease seen on several
+    /// cores is one session.
+    fn lease_owner(&self, lease: &str) -> u16 {
+        let n = self.peers.len().max(1) as u64;
+        // FNV-1a: the same on every core and every run.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in lease.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % n) as u16
+    }
+
+    /// A lease session another core owns, as remembered here: its use is counted and reported now and
+    /// then. `None` when not remembered or possibly ended (then the owner is asked).
+    fn cached_lease(&self, lease: &str, who: &str, now: Instant) -> Option<SessionId> {
+        let mut leases = self.leases.borrow_mut();
+        let e = leases.get_mut(lease)?;
+        if e.agent != who
+            || now.saturating_duration_since(e.reported) >= e.idle
+            || now.saturating_duration_since(e.created) >= e.duration_max
+        {
+            leases.remove(lease);
+            return None;
+        }
+        e.pending += 1;
+        if now.saturating_duration_since(e.reported) >= LEASE_REPORT_INTERVAL {
+            if let Some(tx) = self.peers.get(usize::from(e.id.core)) {
+                // A report lost to a full queue only leaves the owner's clock a little behind.
+                let _ = tx.try_send(SessionMsg::Seen {
+                    id: e.id,
+                    at: now,
+                    requests: e.pending,
+                });
+            }
+            e.reported = now;
+            e.pending = 0;
+        }
+        Some(e.id)
+    }
+
+    /// Ask `owner` for a lease's session (opening it with `open`), and remember the answer here.
+    async fn ask_lease(
+        &self,
+        owner: u16,
+        lease: &str,
+        who: &str,
+        identity: Option<&str>,
+        open: Option<(SessionId, Opening)>,
+        now: Instant,
+    ) -> Result<SessionId, SessionError> {
+        if owner == self.id {
+            let held = self.sessions.borrow_mut().lease(now, lease, who, open)?;
+            if held.opened {
+                inc(&self.metrics.shared.counters.sessions_opened);
+            }
+            return Ok(held.id);
+        }
+        let tx = self
+            .peers
+            .get(usize::from(owner))
+            .ok_or(SessionError::NotFound)?;
+        let (reply, rx) = flume::bounded(1);
+        let msg = SessionMsg::Lease {
+            lease: lease.to_owned(),
+            agent: who.to_owned(),
+            open: open.map(Box::new),
+            now,
+            reply,
+        };
+        tx.send_async(msg)
+            .await
+            .map_err(|_| SessionError::NotFound)?;
+        let held = rx
+            .recv_async()
+            .await
+            .unwrap_or(Err(SessionError::NotFound))?;
+        let mut leases = self.leases.borrow_mut();
+        if leases.len() >= LEASE_CACHE_MAX {
+            leases.clear();
+        }
+        leases.insert(
+            lease.to_owned(),
+            LeaseEntry {
+                id: held.id,
+                agent: who.to_owned(),
+                identity: identity.map(str::to_owned),
+                created: held.created,
+                idle: held.idle,
+                duration_max: held.duration_max,
+                reported: now,
+                pending: 0,
+            },
+        );
+        Ok(held.id)
+    }
+
+    /// The gateway session of a 2026-07-28 request: the one its `portcullis-session` header names (the
+    /// client keeps continuity), else its credential lease's, opened on the lease's first request.
+    /// `None` where nothing is governed (no agent, no lease).
+    async fn modern_session(
+        &self,
+        sv: &Served,
+        head: &RequestHead,
+        caller: &Caller,
+    ) -> Result<Option<SessionId>, DenyReason> {
+        let (Some(who), Some(lease)) = (&caller.who, &caller.lease) else {
+            return Ok(None);
+        };
+        if let Some(named) = head.header_str(SESSION_HEADER) {
+            let id = SessionId::parse(named).ok_or(DenyReason::SessionNotFound)?;
+            let s = self.session_touch(id).await.map_err(session_refusal)?;
+            // A session id is no credential: another agent's session looks like no session.
+            if s.agent.as_deref() != Some(who.as_str()) {
+                return Err(DenyReason::SessionAgentMismatch);
+            }
+            return Ok(Some(id));
+        }
+        let now = Instant::now();
+        let owner = self.lease_owner(lease);
+        let identity = caller.identity.as_deref();
+        if owner != self.id {
+            if let Some(id) = self.cached_lease(lease, who, now) {
+                return Ok(Some(id));
+            }
+        }
+        if let Ok(id) = self.ask_lease(owner, lease, who, identity, None, now).await {
+            return Ok(Some(id));
+        }
+        // The lease's first request: a new session, within the agent's bounds.
+        let bounds = sv.session_limits(who);
+        let max = bounds
+            .max
+            .unwrap_or(self.shared.config.limits.sessions_per_agent_max);
+        if self.agent_sessions(who).await >= max {
+            return Err(DenyReason::SessionLimit);
+        }
+        let id = self.new_session_id(owner)?;
+        let opening = Opening {
+            agent: Some(who.clone()),
+            identity: caller.identity.clone(),
+            transport: caller.transport,
+            lease: Some(lease.clone()),
+            ..Opening::new(Revision::V2026_07_28, self.sessions.borrow().limits())
+        }
+        .bounded_by(&bounds);
+        match self
+            .ask_lease(owner, lease, who, identity, Some((id, opening)), now)
+            .await
+        {
+            Ok(id) => Ok(Some(id)),
+            Err(SessionError::Full) => Err(DenyReason::Overloaded),
+            Err(e) => Err(session_refusal(e)),
+        }
+    }
+
+    /// Count a stream session `id` opens; the slot gives it back when dropped, however the stream ends.
+    async fn stream_slot(&self, id: SessionId) -> Result<StreamSlot<'_>, DenyReason> {
+        let r = match self.owner(id) {
+            None => Err(SessionError::NotFound),
+            Some(None) => self.sessions.borrow_mut().stream_open(id),
+            Some(Some(tx)) => {
+                let (reply, rx) = flume::bounded(1);
+                match tx.send_async(SessionMsg::StreamOpen { id, reply }).await {
+                    Ok(()) => rx.recv_async().await.unwrap_or(Err(SessionError::NotFound)),
+                    Err(_) => Err(SessionError::NotFound),
+                }
+            }
+        };
+        match r {
+            Ok(()) => Ok(StreamSlot { core: self, id }),
+            Err(SessionError::StreamLimit) => Err(DenyReason::StreamLimit),
+            Err(e) => Err(session_refusal(e)),
+        }
+    }
+
+    /// Whether an operator's hold refuses this caller now.
+    fn held(&self, caller: &Caller) -> bool {
+        let Some(who) = &caller.who else {
+            return false;
+        };
+        let mut holds = self.holds.borrow_mut();
+        !holds.is_empty() && holds.holds(who, caller.identity.as_deref(), Instant::now())
+    }
+
     /// Serve session operations other cores send to this one.
     pub async fn serve_session_messages(self: Rc<Self>, rx: flume::Receiver<SessionMsg>) {
         while let Ok(msg) = rx.recv_async().await {
@@ -591,8 +868,18 @@ impl Core {
                         .collect();
                     let _ = reply.send(list);
                 }
-                SessionMsg::Revoke { which, reply } => {
+                SessionMsg::Revoke {
+                    which,
+                    hold_until,
+                    reply,
+                } => {
                     let now = Instant::now();
+                    if let Some(until) = hold_until {
+                        self.holds.borrow_mut().hold(&which, until);
+                    }
+                    self.leases.borrow_mut().retain(|_, e| {
+                        !which.names(e.id, Some(e.agent.as_str()), e.identity.as_deref())
+                    });
                     let gone = self.sessions.borrow_mut().revoke(&which, now);
                     let views = gone
                         .iter()
@@ -608,6 +895,43 @@ impl Core {
                     for (_, s) in gone {
                         self.end_upstream_sessions(&s, None).await;
                     }
+                }
+                SessionMsg::Lift { which, reply } => {
+                    let _ = reply.send(self.holds.borrow_mut().lift(&which));
+                }
+                SessionMsg::Holds { reply } => {
+                    let now = Instant::now();
+                    let list = self.holds.borrow().list(now);
+                    let _ = reply.send(
+                        list.into_iter()
+                            .map(|(kind, name, left)| (kind, name, left.as_secs()))
+                            .collect(),
+                    );
+                }
+                SessionMsg::Lease {
+                    lease,
+                    agent,
+                    open,
+                    now,
+                    reply,
+                } => {
+                    let r = self
+                        .sessions
+                        .borrow_mut()
+                        .lease(now, &lease, &agent, open.map(|o| *o));
+                    if r.is_ok_and(|h| h.opened) {
+                        inc(&self.metrics.shared.counters.sessions_opened);
+                    }
+                    let _ = reply.send(r);
+                }
+                SessionMsg::Seen { id, at, requests } => {
+                    self.sessions.borrow_mut().seen(id, at, requests);
+                }
+                SessionMsg::StreamOpen { id, reply } => {
+                    let _ = reply.send(self.sessions.borrow_mut().stream_open(id));
+                }
+                SessionMsg::StreamClosed { id } => {
+                    self.sessions.borrow_mut().stream_closed(id);
                 }
             }
         }
@@ -689,13 +1013,14 @@ impl Core {
         replays.entry(sid).or_default().push(data)
     }
 
-    fn new_session_id(&self) -> Result<SessionId, DenyReason> {
+    /// A fresh id for a session core `core` owns.
+    fn new_session_id(&self, core: u16) -> Result<SessionId, DenyReason> {
         let mut random = [0u8; 16];
         // A CSPRNG failure must not produce a guessable id: refuse the session instead.
         getrandom::fill(&mut random).map_err(|_| DenyReason::Overloaded)?;
         Ok(SessionId {
             node: self.shared.config.node_id,
-            core: self.id,
+            core,
             random,
         })
     }
@@ -752,6 +1077,7 @@ impl Core {
             event,
             t0: Instant::now(),
             committed: false,
+            session: None,
         };
         self.handle_served(&mut conn, &sv, head, body).await
     }
@@ -795,6 +1121,11 @@ impl Core {
                 .as_deref()
                 .and_then(|w| sv.agent_owner(w))
                 .map(str::to_owned);
+        }
+        if self.held(&caller) {
+            return self
+                .refuse(conn, None, false, DenyReason::AccessRevoked.into(), &[])
+                .await;
         }
         if let Some(who) = &caller.who {
             if let Err((limit, wait)) = sv.take(who, None) {
@@ -912,16 +1243,25 @@ impl Core {
                         .refuse(conn, None, false, DenyReason::InvalidRequest.into(), &[])
                         .await;
                 };
-                return self.initialize(conn, req, caller).await;
+                return self.initialize(conn, sv, req, caller).await;
             }
             Era::Modern(_) => {
+                let session = match self.modern_session(sv, head, caller).await {
+                    Ok(s) => s,
+                    Err(r) => return self.refuse(conn, id, true, r.into(), &[]).await,
+                };
+                if let Some(sid) = session {
+                    conn.name_session(sid);
+                }
                 if let Some(a) = conn.audit() {
                     a.revision = Some(Revision::V2026_07_28.as_str().to_owned());
+                    a.session = session.map(|s| s.to_string());
                 }
                 Agent::Modern {
                     meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
                     params: param_headers(head),
                     on: caller.on_behalf(),
+                    session,
                 }
             }
             Era::Session(sid) => match self.session_touch(sid).await {
@@ -973,7 +1313,13 @@ impl Core {
         }
     }
 
-    async fn initialize<R: Reply>(&self, conn: &mut R, req: Request, caller: &Caller) -> bool {
+    async fn initialize<R: Reply>(
+        &self,
+        conn: &mut R,
+        sv: &Served,
+        req: Request,
+        caller: &Caller,
+    ) -> bool {
         let params = req.params.as_ref();
         let requested = params
             .and_then(|p| p.get("protocolVersion"))
@@ -981,8 +1327,16 @@ impl Core {
         let revision = mcp::negotiate_initialize(requested);
         let caps = params.and_then(|p| p.get("capabilities")).cloned();
         let info = params.and_then(|p| p.get("clientInfo")).cloned();
+        let bounds = caller
+            .who
+            .as_deref()
+            .map(|w| sv.session_limits(w))
+            .unwrap_or_default();
         if let Some(who) = &caller.who {
-            if self.agent_sessions(who).await >= self.shared.config.limits.sessions_per_agent_max {
+            let max = bounds
+                .max
+                .unwrap_or(self.shared.config.limits.sessions_per_agent_max);
+            if self.agent_sessions(who).await >= max {
                 return self
                     .refuse(
                         conn,
@@ -994,18 +1348,23 @@ impl Core {
                     .await;
             }
         }
-        let sid = match self.new_session_id() {
+        let sid = match self.new_session_id(self.id) {
             Ok(s) => s,
             Err(r) => return self.refuse(conn, Some(req.id), false, r.into(), &[]).await,
         };
-        let opened = self.sessions.borrow_mut().open_with(
-            Instant::now(),
-            sid,
-            revision,
-            caps,
-            info,
-            caller.who.clone(),
-        );
+        let opening = Opening {
+            client_capabilities: caps,
+            client_info: info,
+            agent: caller.who.clone(),
+            identity: caller.identity.clone(),
+            transport: caller.transport,
+            ..Opening::new(revision, self.sessions.borrow().limits())
+        }
+        .bounded_by(&bounds);
+        let opened = self
+            .sessions
+            .borrow_mut()
+            .open(Instant::now(), sid, opening);
         if opened.is_err() {
             return self
                 .refuse(
@@ -1018,10 +1377,6 @@ impl Core {
                 .await;
         }
         inc(&self.metrics.shared.counters.sessions_opened);
-        if let Some(s) = self.sessions.borrow_mut().get_mut(sid) {
-            s.identity.clone_from(&caller.identity);
-            s.transport = caller.transport;
-        }
         if let Some(a) = conn.audit() {
             a.session = Some(sid.to_string());
             a.revision = Some(revision.as_str().to_owned());
@@ -1454,6 +1809,10 @@ impl Core {
                 }
             },
         };
+        let _slot = match self.stream_slot(id).await {
+            Ok(slot) => slot,
+            Err(r) => return self.refuse(conn, None, false, r.into(), &[]).await,
+        };
         let agent = Agent::Session {
             id,
             session: Box::new(session),
@@ -1506,6 +1865,19 @@ impl Core {
             Ok(f) => f,
             Err(r) => return self.refuse(conn, Some(req.id), true, r.into(), &[]).await,
         };
+        // The stream belongs to the request's session: it counts against the session's streams and
+        // ends when the session does.
+        let session = match agent {
+            Agent::Modern { session, .. } => *session,
+            Agent::Session { .. } => None,
+        };
+        let _slot = match session {
+            None => None,
+            Some(id) => match self.stream_slot(id).await {
+                Ok(slot) => Some(slot),
+                Err(r) => return self.refuse(conn, Some(req.id), true, r.into(), &[]).await,
+            },
+        };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
         let mut ephemeral = Ephemeral::new();
         for u in &sv.upstreams {
@@ -1533,7 +1905,7 @@ impl Core {
         if open {
             inc(&self.metrics.shared.counters.responses_ok);
             open = match self
-                .relay_out_of_request(conn, &rx, Some((&filter, &req.id)), None)
+                .relay_out_of_request(conn, &rx, Some((&filter, &req.id)), session)
                 .await
             {
                 Relayed::AgentGone => false,
@@ -2881,9 +3253,19 @@ struct Stamped<'a, R> {
     event: portcullis_pipeline::audit::Event,
     t0: Instant,
     committed: bool,
+    /// The 2026-07-28 gateway session to name in the response (`SESSION_HEADER`).
+    session: Option<SessionId>,
 }
 
 impl<R: Reply> Stamped<'_, R> {
+    fn headed(&self, resp: Response) -> Response {
+        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        match self.session {
+            Some(id) => resp.header(SESSION_HEADER, id.to_string()),
+            None => resp,
+        }
+    }
+
     /// Write the record (once). `Err` when it could not be.
     async fn commit(&mut self, status: u16, bytes_out: usize) -> Result<(), ()> {
         if self.committed {
@@ -2918,7 +3300,7 @@ impl<R: Reply> Reply for Stamped<'_, R> {
             let _ = self.unrecorded().await;
             return false;
         }
-        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        let resp = self.headed(resp);
         self.inner.full(resp, body, close).await
     }
     async fn stream_start(&mut self, resp: Response) -> bool {
@@ -2926,7 +3308,7 @@ impl<R: Reply> Reply for Stamped<'_, R> {
             let _ = self.unrecorded().await;
             return false;
         }
-        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        let resp = self.headed(resp);
         self.inner.stream_start(resp).await
     }
     async fn stream_data(&mut self, data: Vec<u8>) -> bool {
@@ -2937,6 +3319,30 @@ impl<R: Reply> Reply for Stamped<'_, R> {
     }
     fn audit(&mut self) -> Option<&mut portcullis_pipeline::audit::Event> {
         Some(&mut self.event)
+    }
+    fn name_session(&mut self, id: SessionId) {
+        self.session = Some(id);
+    }
+}
+
+/// One open stream counted against its session (`Core::stream_slot`), given back when dropped.
+struct StreamSlot<'a> {
+    core: &'a Core,
+    id: SessionId,
+}
+
+impl Drop for StreamSlot<'_> {
+    fn drop(&mut self) {
+        match self.core.owner(self.id) {
+            None => {}
+            Some(None) => self.core.sessions.borrow_mut().stream_closed(self.id),
+            Some(Some(tx)) => {
+                let (tx, id) = (tx.clone(), self.id);
+                monoio::spawn(async move {
+                    let _ = tx.send_async(SessionMsg::StreamClosed { id }).await;
+                });
+            }
+        }
     }
 }
 
@@ -2959,6 +3365,7 @@ fn session_refusal(e: SessionError) -> DenyReason {
         SessionError::Expired => DenyReason::SessionExpired,
         SessionError::Revoked => DenyReason::SessionRevoked,
         SessionError::NotFound | SessionError::Full => DenyReason::SessionNotFound,
+        SessionError::StreamLimit => DenyReason::StreamLimit,
     }
 }
 

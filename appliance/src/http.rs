@@ -411,6 +411,8 @@ pub trait Reply {
     fn audit(&mut self) -> Option<&mut portcullis_pipeline::audit::Event> {
         None
     }
+    /// Name the request's 2026-07-28 gateway session in the response (the gateway's `Stamped` does).
+    fn name_session(&mut self, _id: portcullis_pipeline::session::SessionId) {}
 }
 
 impl<S: ByteStream> Reply for Conn<S> {

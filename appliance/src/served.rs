@@ -70,6 +70,8 @@ pub struct Served {
     epoch: Instant,
     /// Each agent's registered credential mode (which section of a binding applies to it) and owner.
     agent_modes: HashMap<String, (CredentialMode, String)>,
+    /// The agents registered with session bounds of their own.
+    agent_sessions: HashMap<String, portcullis_pipeline::session::AgentSessionLimits>,
 }
 
 /// The approved tools of one snapshot, with what the drift watcher found about each.
@@ -235,6 +237,7 @@ impl Served {
             limit_cells: Vec::new(),
             epoch: Instant::now(),
             agent_modes: HashMap::new(),
+            agent_sessions: HashMap::new(),
         }
     }
 
@@ -310,6 +313,12 @@ impl Served {
                     )
                 })
                 .collect(),
+            agent_sessions: snapshot
+                .content
+                .agents
+                .iter()
+                .filter_map(|a| Some((a.spec.name.clone(), a.spec.sessions.as_ref()?.limits())))
+                .collect(),
         })
     }
 
@@ -334,6 +343,7 @@ impl Served {
             limit_cells: Vec::new(),
             epoch: published.epoch,
             agent_modes: HashMap::new(),
+            agent_sessions: HashMap::new(),
         }
     }
 
@@ -361,6 +371,11 @@ impl Served {
     /// The credential mode `agent` is registered with.
     pub fn agent_mode(&self, agent: &str) -> Option<CredentialMode> {
         self.agent_modes.get(agent).map(|(m, _)| *m)
+    }
+
+    /// The session bounds `agent` is registered with (each unset one: the gateway's).
+    pub fn session_limits(&self, agent: &str) -> portcullis_pipeline::session::AgentSessionLimits {
+        self.agent_sessions.get(agent).copied().unwrap_or_default()
     }
 
     /// The owner `agent` is registered with.

@@ -2,6 +2,8 @@
 //! session of an agent, or every session opened with one API key. A revoked session is gone from its
 //! core at once; its next request gets `session_revoked`, its open streams end within a quarter second,
 //! its upstream sessions are ended, and each revocation leaves an audit record naming the operator.
+//! Revoking an agent or a key also holds it (`limits.revocation_hold`, or the request's `hold`): every
+//! core refuses it with `access_revoked` until the hold ends or is lifted (`POST /sessions/lift`).
 
 use std::time::Duration;
 
@@ -40,6 +42,26 @@ struct RevokeRequest {
     /// An API key id (the `<id>` of `pcak_<id>_…`).
     #[serde(default)]
     key: Option<String>,
+    /// How long an agent or key stays refused (`30m`, `0s`: not at all); default `limits.revocation_hold`.
+    #[serde(default)]
+    hold: Option<String>,
+}
+
+impl RevokeRequest {
+    fn which(&self) -> Result<Revoke, Answer> {
+        match (&self.id, &self.agent, &self.key) {
+            (Some(id), None, None) => SessionId::parse(id)
+                .map(Revoke::Id)
+                .ok_or_else(|| error(400, "invalid_field", "id: not a session id")),
+            (None, Some(a), None) => Ok(Revoke::Agent(a.clone())),
+            (None, None, Some(k)) => Ok(Revoke::Identity(format!("key:{k}"))),
+            _ => Err(error(
+                400,
+                "bad_request",
+                "name exactly one of id, agent, key",
+            )),
+        }
+    }
 }
 
 /// Serve `/admin/v1/sessions[/…]` (already authenticated).
@@ -58,21 +80,68 @@ pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body
                     "body: {\"id\"} or {\"agent\"} or {\"key\"}",
                 );
             };
-            let which = match (req.id, req.agent, req.key) {
-                (Some(id), None, None) => match SessionId::parse(&id) {
-                    Some(sid) => Revoke::Id(sid),
-                    None => return error(400, "invalid_field", "id: not a session id"),
-                },
-                (None, Some(a), None) => Revoke::Agent(a),
-                (None, None, Some(k)) => Revoke::Identity(format!("key:{k}")),
-                _ => return error(400, "bad_request", "name exactly one of id, agent, key"),
+            let which = match req.which() {
+                Ok(w) => w,
+                Err(a) => return a,
             };
-            let revoked = revoke(shared, which).await;
+            let hold = match req.hold.as_deref() {
+                None => shared.config.limits.revocation_hold.0,
+                Some(h) => match crate::config::parse_duration(h) {
+                    Some(d) => d,
+                    None => return error(400, "invalid_field", "hold: a duration, e.g. 30m or 0s"),
+                },
+            };
+            let hold = (!hold.is_zero() && !matches!(which, Revoke::Id(_))).then_some(hold);
+            let revoked = revoke(shared, &which, hold).await;
             for v in &revoked {
-                record(shared, v, actor).await;
+                record(shared, "session/revoke", v.agent.clone(), Some(v.id.clone()), actor).await;
+            }
+            if hold.is_some() {
+                record(shared, "session/hold", held_agent(&which), None, actor).await;
             }
             crate::info!("sessions revoked by {actor}: {}", revoked.len());
-            answer(200, &json!({"revoked": revoked}))
+            answer(
+                200,
+                &json!({"revoked": revoked, "hold_s": hold.map(|h| h.as_secs())}),
+            )
+        }
+        ("POST", "lift") => {
+            let which = match serde_json::from_slice::<RevokeRequest>(body)
+                .map_err(|_| error(400, "bad_request", "body: {\"agent\"} or {\"key\"}"))
+                .and_then(|r| r.which())
+            {
+                Ok(Revoke::Id(_)) => {
+                    return error(400, "bad_request", "a session id holds nothing: name agent or key")
+                }
+                Ok(w) => w,
+                Err(a) => return a,
+            };
+            let mut lifted = false;
+            for tx in shared.session_peers.get().into_iter().flatten() {
+                let which = which.clone();
+                lifted |= ask(tx, |reply| SessionMsg::Lift { which, reply })
+                    .await
+                    .unwrap_or(false);
+            }
+            if lifted {
+                record(shared, "session/lift", held_agent(&which), None, actor).await;
+            }
+            answer(200, &json!({"lifted": lifted}))
+        }
+        ("GET", "holds") => {
+            // Every core holds the same; the first that answers speaks for all.
+            let mut holds = Vec::new();
+            for tx in shared.session_peers.get().into_iter().flatten() {
+                if let Some(h) = ask(tx, |reply| SessionMsg::Holds { reply }).await {
+                    holds = h;
+                    break;
+                }
+            }
+            let rows: Vec<_> = holds
+                .into_iter()
+                .map(|(kind, name, left)| json!({"kind": kind, "name": name, "left_s": left}))
+                .collect();
+            answer(200, &json!(rows))
         }
         ("GET", id) => {
             let Some(sid) = SessionId::parse(id) else {
@@ -90,7 +159,7 @@ pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body
         _ => error(
             405,
             "method_not_allowed",
-            "GET /sessions, GET /sessions/ID, POST /sessions/revoke",
+            "GET /sessions, GET /sessions/ID, GET /sessions/holds, POST /sessions/revoke, POST /sessions/lift",
         ),
     }
 }
@@ -129,42 +198,61 @@ async fn list(shared: &Shared) -> Vec<SessionView> {
     out
 }
 
-async fn revoke(shared: &Shared, which: Revoke) -> Vec<SessionView> {
-    let Some(peers) = shared.session_peers.get() else {
+/// Every core gets the revocation, an id's too: the owner ends the session, the others forget what
+/// they remember of it (a lease session's requests are served without asking the owner).
+async fn revoke(shared: &Shared, which: &Revoke, hold: Option<Duration>) -> Vec<SessionView> {
+    if matches!(which, Revoke::Id(id) if id.node != shared.config.node_id) {
         return Vec::new();
-    };
-    let targets: Vec<&flume::Sender<SessionMsg>> = match &which {
-        Revoke::Id(id) if id.node == shared.config.node_id => {
-            peers.get(usize::from(id.core)).into_iter().collect()
-        }
-        Revoke::Id(_) => Vec::new(),
-        _ => peers.iter().collect(),
-    };
+    }
+    let hold_until = hold.map(|h| std::time::Instant::now() + h);
     let mut out = Vec::new();
-    for tx in targets {
+    for tx in shared.session_peers.get().into_iter().flatten() {
         let which = which.clone();
         out.extend(
-            ask(tx, |reply| SessionMsg::Revoke { which, reply })
-                .await
-                .unwrap_or_default(),
+            ask(tx, |reply| SessionMsg::Revoke {
+                which,
+                hold_until,
+                reply,
+            })
+            .await
+            .unwrap_or_default(),
         );
     }
     out
 }
 
-/// The audit record of one revocation: who (the operator) did what to whose session.
-async fn record(shared: &Shared, v: &SessionView, actor: &str) {
-    let Some(trail) = shared.audit.core(v.core) else {
+/// The agent a hold names, or the key as `key:<id>` for the record's agent field.
+fn held_agent(which: &Revoke) -> Option<String> {
+    match which {
+        Revoke::Id(_) => None,
+        Revoke::Agent(a) => Some(a.clone()),
+        Revoke::Identity(k) => Some(k.clone()),
+    }
+}
+
+/// The audit record of one operator action on sessions: who (the operator) did what to whose session.
+async fn record(
+    shared: &Shared,
+    method: &str,
+    agent: Option<String>,
+    session: Option<String>,
+    actor: &str,
+) {
+    let core = session
+        .as_deref()
+        .and_then(SessionId::parse)
+        .map_or(0, |s| s.core);
+    let Some(trail) = shared.audit.core(core) else {
         return;
     };
     let e = portcullis_pipeline::audit::Event {
         at_ms: crate::control::now_ms(),
-        core: v.core,
-        agent: v.agent.clone(),
+        core,
+        agent,
         identity: Some(format!("operator:{actor}")),
-        session: Some(v.id.clone()),
+        session,
         transport: "admin".into(),
-        method: Some("session/revoke".into()),
+        method: Some(method.into()),
         decision: "allowed".into(),
         snapshot: shared.served.current().label.clone(),
         status: 200,

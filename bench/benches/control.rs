@@ -93,6 +93,7 @@ fn approve(c: &mut Criterion) {
                 groups: vec![format!("g{}", i % 10)],
                 status: Status::Active,
                 limits: vec![],
+                sessions: None,
             },
             Put::Create,
             "bench",

@@ -59,6 +59,7 @@ fn governor(argument_forbid: bool) -> Governor {
                 groups: vec![format!("g{i}")],
                 status: Status::Active,
                 limits: vec![],
+                sessions: None,
             })
         })
         .collect();

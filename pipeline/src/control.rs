@@ -140,6 +140,65 @@ pub struct Agent {
     /// `alpha__transfer=10/1d`. Left out when empty, so agents without limits encode as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<String>,
+    /// The agent's own session bounds over the gateway's `[limits]`. Left out when unset, so agents
+    /// without them encode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<AgentSessions>,
+}
+
+/// An agent's session bounds as registered: durations written `30m`, `8h` (`session::parse_duration`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSessions {
+    /// Idle time after which its sessions expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    /// Longest life of one of its sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_max: Option<String>,
+    /// Live sessions it may hold across all cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Open streams one of its sessions may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams_max: Option<u32>,
+}
+
+impl AgentSessions {
+    /// The bounds as the data plane applies them (`normalize` has checked them).
+    pub fn limits(&self) -> crate::session::AgentSessionLimits {
+        let d = |v: &Option<String>| {
+            v.as_deref()
+                .and_then(|t| crate::session::parse_duration(t).ok())
+        };
+        crate::session::AgentSessionLimits {
+            idle: d(&self.idle),
+            duration_max: d(&self.duration_max),
+            max: self.max.map(|m| m as usize),
+            streams_max: self.streams_max,
+        }
+    }
+
+    fn normalize(&mut self) -> Result<(), FieldError> {
+        for (name, v) in [
+            ("sessions.idle", &mut self.idle),
+            ("sessions.duration_max", &mut self.duration_max),
+        ] {
+            if let Some(t) = v {
+                let d = crate::session::parse_duration(t).map_err(|e| field_err(name, e))?;
+                *t = crate::session::format_duration(d);
+            }
+        }
+        for (name, v) in [
+            ("sessions.max", self.max),
+            ("sessions.streams_max", self.streams_max),
+        ] {
+            if v == Some(0) || v.is_some_and(|n| n > 1_000_000) {
+                return Err(field_err(name, "must be 1 to 1000000"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One Cedar policy (a single `permit` or `forbid` statement).
@@ -362,6 +421,12 @@ impl Agent {
         }
         self.limits.sort();
         self.limits.dedup();
+        if let Some(sessions) = &mut self.sessions {
+            sessions.normalize()?;
+            if *sessions == AgentSessions::default() {
+                self.sessions = None;
+            }
+        }
         Ok(())
     }
 }

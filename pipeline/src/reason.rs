@@ -72,6 +72,11 @@ pub enum DenyReason {
     SessionRevoked,
     /// The agent already holds `limits.sessions_per_agent_max` sessions.
     SessionLimit,
+    /// An operator revoked this agent or its API key (`portcullis session revoke --agent|--key`) and the
+    /// hold (`limits.revocation_hold`) has not ended.
+    AccessRevoked,
+    /// The session holds `limits.streams_per_session_max` open streams (or its agent's own bound).
+    StreamLimit,
     /// `Last-Event-ID` names events the session's replay buffer no longer holds (or never sent): the
     /// client re-syncs (lists again) and opens the stream without it.
     ResumeUnavailable,
@@ -128,7 +133,7 @@ impl DenyReason {
     }
 
     /// Every variant, in the order of the wire table.
-    pub const ALL: [DenyReason; 43] = [
+    pub const ALL: [DenyReason; 45] = [
         Self::ParseError,
         Self::InvalidRequest,
         Self::InvalidUtf8,
@@ -172,6 +177,8 @@ impl DenyReason {
         Self::SessionRevoked,
         Self::SessionLimit,
         Self::ResumeUnavailable,
+        Self::AccessRevoked,
+        Self::StreamLimit,
     ];
 
     /// The stable `data.reason` string.
@@ -210,6 +217,8 @@ impl DenyReason {
             Self::Unauthenticated => "unauthenticated",
             Self::AgentNotRegistered => "agent_not_registered",
             Self::AgentDisabled => "agent_disabled",
+            Self::AccessRevoked => "access_revoked",
+            Self::StreamLimit => "stream_limit",
             Self::PolicyDenied => "policy_denied",
             Self::SchemaInvalid => "schema_invalid",
             Self::SessionAgentMismatch => "session_agent_mismatch",
@@ -253,6 +262,8 @@ impl DenyReason {
             | Self::Unauthenticated
             | Self::AgentNotRegistered
             | Self::AgentDisabled
+            | Self::AccessRevoked
+            | Self::StreamLimit
             | Self::PolicyDenied
             | Self::SchemaInvalid
             | Self::SessionAgentMismatch
@@ -297,9 +308,10 @@ impl DenyReason {
             }
             // Implementation-defined server errors (JSON-RPC reserves -32000..-32099).
             Self::Unauthenticated => -32001,
-            Self::RateLimited | Self::SessionLimit => -32005,
+            Self::RateLimited | Self::SessionLimit | Self::StreamLimit => -32005,
             Self::AgentNotRegistered
             | Self::AgentDisabled
+            | Self::AccessRevoked
             | Self::PolicyDenied
             | Self::SessionAgentMismatch => -32003,
             // The 2026-07-28 registry: -32020 HeaderMismatch, -32022 UnsupportedProtocolVersion.
@@ -341,6 +353,7 @@ impl DenyReason {
             Self::OriginNotAllowed
             | Self::AgentNotRegistered
             | Self::AgentDisabled
+            | Self::AccessRevoked
             | Self::PolicyDenied => 403,
             Self::SessionAgentMismatch => 404,
             Self::NotFound
@@ -354,7 +367,7 @@ impl DenyReason {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
-            Self::RateLimited | Self::SessionLimit => 429,
+            Self::RateLimited | Self::SessionLimit | Self::StreamLimit => 429,
             Self::ResumeUnavailable => 409,
             Self::UpstreamUnavailable | Self::UpstreamProtocolError | Self::OutputSchemaInvalid => {
                 502
@@ -430,6 +443,8 @@ impl DenyReason {
                 "The credential names no agent registered in the active snapshot"
             }
             Self::AgentDisabled => "The agent is disabled",
+            Self::AccessRevoked => "An operator revoked this agent's access for now",
+            Self::StreamLimit => "The session holds as many open streams as it may; close one first",
             Self::PolicyDenied => "Denied by policy",
             Self::SchemaInvalid => "Arguments do not match the tool's input schema",
             Self::SessionAgentMismatch => "Session not found for this agent",
@@ -510,6 +525,8 @@ mod tests {
             ("session_revoked", -32600, 404, "agent"),
             ("session_limit", -32005, 429, "agent"),
             ("resume_unavailable", -32600, 409, "agent"),
+            ("access_revoked", -32003, 403, "agent"),
+            ("stream_limit", -32005, 429, "agent"),
         ];
         assert_eq!(table, expected);
     }

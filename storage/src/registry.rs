@@ -1557,6 +1557,7 @@ mod tests {
                 groups: vec![],
                 status: Status::Active,
                 limits: vec![],
+                sessions: None,
             },
             Put::Create,
             "alice",

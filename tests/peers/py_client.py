@@ -24,6 +24,10 @@ Scenarios:
                   session termination (HTTP DELETE with Mcp-Session-Id, sent by the
                   transport on close, terminate_on_close=True); then checks with a raw
                   POST that the session is gone (expects 404).
+  sequence        tools/list --calls N times, --pause S seconds apart, on one client; reports each
+                  outcome ("ok" or the error) in "results" without failing, so a test can watch a
+                  session idle out or outlive its duration. Response headers `portcullis-session`
+                  (the gateway session of a 2026-07-28 client) are recorded per request.
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ class HttpLog:
         ct = response.headers.get("content-type")
         if ct:
             rec["content-type"] = ct.split(";")[0]
+        gw = response.headers.get("portcullis-session")
+        if gw:
+            rec["portcullis-session"] = gw
         sid = response.headers.get("mcp-session-id")
         if sid:
             rec["response-session-id"] = sid
@@ -181,6 +188,17 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
                     raise Fail(f"unexpected slow_count result: {out.get('text')!r}")
                 if [e["progress"] for e in progress_events] != [float(i) for i in range(1, args.n + 1)]:
                     raise Fail(f"expected progress 1..{args.n}, got {progress_events}")
+            elif args.scenario == "sequence":
+                results: list[str] = []
+                for i in range(args.calls):
+                    if i:
+                        await anyio.sleep(args.pause)
+                    try:
+                        await client.list_tools()
+                        results.append("ok")
+                    except Exception as e:  # the outcome is the result
+                        results.append(f"{type(e).__name__}: {_flatten(e)}")
+                out["results"] = results
             elif args.scenario == "session-delete":
                 res = await client.call_tool(args.prefix + "echo", {"text": "before-delete"})
                 out.update(_call_result(res))
@@ -231,13 +249,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url")
     p.add_argument("--revision", required=True, choices=REVISIONS)
-    p.add_argument("--scenario", required=True, choices=("list", "call", "progress", "session-delete"))
+    p.add_argument("--scenario", required=True, choices=("list", "call", "progress", "session-delete", "sequence"))
     p.add_argument("--connect", choices=("auto", "pin"), default="auto", help="2026-07-28 only (see above)")
     p.add_argument("--tool")
     p.add_argument("--prefix", default="", help="prepended to the tool names progress and session-delete call (a gateway namespace)")
     p.add_argument("--args", help="JSON object of tool arguments")
     p.add_argument("--n", type=int, default=3, help="slow_count steps for the progress scenario")
     p.add_argument("--tools-only", action="store_true", help="list scenario: only tools/list")
+    p.add_argument("--calls", type=int, default=2, help="sequence scenario: how many tools/list")
+    p.add_argument("--pause", type=float, default=1.0, help="sequence scenario: seconds between them")
     p.add_argument("--timeout", type=float, default=30.0, help="overall deadline in seconds")
     args = p.parse_args()
 

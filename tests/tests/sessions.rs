@@ -94,10 +94,28 @@ fn operators_list_and_revoke_sessions_on_every_core() {
             Err(e) => panic!("the revoked session's stream did not end: {e}"),
         }
     }
+    // The agent is held: refused whatever it presents, a new session included, until lifted.
+    let r = list_on(g.plain_port, &mine[2]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.reason(), "access_revoked", "{}", r.text());
+    let r = post(
+        g.plain_port,
+        &[],
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"again","version":"0"}}}"#,
+    );
+    assert_eq!(r.reason(), "access_revoked", "{}", r.text());
+    let holds = ok(&g, &["session", "holds"]);
+    assert_eq!(holds[0]["kind"], json!("agent"), "{holds}");
+    assert_eq!(holds[0]["name"], json!("ops"), "{holds}");
+    assert_eq!(
+        ok(&g, &["session", "lift", "--agent", "ops"])["lifted"],
+        json!(true)
+    );
     for sid in &mine {
         let r = list_on(g.plain_port, sid);
         assert_eq!(r.reason(), "session_revoked", "{sid}: {}", r.text());
     }
+    initialize(g.plain_port);
     act_as(&viewer);
     assert_eq!(
         list_on(g.plain_port, &theirs).status,
@@ -107,10 +125,15 @@ fn operators_list_and_revoke_sessions_on_every_core() {
 
     // By API key.
     let viewer_key_id = viewer.split('_').nth(1).unwrap();
-    let r = ok(&g, &["session", "revoke", "--key", viewer_key_id]);
+    let r = ok(
+        &g,
+        &["session", "revoke", "--key", viewer_key_id, "--hold", "0s"],
+    );
     assert_eq!(r["revoked"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["hold_s"], json!(null), "a zero hold holds nothing: {r}");
     assert_eq!(list_on(g.plain_port, &theirs).reason(), "session_revoked");
-    assert_eq!(ok(&g, &["session", "list"]).as_array().unwrap().len(), 0);
+    // Only ops' new session is left.
+    assert_eq!(ok(&g, &["session", "list"]).as_array().unwrap().len(), 1);
     // A forged id and another node's id are refused as unknown, not revoked.
     let r = ok(
         &g,
@@ -278,4 +301,237 @@ fn a_dropped_get_stream_resumes_from_last_event_id() {
     let (_, head) = open_stream(g.plain_port, &sid, Some("999999"));
     assert!(head.starts_with("HTTP/1.1 409"), "{head}");
     assert!(head.contains("resume_unavailable"), "{head}");
+}
+
+/// A raw 2026-07-28 `tools/list`, naming gateway session `session` when given.
+fn modern_list(port: u16, session: Option<&str>) -> RawResponse {
+    let body = modern_body(1, "tools/list", json!({}));
+    let mut h = vec![
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/list"),
+    ];
+    if let Some(s) = session {
+        h.push(("portcullis-session", s));
+    }
+    post(port, &h, &body)
+}
+
+/// Open a 2026-07-28 `subscriptions/listen` stream; the stream and what it sent within a second.
+fn open_listen(port: u16, session: Option<&str>) -> (TcpStream, String) {
+    let body = modern_body(
+        7,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+    );
+    let named = session.map_or(String::new(), |s| format!("portcullis-session: {s}\r\n"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: subscriptions/listen\r\n{}{named}content-length: {}\r\n\r\n{body}",
+        auth_line(),
+        body.len()
+    )
+    .unwrap();
+    let head = read_for(&mut s, Duration::from_secs(1));
+    (s, head)
+}
+
+#[test]
+fn stateless_clients_get_one_gateway_session_per_credential_lease_on_every_core() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, viewer) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    // Sixteen connections land on both cores (each its own connection); one lease, one session.
+    let named: Vec<String> = (0..16)
+        .map(|_| {
+            let r = modern_list(g.plain_port, None);
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.header("portcullis-session")
+                .expect("a 2026-07-28 response names its gateway session")
+                .to_owned()
+        })
+        .collect();
+    assert!(named.windows(2).all(|w| w[0] == w[1]), "{named:?}");
+    let sid = named[0].clone();
+    let rows = ok(&g, &["session", "list"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], json!(sid));
+    assert_eq!(rows[0]["revision"], json!("2026-07-28"));
+    assert_eq!(
+        rows[0]["lease"],
+        json!("key"),
+        "the lease kind, never its digest"
+    );
+    let ops_key_id = ops.split('_').nth(1).unwrap();
+    assert_eq!(rows[0]["identity"], json!(format!("key:{ops_key_id}")));
+    assert!(rows[0]["requests"].as_u64().unwrap() >= 1, "{rows:?}");
+
+    // The official SDK client's requests join the same lease session.
+    let v = py_client(&g.url(), "2026-07-28", "list", &["--tools-only"]);
+    let seen: Vec<&str> = v["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["portcullis-session"].as_str())
+        .collect();
+    assert!(!seen.is_empty() && seen.iter().all(|s| *s == sid), "{v}");
+
+    // Naming the session keeps it; a forged or another agent's name is refused.
+    let r = modern_list(g.plain_port, Some(&sid));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("portcullis-session"), Some(sid.as_str()));
+    let forged = format!("{}{}", &sid[..8], "0".repeat(32));
+    let r = modern_list(g.plain_port, Some(&forged));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.reason(), "session_not_found", "{}", r.text());
+    act_as(&viewer);
+    let r = modern_list(g.plain_port, Some(&sid));
+    assert_eq!(r.reason(), "session_agent_mismatch", "{}", r.text());
+    let theirs = modern_list(g.plain_port, None);
+    let theirs = theirs.header("portcullis-session").unwrap().to_owned();
+    assert_ne!(theirs, sid, "another agent's lease is another session");
+
+    // A subscription belongs to its session: revoking the agent ends it, and holds the agent on
+    // every core, whichever the connection lands on.
+    act_as(&ops);
+    let (mut stream, head) = open_listen(g.plain_port, None);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("portcullis-session: {sid}")),
+        "{head}"
+    );
+    let r = ok(&g, &["session", "revoke", "--agent", "ops"]);
+    assert_eq!(r["revoked"].as_array().unwrap().len(), 1, "{r}");
+    let rest = read_for(&mut stream, Duration::from_secs(5));
+    assert!(rest.contains("0\r\n\r\n"), "the stream ended: {rest}");
+    for _ in 0..8 {
+        let r = modern_list(g.plain_port, None);
+        assert_eq!(r.status, 403, "{}", r.text());
+        assert_eq!(r.reason(), "access_revoked");
+    }
+    act_as(&viewer);
+    assert_eq!(modern_list(g.plain_port, None).status, 200);
+    act_as(&ops);
+    ok(&g, &["session", "lift", "--agent", "ops"]);
+    let r = modern_list(g.plain_port, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = r.header("portcullis-session").unwrap();
+    assert_ne!(again, sid, "a new session after the revocation");
+    let r = modern_list(g.plain_port, Some(&sid));
+    assert_eq!(r.reason(), "session_revoked", "{}", r.text());
+}
+
+#[test]
+fn sessions_idle_out_and_end_at_their_duration_with_the_agents_own_bounds() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let brief = register_agent_with(
+        &g,
+        "brief",
+        "testers",
+        &[
+            "--session-idle",
+            "2s",
+            "--session-duration-max",
+            "5s",
+            "--session-streams-max",
+            "1",
+        ],
+    );
+    let steady = register_agent(&g, "steady");
+    ok(&g, &["approve"]);
+    let shown = ok(&g, &["agent", "show", "brief"]);
+    assert_eq!(
+        shown["spec"]["sessions"],
+        json!({"idle": "2s", "duration_max": "5s", "streams_max": 1}),
+        "{shown}"
+    );
+
+    // Idle past the agent's bound: a 2025-11-25 SDK client is told its session expired; a
+    // 2026-07-28 one carries on in a new gateway session. An agent without bounds of its own keeps
+    // the gateway's (30 minutes).
+    act_as(&brief);
+    let legacy = py_client(
+        &g.url(),
+        "2025-11-25",
+        "sequence",
+        &["--calls", "2", "--pause", "3"],
+    );
+    assert_eq!(legacy["results"][0], json!("ok"), "{legacy}");
+    assert_ne!(legacy["results"][1], json!("ok"), "{legacy}");
+    let statuses: Vec<u64> = legacy["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rpc"] == json!("tools/list"))
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [200, 404], "{legacy}");
+    let modern = py_client(
+        &g.url(),
+        "2026-07-28",
+        "sequence",
+        &["--calls", "2", "--pause", "3"],
+    );
+    assert_eq!(modern["results"], json!(["ok", "ok"]), "{modern}");
+    let named: Vec<&str> = modern["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rpc"] == json!("tools/list"))
+        .filter_map(|r| r["portcullis-session"].as_str())
+        .collect();
+    assert_eq!(named.len(), 2, "{modern}");
+    assert_ne!(named[0], named[1], "the idle session ended: {modern}");
+    act_as(&steady);
+    let v = py_client(
+        &g.url(),
+        "2025-11-25",
+        "sequence",
+        &["--calls", "2", "--pause", "3"],
+    );
+    assert_eq!(v["results"], json!(["ok", "ok"]), "{v}");
+
+    // However active, a session ends at its duration: every second for 7 s outlives 5 s.
+    act_as(&brief);
+    let busy = py_client(
+        &g.url(),
+        "2025-11-25",
+        "sequence",
+        &["--calls", "8", "--pause", "1"],
+    );
+    let results = busy["results"].as_array().unwrap();
+    assert_eq!(results[0], json!("ok"), "{busy}");
+    assert_ne!(results[7], json!("ok"), "{busy}");
+    let refused = busy["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rpc"] == json!("tools/list"))
+        .filter(|r| r["status"] == json!(404))
+        .count();
+    assert!(refused >= 1, "{busy}");
+    // The raw answer says why.
+    let sid = initialize(g.plain_port);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = list_on(g.plain_port, &sid);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.reason(), "session_expired", "{}", r.text());
+
+    // One open stream per session for this agent: a second is refused, on either revision.
+    let sid = initialize(g.plain_port);
+    let (_first, head) = open_stream(g.plain_port, &sid, None);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_second, head) = open_stream(g.plain_port, &sid, None);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(head.contains("stream_limit"), "{head}");
+    let (_listen, head) = open_listen(g.plain_port, None);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_again, head) = open_listen(g.plain_port, None);
+    assert!(head.contains("stream_limit"), "{head}");
 }

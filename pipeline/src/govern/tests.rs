@@ -25,6 +25,7 @@ fn agent(name: &str, groups: &[&str], status: Status) -> Record<Agent> {
         groups: groups.iter().map(|g| (*g).into()).collect(),
         status,
         limits: vec![],
+        sessions: None,
     })
 }
 

@@ -100,6 +100,29 @@ pub struct Config {
     pub audit: Audit,
     /// TLS to `https://` capability endpoints.
     pub upstream_tls: UpstreamTls,
+    /// Keeping sessions across restarts (`crate::persist`).
+    pub sessions: Sessions,
+}
+
+/// Session persistence, loaded from `sessions:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sessions {
+    /// Keep session records (and revocation holds) in `DATA_DIR/sessions/` so that sessions survive a
+    /// restart; their upstream sessions are opened again on the next request.
+    pub persist: bool,
+    /// How often each core writes the sessions that changed. A crash loses at most this much of
+    /// session activity; revocations and holds are written before the operator is answered.
+    pub persist_interval: Dur,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            persist: true,
+            persist_interval: Dur(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// How `https://` upstreams are trusted, loaded from `upstream_tls:`.
@@ -488,6 +511,7 @@ impl Default for Config {
             secrets: Secrets::default(),
             audit: Audit::default(),
             upstream_tls: UpstreamTls::default(),
+            sessions: Sessions::default(),
         }
     }
 }
@@ -782,6 +806,7 @@ impl Config {
             ("secrets.cache_ttl", self.secrets.cache_ttl),
             ("secrets.timeout", self.secrets.timeout),
             ("audit.flush_interval", self.audit.flush_interval),
+            ("sessions.persist_interval", self.sessions.persist_interval),
         ];
         for (k, v) in durations {
             if v.0.is_zero() {

@@ -57,6 +57,10 @@ pub struct Shared {
     pub session_peers: std::sync::OnceLock<Vec<flume::Sender<SessionMsg>>>,
     /// Moves whenever sessions are revoked, so open streams look again at once.
     pub revocations: std::sync::atomic::AtomicU64,
+    /// Writes session records to outlive a restart (`None`: `sessions.persist` off, or the store failed).
+    pub persist: Option<crate::persist::Persister>,
+    /// What the session store held at start, taken by each core as it starts.
+    pub restored: std::sync::Mutex<crate::persist::Restored>,
     /// Each session's GET-stream replay buffer (`Last-Event-ID`). Touched only when a stream event is
     /// sent or a stream resumes, never on the call path.
     pub replays:
@@ -223,6 +227,8 @@ pub struct Core {
     holds: RefCell<Holds>,
     /// Lease sessions other cores own, by lease.
     leases: RefCell<std::collections::HashMap<String, LeaseEntry>>,
+    /// Each stored session's last activity as written (`persist_sessions`).
+    persisted: RefCell<std::collections::HashMap<SessionId, Instant>>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub metrics: CoreMetrics,
     /// Which revisions each upstream slot speaks, as learned by this core.
@@ -416,13 +422,32 @@ impl Core {
         );
         let slots = shared.served.slots_from(0);
         let n = slots.len();
+        let mut shard = SessionShard::new(limits);
+        let mut holds = Holds::default();
+        let mut persisted = std::collections::HashMap::new();
+        {
+            let mut restored = shared
+                .restored
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(mine) = restored.sessions.get_mut(usize::from(id)) {
+                for (sid, s) in mine.drain(..) {
+                    persisted.insert(sid, s.last_active);
+                    shard.restore(sid, s);
+                }
+            }
+            for (which, until) in &restored.holds {
+                holds.hold(which, *until);
+            }
+        }
         Core {
             id,
             shared,
             pool: Rc::new(pool),
-            sessions: RefCell::new(SessionShard::new(limits)),
-            holds: RefCell::default(),
+            sessions: RefCell::new(shard),
+            holds: RefCell::new(holds),
             leases: RefCell::default(),
+            persisted: RefCell::new(persisted),
             peers,
             metrics: CoreMetrics::new(metrics),
             upstream_eras: RefCell::new(vec![Eras::default(); n]),
@@ -560,14 +585,17 @@ impl Core {
 
     // ---- sessions: local shard, or a message to the owning core ----
 
+    /// Where session `id` lives: here (`Some(None)`), on another core, or nowhere (another node's).
+    /// Restarted with fewer cores, a stored session of core `c` lives on `c % cores` (`persist::restore`).
     fn owner(&self, id: SessionId) -> Option<Option<&flume::Sender<SessionMsg>>> {
         if id.node != self.shared.config.node_id {
             return None;
         }
-        if id.core == self.id {
+        let core = usize::from(id.core) % self.peers.len().max(1);
+        if core == usize::from(self.id) {
             return Some(None);
         }
-        self.peers.get(id.core as usize).map(Some)
+        self.peers.get(core).map(Some)
     }
 
     async fn session_touch(&self, id: SessionId) -> Result<Session, SessionError> {
@@ -864,7 +892,10 @@ impl Core {
                         .sessions
                         .borrow()
                         .list()
-                        .map(|(id, s)| SessionView::of(*id, s, now))
+                        .map(|(id, s)| SessionView {
+                            core: self.id,
+                            ..SessionView::of(*id, s, now)
+                        })
                         .collect();
                     let _ = reply.send(list);
                 }
@@ -881,6 +912,16 @@ impl Core {
                         !which.names(e.id, Some(e.agent.as_str()), e.identity.as_deref())
                     });
                     let gone = self.sessions.borrow_mut().revoke(&which, now);
+                    // Off the store before the operator hears of it (the admin API flushes).
+                    if let Some(p) = &self.shared.persist {
+                        let mut done = self.persisted.borrow_mut();
+                        for (id, _) in &gone {
+                            done.remove(id);
+                            p.send(portcullis_storage::sessions::Change::Remove {
+                                id: id.to_string(),
+                            });
+                        }
+                    }
                     let views = gone
                         .iter()
                         .map(|(id, s)| SessionView::of(*id, s, now))
@@ -934,6 +975,38 @@ impl Core {
                     self.sessions.borrow_mut().stream_closed(id);
                 }
             }
+        }
+    }
+
+    /// Write the sessions that changed since the last call, and remove those gone (the core's timer
+    /// calls it every `sessions.persist_interval`).
+    pub fn persist_sessions(&self) {
+        let Some(p) = &self.shared.persist else {
+            return;
+        };
+        let now = Instant::now();
+        let now_ms = crate::control::now_ms();
+        let shard = self.sessions.borrow();
+        let mut done = self.persisted.borrow_mut();
+        for (id, s) in shard.list() {
+            if done.get(id) == Some(&s.last_active) {
+                continue;
+            }
+            let p_rec = portcullis_pipeline::session::Persisted::of(s, now, now_ms);
+            p.send(portcullis_storage::sessions::Change::Put {
+                id: id.to_string(),
+                record: serde_json::to_vec(&p_rec).unwrap_or_default(),
+            });
+            done.insert(*id, s.last_active);
+        }
+        if done.len() > shard.len() {
+            done.retain(|id, _| {
+                let live = shard.contains(*id);
+                if !live {
+                    p.send(portcullis_storage::sessions::Change::Remove { id: id.to_string() });
+                }
+                live
+            });
         }
     }
 

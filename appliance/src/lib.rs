@@ -19,6 +19,7 @@ pub mod https;
 pub mod identity;
 pub mod log;
 pub mod metrics;
+pub mod persist;
 pub mod pinwatch;
 pub mod probe;
 pub mod runtime;

@@ -408,7 +408,29 @@ fn up(args: UpArgs) -> Result<(), String> {
             }
         }
     };
+    // Sessions kept across restarts: read back before the cores start, written by one thread after.
+    let (persist, restored) = if config.sessions.persist {
+        match portcullis_storage::sessions::SessionStore::open(
+            &data.path().join("sessions"),
+            portcullis_storage::sessions::DEFAULT_MAP_BYTES,
+        ) {
+            Ok(store) => {
+                let restored = portcullis::persist::restore(&store, n_cores, config.node_id);
+                let p = portcullis::persist::Persister::start(store).map_err(|e| e.to_string())?;
+                (Some(p), restored)
+            }
+            // Sessions are served from memory either way; only surviving a restart is lost.
+            Err(e) => {
+                error!("sessions will not survive a restart: {e}");
+                (None, portcullis::persist::Restored::default())
+            }
+        }
+    } else {
+        (None, portcullis::persist::Restored::default())
+    };
     let shared = Arc::new(Shared {
+        persist,
+        restored: std::sync::Mutex::new(restored),
         config,
         served: published,
         naming,
@@ -528,6 +550,9 @@ fn up(args: UpArgs) -> Result<(), String> {
     }
     // Every served request's record is written; vouch for the tails with a signed checkpoint.
     shared.audit.close();
+    if let Some(p) = &shared.persist {
+        p.flush_blocking();
+    }
     info!("stopped");
     Ok(())
 }

@@ -118,6 +118,7 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
 
     // Housekeeping: publish histograms, expire sessions, watch the drain flag.
     let mut last_expire = Instant::now();
+    let mut last_persist = Instant::now();
     loop {
         monoio::time::sleep(Duration::from_millis(100)).await;
         core.metrics.publish();
@@ -125,7 +126,12 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
             last_expire = Instant::now();
             core.expire_sessions().await;
         }
+        if last_persist.elapsed() >= cfg.sessions.persist_interval.0 {
+            last_persist = Instant::now();
+            core.persist_sessions();
+        }
         if shared.draining.load(Ordering::SeqCst) {
+            core.persist_sessions();
             break;
         }
     }

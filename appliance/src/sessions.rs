@@ -93,6 +93,16 @@ pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body
             };
             let hold = (!hold.is_zero() && !matches!(which, Revoke::Id(_))).then_some(hold);
             let revoked = revoke(shared, &which, hold).await;
+            if let Some(p) = &shared.persist {
+                if let (Some(what), Some(h)) = (crate::persist::hold_key(&which), hold) {
+                    let until = crate::control::now_ms() + h.as_millis() as u64;
+                    p.send(portcullis_storage::sessions::Change::PutHold {
+                        what,
+                        record: until.to_string().into_bytes(),
+                    });
+                }
+                p.flush().await;
+            }
             for v in &revoked {
                 record(shared, "session/revoke", v.agent.clone(), Some(v.id.clone()), actor).await;
             }
@@ -123,6 +133,10 @@ pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body
                     .await
                     .unwrap_or(false);
             }
+            if let (Some(p), Some(what)) = (&shared.persist, crate::persist::hold_key(&which)) {
+                p.send(portcullis_storage::sessions::Change::RemoveHold { what });
+                p.flush().await;
+            }
             if lifted {
                 record(shared, "session/lift", held_agent(&which), None, actor).await;
             }
@@ -147,7 +161,8 @@ pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body
             let Some(sid) = SessionId::parse(id) else {
                 return error(404, "not_found", "no such session");
             };
-            match list_core(shared, sid.core)
+            let cores = shared.session_peers.get().map_or(1, |p| p.len().max(1));
+            match list_core(shared, (usize::from(sid.core) % cores) as u16)
                 .await
                 .into_iter()
                 .find(|s| s.id == id)
@@ -238,10 +253,11 @@ async fn record(
     session: Option<String>,
     actor: &str,
 ) {
+    let cores = shared.session_peers.get().map_or(1, |p| p.len().max(1));
     let core = session
         .as_deref()
         .and_then(SessionId::parse)
-        .map_or(0, |s| s.core);
+        .map_or(0, |s| (usize::from(s.core) % cores) as u16);
     let Some(trail) = shared.audit.core(core) else {
         return;
     };

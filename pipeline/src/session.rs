@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::revision::Revision;
 
 /// A gateway-minted session id: 16 random bytes plus the owning node and core.
@@ -234,6 +236,96 @@ impl Session {
     }
 }
 
+/// A session as stored to outlive a restart (`storage::sessions`): clock readings become Unix
+/// milliseconds; upstream sessions are left out (the next request opens them again) and so are open
+/// streams (none survive a restart).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub revision: String,
+    pub created_ms: u64,
+    pub last_active_ms: u64,
+    pub requests: u64,
+    /// JSON text.
+    #[serde(default)]
+    pub client_capabilities: Option<String>,
+    #[serde(default)]
+    pub client_info: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub identity: Option<String>,
+    pub transport: String,
+    #[serde(default)]
+    pub lease: Option<String>,
+    pub idle_ms: u64,
+    pub duration_max_ms: u64,
+    pub streams_max: u32,
+}
+
+impl Persisted {
+    /// `s` as of `now`, which is `now_ms` on the wall clock.
+    pub fn of(s: &Session, now: Instant, now_ms: u64) -> Persisted {
+        let ago = |t: Instant| {
+            let d = u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX);
+            now_ms.saturating_sub(d)
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Persisted {
+            revision: s.revision.as_str().to_owned(),
+            created_ms: ago(s.created),
+            last_active_ms: ago(s.last_active),
+            requests: s.requests,
+            client_capabilities: s
+                .client_capabilities
+                .as_ref()
+                .map(simd_json::to_string)
+                .and_then(Result::ok),
+            client_info: s
+                .client_info
+                .as_ref()
+                .map(simd_json::to_string)
+                .and_then(Result::ok),
+            agent: s.agent.clone(),
+            identity: s.identity.clone(),
+            transport: s.transport.to_owned(),
+            lease: s.lease.clone(),
+            idle_ms: ms(s.idle),
+            duration_max_ms: ms(s.duration_max),
+            streams_max: s.streams_max,
+        }
+    }
+
+    /// The session again, as of `now` (`now_ms` on the wall clock); `None` when it has expired since,
+    /// names a revision this gateway no longer speaks, or lies about its times.
+    pub fn restore(self, now: Instant, now_ms: u64) -> Option<Session> {
+        let at = |ms: u64| now.checked_sub(Duration::from_millis(now_ms.checked_sub(ms)?));
+        let json =
+            |t: Option<String>| t.and_then(|t| simd_json::to_owned_value(&mut t.into_bytes()).ok());
+        let s = Session {
+            revision: Revision::parse(&self.revision)?,
+            created: at(self.created_ms)?,
+            last_active: at(self.last_active_ms)?,
+            requests: self.requests,
+            client_capabilities: json(self.client_capabilities),
+            client_info: json(self.client_info),
+            agent: self.agent,
+            upstreams: HashMap::new(),
+            identity: self.identity,
+            transport: match self.transport.as_str() {
+                "h2" => "h2",
+                "h3" => "h3",
+                _ => "h1",
+            },
+            lease: self.lease,
+            idle: Duration::from_millis(self.idle_ms),
+            duration_max: Duration::from_millis(self.duration_max_ms),
+            streams: 0,
+            streams_max: self.streams_max,
+        };
+        (!s.is_expired(now)).then_some(s)
+    }
+}
+
 /// A lease's session as `SessionShard::lease` found or opened it: what a core that does not own it
 /// needs to know to serve the lease's next requests without asking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,6 +468,18 @@ impl SessionShard {
                 s.requests += requests;
             }
         }
+    }
+
+    /// Put back a session restored after a restart (`Persisted::restore`).
+    pub fn restore(&mut self, id: SessionId, s: Session) {
+        if let Some(lease) = &s.lease {
+            self.leases.insert(lease.clone(), id);
+        }
+        self.sessions.insert(id, s);
+    }
+
+    pub fn contains(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
     }
 
     /// Count one more open stream of the session, unless it holds as many as it may.
@@ -843,5 +947,55 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_persisted_session_comes_back_as_it_was_unless_it_expired_meanwhile() {
+        let limits = SessionLimits::default();
+        let t0 = Instant::now();
+        let mut shard = SessionShard::new(limits);
+        let mut info =
+            simd_json::to_owned_value(&mut br#"{"name":"c","version":"1"}"#.to_vec()).unwrap();
+        if let simd_json::OwnedValue::Object(o) = &mut info {
+            o.insert("extra".into(), simd_json::OwnedValue::from(7u64));
+        }
+        let o = Opening {
+            client_info: Some(info.clone()),
+            transport: "h2",
+            ..modern("a", "key:k")
+        };
+        shard.open(t0, id(1), o).unwrap();
+        shard.touch(id(1), t0 + Duration::from_secs(10)).unwrap();
+        let s = shard
+            .touch(id(1), t0 + Duration::from_secs(20))
+            .unwrap()
+            .clone();
+        let now = t0 + Duration::from_secs(30);
+        let wall = 1_800_000_000_000;
+        let p = Persisted::of(&s, now, wall);
+        assert_eq!(
+            (p.created_ms, p.last_active_ms),
+            (wall - 30_000, wall - 10_000)
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        let back: Persisted = serde_json::from_str(&text).unwrap();
+        // Restored a minute later (by the wall clock) in a process whose clock reads `later`.
+        let later = now + Duration::from_secs(3600);
+        let r = back.clone().restore(later, wall + 60_000).unwrap();
+        assert_eq!(later.duration_since(r.created), Duration::from_secs(90));
+        assert_eq!(later.duration_since(r.last_active), Duration::from_secs(70));
+        assert_eq!(
+            (r.requests, r.transport, r.client_info.clone()),
+            (2, "h2", Some(info))
+        );
+        assert_eq!(r.lease.as_deref(), Some("key:k"));
+        let mut again = SessionShard::new(limits);
+        again.restore(id(1), r);
+        assert_eq!(
+            again.lease(later, "key:k", "a", None).map(|h| h.id),
+            Ok(id(1))
+        );
+        // Idle longer than the bound while the gateway was down: gone.
+        assert!(back.restore(later, wall + 40 * 60_000).is_none());
     }
 }

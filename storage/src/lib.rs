@@ -8,6 +8,7 @@ pub mod audit;
 pub mod datadir;
 pub mod registry;
 pub mod secrets;
+pub mod sessions;
 pub mod signing;
 
 pub use datadir::{DataDir, StorageError};

@@ -535,3 +535,73 @@ fn sessions_idle_out_and_end_at_their_duration_with_the_agents_own_bounds() {
     let (_again, head) = open_listen(g.plain_port, None);
     assert!(head.contains("stream_limit"), "{head}");
 }
+
+#[test]
+fn sessions_and_holds_survive_a_kill_and_revoked_ones_stay_gone() {
+    let (_up, port) = py_server("alpha", &[]);
+    let mut g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, viewer) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    let kept = initialize(g.plain_port);
+    let call = |port: u16, sid: &str| {
+        post(
+            port,
+            &[
+                ("mcp-session-id", sid),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"alpha__echo","arguments":{"text":"still here"}}}"#,
+        )
+    };
+    let r = call(g.plain_port, &kept);
+    assert!(r.text().contains("still here"), "{}", r.text());
+    let lease = modern_list(g.plain_port, None);
+    let lease = lease.header("portcullis-session").unwrap().to_owned();
+    let revoked = initialize(g.plain_port);
+    act_as(&viewer);
+    initialize(g.plain_port);
+    ok(&g, &["session", "revoke", "--agent", "viewer"]);
+    // Activity reaches the store within `sessions.persist_interval` (1 s); the revocations were
+    // written before the CLI was answered, so the kill right after them cannot bring them back.
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(&g, &["session", "revoke", &revoked]);
+    g.proc.child.kill().unwrap();
+    let _ = g.proc.child.wait();
+    let g = g.restart();
+
+    act_as(&ops);
+    let rows = ok(&g, &["session", "list"]);
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(ids.contains(&kept.as_str()), "{rows}");
+    assert!(ids.contains(&lease.as_str()), "{rows}");
+    assert_eq!(ids.len(), 2, "neither revoked session came back: {rows}");
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(kept))
+        .unwrap();
+    assert_eq!(row["agent"], json!("ops"));
+    assert!(row["requests"].as_u64().unwrap() >= 1, "{row}");
+    // The session goes on; its upstream session is opened again behind it.
+    let r = call(g.plain_port, &kept);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("still here"), "{}", r.text());
+    // The lease finds its session again.
+    let r = modern_list(g.plain_port, None);
+    assert_eq!(r.header("portcullis-session"), Some(lease.as_str()));
+    let r = list_on(g.plain_port, &revoked);
+    assert_eq!(r.status, 404, "{}", r.text());
+    // The hold outlived the restart too.
+    act_as(&viewer);
+    assert_eq!(modern_list(g.plain_port, None).reason(), "access_revoked");
+    let holds = ok(&g, &["session", "holds"]);
+    assert_eq!(holds[0]["name"], json!("viewer"), "{holds}");
+}

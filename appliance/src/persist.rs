@@ -12,7 +12,7 @@ use portcullis_pipeline::session::{Persisted, Revoke, Session, SessionId};
 use portcullis_storage::sessions::{Change, SessionStore};
 
 /// Changes applied in one transaction, at most.
-const BATCH_MAX: usize = 4096;
+const BATCH_MAX: usize = 128;
 
 enum Msg {
     Change(Change),

@@ -239,26 +239,37 @@ impl Session {
 /// A session as stored to outlive a restart (`storage::sessions`): clock readings become Unix
 /// milliseconds; upstream sessions are left out (the next request opens them again) and so are open
 /// streams (none survive a restart).
+///
+/// Field names are one letter: 10,000 stored sessions are their bytes many times over in the store's
+/// pages (and the appliance's memory).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
+    #[serde(rename = "r")]
     pub revision: String,
+    #[serde(rename = "c")]
     pub created_ms: u64,
+    #[serde(rename = "a")]
     pub last_active_ms: u64,
+    #[serde(rename = "n")]
     pub requests: u64,
     /// JSON text.
-    #[serde(default)]
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
     pub client_capabilities: Option<String>,
-    #[serde(default)]
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
     pub client_info: Option<String>,
-    #[serde(default)]
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
-    #[serde(default)]
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    #[serde(rename = "t")]
     pub transport: String,
-    #[serde(default)]
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<String>,
+    #[serde(rename = "d")]
     pub idle_ms: u64,
+    #[serde(rename = "m")]
     pub duration_max_ms: u64,
+    #[serde(rename = "s")]
     pub streams_max: u32,
 }
 

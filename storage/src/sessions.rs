@@ -69,8 +69,14 @@ impl SessionStore {
         opts.map_size(map_bytes).max_dbs(4);
         // SAFETY: as for the registry (`registry::open_env`): the data dir is 0700, owned by this
         // process and locked against a second portcullis, so nothing else writes the memory map.
+        // NO_READ_AHEAD: records are written far more than read, and at random keys; read-ahead would
+        // map neighbouring pages into the appliance's memory for nothing.
         #[allow(unsafe_code)]
-        let env = unsafe { opts.open(dir) }.map_err(|e| open_err(&e))?;
+        let env = unsafe {
+            opts.flags(heed::EnvFlags::NO_READ_AHEAD);
+            opts.open(dir)
+        }
+        .map_err(|e| open_err(&e))?;
         let mut w = env.write_txn().map_err(|e| open_err(&e))?;
         let sessions = env
             .create_database::<Str, Bytes>(&mut w, Some("sessions"))

@@ -523,6 +523,8 @@ pub struct Listen {
     pub mcp_tls: Option<SocketAddr>,
     /// MCP over plain HTTP. Off by default; meant for loopback.
     pub mcp_plain: Option<SocketAddr>,
+    /// MCP over HTTP/3 on `mcp_tls`'s port (UDP), advertised by `Alt-Svc` on the TCP listeners.
+    pub h3: bool,
     /// Admin and health: `/healthz`, `/readyz`, `/metrics`. Loopback by default.
     pub admin: SocketAddr,
     /// Origins allowed in an `Origin` header (DNS-rebinding defence); loopback origins always pass.
@@ -537,6 +539,7 @@ impl Default for Listen {
         Listen {
             mcp_tls: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
             mcp_plain: None,
+            h3: true,
             admin: SocketAddr::from(([127, 0, 0, 1], 8444)),
             allowed_origins: Vec::new(),
             sync: None,
@@ -583,6 +586,11 @@ pub struct Limits {
     /// Concurrent HTTP/2 streams per agent connection (SETTINGS_MAX_CONCURRENT_STREAMS); 100 is the
     /// RFC 9113 recommended minimum, enough for an agent's parallel calls.
     pub h2_streams_per_connection_max: u32,
+    /// Concurrent HTTP/3 request streams per QUIC connection (the peer's initial_max_streams_bidi).
+    pub h3_streams_per_connection_max: u32,
+    /// Handshakes in progress on one core past which a new client must first prove its address with a
+    /// QUIC Retry (a round trip more for it, no crypto work for the gateway under a flood); 0: always.
+    pub h3_handshakes_before_retry: usize,
     /// Idle pooled connections per upstream per core.
     pub upstream_idle_per_core_max: usize,
     /// Live sessions per core; at the bound `initialize` gets 503 `overloaded`.
@@ -622,6 +630,8 @@ impl Default for Limits {
             upstream_body_bytes_max: 16 << 20,
             connections_per_core_max: 10_000,
             h2_streams_per_connection_max: 100,
+            h3_streams_per_connection_max: 100,
+            h3_handshakes_before_retry: 64,
             upstream_idle_per_core_max: 64,
             sessions_per_core_max: 10_000,
             sessions_per_agent_max: 256,
@@ -757,7 +767,7 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 12] = [
+        let positive: [(&str, usize); 13] = [
             ("limits.admin_body_bytes_max", l.admin_body_bytes_max),
             ("storage.lmdb_map_bytes", self.storage.lmdb_map_bytes),
             ("limits.body_bytes_max", l.body_bytes_max),
@@ -778,6 +788,10 @@ impl Config {
             (
                 "limits.streams_per_session_max",
                 l.streams_per_session_max as usize,
+            ),
+            (
+                "limits.h3_streams_per_connection_max",
+                l.h3_streams_per_connection_max as usize,
             ),
         ];
         for (k, v) in positive {

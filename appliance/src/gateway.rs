@@ -57,6 +57,8 @@ pub struct Shared {
     pub session_peers: std::sync::OnceLock<Vec<flume::Sender<SessionMsg>>>,
     /// Moves whenever sessions are revoked, so open streams look again at once.
     pub revocations: std::sync::atomic::AtomicU64,
+    /// `Alt-Svc` for answers over TLS on TCP: HTTP/3 on the same port (`None`: no HTTP/3 listener).
+    pub alt_svc: Option<String>,
     /// Writes session records to outlive a restart (`None`: `sessions.persist` off, or the store failed).
     pub persist: Option<crate::persist::Persister>,
     /// What the session store held at start, taken by each core as it starts.
@@ -1151,6 +1153,11 @@ impl Core {
             t0: Instant::now(),
             committed: false,
             session: None,
+            alt_svc: self
+                .shared
+                .alt_svc
+                .as_deref()
+                .filter(|_| head.secure && head.transport != "h3"),
         };
         self.handle_served(&mut conn, &sv, head, body).await
     }
@@ -3328,11 +3335,16 @@ struct Stamped<'a, R> {
     committed: bool,
     /// The 2026-07-28 gateway session to name in the response (`SESSION_HEADER`).
     session: Option<SessionId>,
+    /// `Alt-Svc` to send (HTTPS over TCP, with HTTP/3 on).
+    alt_svc: Option<&'a str>,
 }
 
 impl<R: Reply> Stamped<'_, R> {
     fn headed(&self, resp: Response) -> Response {
-        let resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        let mut resp = resp.header(SNAPSHOT_HEADER, self.label.to_owned());
+        if let Some(alt) = self.alt_svc {
+            resp = resp.header("alt-svc", alt.to_owned());
+        }
         match self.session {
             Some(id) => resp.header(SESSION_HEADER, id.to_string()),
             None => resp,

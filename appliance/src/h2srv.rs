@@ -157,7 +157,10 @@ struct H2Reply {
     stream: Option<SendStream<Bytes>>,
 }
 
-fn to_http(resp: &Response, content_length: Option<usize>) -> Option<http::Response<()>> {
+pub(crate) fn to_http(
+    resp: &Response,
+    content_length: Option<usize>,
+) -> Option<http::Response<()>> {
     let mut b = http::Response::builder().status(resp.status);
     for (n, v) in &resp.headers {
         b = b.header(*n, v.as_str());

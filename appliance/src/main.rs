@@ -349,7 +349,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         .with_identity(identity.clone())
         .with_broker(broker.clone());
     let control = Arc::new(control);
-    let tls = match (&tls_material, config.listen.mcp_tls) {
+    let (tls, h3_tls) = match (&tls_material, config.listen.mcp_tls) {
         (Some(m), Some(_)) => {
             let client_cas = match &config.identity.mtls {
                 Some(mtls) => Some(portcullis::https::roots(
@@ -358,9 +358,17 @@ fn up(args: UpArgs) -> Result<(), String> {
                 )?),
                 None => None,
             };
-            Some(m.mcp_config(client_cas).map_err(|e| e.to_string())?)
+            let h3 = if config.listen.h3 {
+                Some(m.h3_config(client_cas.clone()).map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
+            (
+                Some(m.mcp_config(client_cas).map_err(|e| e.to_string())?),
+                h3,
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
     let tls_material = tls_material.map(|m| m.config);
     if let Some(addr) = config.listen.mcp_tls {
@@ -428,7 +436,12 @@ fn up(args: UpArgs) -> Result<(), String> {
     } else {
         (None, portcullis::persist::Restored::default())
     };
+    let alt_svc = match (&h3_tls, config.listen.mcp_tls) {
+        (Some(_), Some(addr)) => Some(format!("h3=\":{}\"; ma=86400", addr.port())),
+        _ => None,
+    };
     let shared = Arc::new(Shared {
+        alt_svc,
         persist,
         restored: std::sync::Mutex::new(restored),
         config,
@@ -499,9 +512,36 @@ fn up(args: UpArgs) -> Result<(), String> {
     let (senders, receivers) = runtime::session_channels(n_cores);
     let _ = shared.session_peers.set(senders.clone());
     let (metrics_tx, metrics_rx) = std::sync::mpsc::channel();
+    // HTTP/3: the cores' UDP sockets, bound here in core order (see `h3srv`), each served by a QUIC
+    // thread that hands requests to its core.
+    let mut h3_inboxes: Vec<Option<flume::Receiver<portcullis::h3srv::H3Request>>> =
+        (0..n_cores).map(|_| None).collect();
+    let mut h3_threads = Vec::new();
+    if let (Some(h3_tls), Some(addr)) = (&h3_tls, shared.config.listen.mcp_tls) {
+        let sockets = portcullis::h3srv::bind_sockets(addr, n_cores)
+            .map_err(|e| format!("http/3 on udp {addr}: {e}"))?;
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let (to_core, inbox) = flume::bounded(1024);
+            h3_inboxes[index] = Some(inbox);
+            h3_threads.push(
+                portcullis::h3srv::spawn(portcullis::h3srv::H3Setup {
+                    core: index,
+                    cores: n_cores,
+                    cpu: (n_cores <= available).then_some(index),
+                    socket,
+                    tls: h3_tls.clone(),
+                    to_core,
+                    shared: shared.clone(),
+                })
+                .map_err(|e| e.to_string())?,
+            );
+        }
+        println!("MCP endpoint (HTTP/3): https://{addr}/mcp");
+    }
     let mut threads = Vec::new();
-    for (index, inbox) in receivers.into_iter().enumerate() {
+    for ((index, inbox), h3) in receivers.into_iter().enumerate().zip(h3_inboxes) {
         let setup = CoreSetup {
+            h3,
             index,
             cpu: (n_cores <= available).then_some(index),
             shared: shared.clone(),
@@ -547,6 +587,9 @@ fn up(args: UpArgs) -> Result<(), String> {
             Ok(Err(e)) => error!("core ended with error: {e}"),
             Err(_) => error!("core panicked"),
         }
+    }
+    for t in h3_threads {
+        let _ = t.join();
     }
     // Every served request's record is written; vouch for the tails with a signed checkpoint.
     shared.audit.close();

@@ -33,6 +33,8 @@ pub struct CoreSetup {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub peers: Vec<flume::Sender<SessionMsg>>,
     pub inbox: flume::Receiver<SessionMsg>,
+    /// HTTP/3 requests from this core's QUIC thread (`None`: no HTTP/3 listener).
+    pub h3: Option<flume::Receiver<crate::h3srv::H3Request>>,
     pub metrics_tx: std::sync::mpsc::Sender<Arc<CoreShared>>,
 }
 
@@ -98,6 +100,9 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
         metrics,
     ));
     monoio::spawn(core.clone().serve_session_messages(setup.inbox));
+    if let Some(h3) = setup.h3 {
+        monoio::spawn(crate::h3srv::serve_core(core.clone(), h3));
+    }
 
     let mut accept_tasks = Vec::new();
     if let Some(addr) = cfg.listen.mcp_tls {

@@ -108,6 +108,19 @@ impl TlsMaterial {
             Some(roots) => server_config(&self.cert, &self.key, Some(roots)),
         }
     }
+
+    /// The HTTP/3 listener's: as `mcp_config`, TLS 1.3 only (QUIC knows no other), ALPN `h3`, and no
+    /// early data (0-RTT requests could be replayed; tool calls are not idempotent).
+    pub fn h3_config(
+        &self,
+        client_cas: Option<rustls::RootCertStore>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let base = server_config(&self.cert, &self.key, client_cas)?;
+        let mut config = (*base).clone();
+        config.alpn_protocols = vec![b"h3".to_vec()];
+        config.max_early_data_size = 0;
+        Ok(Arc::new(config))
+    }
 }
 
 fn server_config(

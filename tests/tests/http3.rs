@@ -1,0 +1,245 @@
+//! HTTP/3 on the MCP TLS port (UDP), driven by aioquic (PyPI) as a real HTTP/3 client we did not write:
+//! both MCP revisions, JSON and SSE answers, governance and audit through the same path as TCP, and
+//! what a QUIC listener must survive (garbage datagrams, truncated Initials, stream floods, idle
+//! connections, a client that moves to a new port).
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use portcullis_tests::*;
+
+/// Run the aioquic client against the gateway's HTTP/3 endpoint; its JSON line.
+fn h3(g: &Gateway, args: &[&str]) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("h3_client.py"))
+        .arg(format!("https://127.0.0.1:{}/mcp", g.tls_port))
+        .arg("--ca")
+        .arg(g.data().join("tls-cert.pem"))
+        .args(args);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "h3_client printed no JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn req(headers: Value, body: Value) -> String {
+    json!({"headers": headers, "body": body}).to_string()
+}
+
+fn modern(method: &str, name: Option<&str>, params: Value) -> String {
+    let mut h = json!({"mcp-protocol-version": "2026-07-28", "mcp-method": method});
+    if let Some(n) = name {
+        h["mcp-name"] = json!(n);
+    }
+    let body: Value = serde_json::from_str(&modern_body(1, method, params)).unwrap();
+    req(h, body)
+}
+
+fn ok_h3(v: &Value) -> &Vec<Value> {
+    assert_eq!(v["ok"], json!(true), "{v}");
+    v["responses"].as_array().unwrap()
+}
+
+#[test]
+fn aioquic_lists_and_calls_tools_over_http3_on_both_revisions_governed_and_audited() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, viewer) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+
+    // 2026-07-28: list and call, JSON answers.
+    let v = h3(
+        &g,
+        &[
+            "--bearer",
+            &ops,
+            "--request",
+            &modern("tools/list", None, json!({})),
+            "--request",
+            &modern(
+                "tools/call",
+                Some("alpha__echo"),
+                json!({"name": "alpha__echo", "arguments": {"text": "over quic"}}),
+            ),
+        ],
+    );
+    let rs = ok_h3(&v);
+    assert_eq!(v["alpn"], json!("h3"));
+    assert_eq!(rs[0]["status"], json!(200), "{v}");
+    assert!(
+        rs[0]["body"].as_str().unwrap().contains("alpha__echo"),
+        "{v}"
+    );
+    assert!(rs[1]["body"].as_str().unwrap().contains("over quic"), "{v}");
+    assert!(rs[0]["headers"]["portcullis-session"].is_string(), "{v}");
+
+    // 2025-11-25: initialize, then a call answered as an SSE stream (progress notifications).
+    let init = req(
+        json!({}),
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "aioquic", "version": "1"}}}),
+    );
+    let v = h3(&g, &["--bearer", &ops, "--request", &init]);
+    let rs = ok_h3(&v);
+    let sid = rs[0]["headers"]["mcp-session-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let slow = req(
+        json!({"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alpha__slow_count", "arguments": {"n": 3}, "_meta": {"progressToken": "p1"}}}),
+    );
+    let v = h3(&g, &["--bearer", &ops, "--request", &slow]);
+    let rs = ok_h3(&v);
+    assert_eq!(
+        rs[0]["headers"]["content-type"],
+        json!("text/event-stream"),
+        "{v}"
+    );
+    let body = rs[0]["body"].as_str().unwrap();
+    assert_eq!(body.matches("notifications/progress").count(), 3, "{body}");
+    assert!(body.contains("counted 3"), "{body}");
+    let rows = ok(&g, &["session", "show", &sid]);
+    assert_eq!(rows["transport"], json!("h3"), "{rows}");
+
+    // Governance: the viewer may not call add; no credential is no entry.
+    let v = h3(
+        &g,
+        &[
+            "--bearer",
+            &viewer,
+            "--request",
+            &modern(
+                "tools/call",
+                Some("alpha__add"),
+                json!({"name": "alpha__add", "arguments": {"a": 1, "b": 2}}),
+            ),
+        ],
+    );
+    let body = ok_h3(&v)[0]["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.contains("policy_denied") || body.contains("tool_not_found"),
+        "{body}"
+    );
+    let v = h3(&g, &["--request", &modern("tools/list", None, json!({}))]);
+    assert_eq!(ok_h3(&v)[0]["status"], json!(401), "{v}");
+
+    // The audit trail names the transport.
+    let out = Command::new(gateway_bin())
+        .args(["audit", "search", "--data-dir"])
+        .arg(g.data())
+        .output()
+        .unwrap();
+    let h3_records = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["transport"] == json!("h3"))
+        .count();
+    assert!(h3_records >= 5, "{h3_records}");
+
+    // HTTPS answers over TCP (HTTP/1.1 and HTTP/2) advertise HTTP/3 on the same port; plain HTTP does not.
+    for version in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null", version, "--cacert"])
+            .arg(g.data().join("tls-cert.pem"))
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "accept: application/json, text/event-stream",
+            ])
+            .args([
+                "-H",
+                "mcp-protocol-version: 2026-07-28",
+                "-H",
+                "mcp-method: tools/list",
+            ])
+            .args(["-H", &format!("authorization: Bearer {ops}")])
+            .args(["--data-binary", &modern_body(1, "tools/list", json!({}))])
+            .arg(format!("https://127.0.0.1:{}/mcp", g.tls_port))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(
+            head.contains(&format!("alt-svc: h3=\":{}\"; ma=86400", g.tls_port)),
+            "{version}: {head}"
+        );
+    }
+    act_as(&ops);
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ],
+        &modern_body(1, "tools/list", json!({})),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.header("alt-svc").is_none());
+}
+
+#[test]
+fn a_quic_listener_survives_garbage_stream_floods_idling_and_clients_that_move() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        "pinning:\n  recheck_interval: 1h\nlimits:\n  idle_timeout: 2s\n  h3_streams_per_connection_max: 4\n",
+    );
+    add_capability(&g, "alpha", port);
+    let key = approve_tester(&g);
+    let list = modern("tools/list", None, json!({}));
+
+    // Random datagrams, a truncated Initial and a packet for no connection: dropped, and the next
+    // client is served.
+    let v = h3(
+        &g,
+        &["--bearer", &key, "--garbage", "500", "--request", &list],
+    );
+    assert_eq!(ok_h3(&v)[0]["status"], json!(200), "{v}");
+
+    // Twenty requests at once on a connection that may have four open: the rest wait for room (the
+    // client is told how many streams it may open), none is lost.
+    let v = h3(
+        &g,
+        &[
+            "--bearer",
+            &key,
+            "--streams",
+            "20",
+            "--streams-headers",
+            r#"{"mcp-protocol-version":"2026-07-28","mcp-method":"tools/list"}"#,
+        ],
+    );
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(v["answered"], json!(20), "{v}");
+
+    // A connection silent past limits.idle_timeout is closed by the gateway.
+    let v = h3(&g, &["--bearer", &key, "--request", &list, "--idle", "5"]);
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert!(!v["closed_by_server"].is_null(), "{v}");
+
+    // A client that moves to a new local port after every answer, five times, with and without a new
+    // connection id: the connection follows it, whichever core the new address would hash to.
+    for new_cid in [false, true] {
+        let mut args = vec!["--bearer", key.as_str(), "--rebind-every", "1"];
+        if new_cid {
+            args.push("--new-cid");
+        }
+        for _ in 0..6 {
+            args.extend(["--request", list.as_str()]);
+        }
+        let v = h3(&g, &args);
+        let rs = ok_h3(&v);
+        assert_eq!(rs.len(), 6, "{v}");
+        assert!(rs.iter().all(|r| r["status"] == json!(200)), "{v}");
+        assert_eq!(v["rebound"].as_array().unwrap().len(), 5, "{v}");
+    }
+}

@@ -290,6 +290,9 @@ fn route(
             text.push_str(&shared.identity.metrics());
             text.push_str(&shared.broker.metrics());
             text.push_str(&shared.audit.metrics());
+            if shared.config.listen.h3 {
+                text.push_str(&shared.h3.metrics());
+            }
             Response::new(200)
                 .header("content-type", "text/plain; version=0.0.4")
                 .full(text.as_bytes(), false)

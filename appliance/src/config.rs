@@ -525,6 +525,9 @@ pub struct Listen {
     pub mcp_plain: Option<SocketAddr>,
     /// MCP over HTTP/3 on `mcp_tls`'s port (UDP), advertised by `Alt-Svc` on the TCP listeners.
     pub h3: bool,
+    /// JSON-RPC methods an HTTP/3 client may send in 0-RTT early data (e.g. `tools/list`, `ping`); empty
+    /// (the default) leaves 0-RTT off. Early requests for other methods wait for the handshake.
+    pub h3_early_data_methods: Vec<String>,
     /// Admin and health: `/healthz`, `/readyz`, `/metrics`. Loopback by default.
     pub admin: SocketAddr,
     /// Origins allowed in an `Origin` header (DNS-rebinding defence); loopback origins always pass.
@@ -540,6 +543,7 @@ impl Default for Listen {
             mcp_tls: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
             mcp_plain: None,
             h3: true,
+            h3_early_data_methods: Vec::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 8444)),
             allowed_origins: Vec::new(),
             sync: None,

@@ -57,6 +57,8 @@ pub struct Shared {
     pub session_peers: std::sync::OnceLock<Vec<flume::Sender<SessionMsg>>>,
     /// Moves whenever sessions are revoked, so open streams look again at once.
     pub revocations: std::sync::atomic::AtomicU64,
+    /// What the QUIC threads count.
+    pub h3: crate::h3srv::H3Stats,
     /// `Alt-Svc` for answers over TLS on TCP: HTTP/3 on the same port (`None`: no HTTP/3 listener).
     pub alt_svc: Option<String>,
     /// Writes session records to outlive a restart (`None`: `sessions.persist` off, or the store failed).

@@ -17,7 +17,10 @@
 //! program cannot be attached (not Linux, or refused) the kernel's 4-tuple hash spreads datagrams and a
 //! migrating connection may be lost; that is logged once.
 //!
-//! **Safety.** 0-RTT is off (the TLS configuration offers no early data: tool calls are not idempotent).
+//! **Safety.** 0-RTT is off unless `listen.h3_early_data_methods` names methods: then resumed clients may
+//! send requests in early data, and before the handshake completes only those methods are served (an
+//! early request for anything else waits for the handshake, which a replayed flight never completes, so
+//! a replay can repeat at most a method the operator called safe).
 //! Address validation: while more than `limits.h3_handshakes_before_retry` handshakes are in progress on
 //! a core, a client that has not proved its address gets a Retry first. Per connection: at most
 //! `limits.h3_streams_per_connection_max` concurrent request streams and `limits.idle_timeout` of
@@ -35,6 +38,62 @@ use portcullis_pipeline::DenyReason;
 
 use crate::gateway::{Core, Shared};
 use crate::http::{Reply, RequestHead, Response};
+
+/// What the QUIC threads count, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct H3Stats {
+    pub connections: AtomicUsize,
+    pub refused: std::sync::atomic::AtomicU64,
+    pub retries: std::sync::atomic::AtomicU64,
+    /// Requests that arrived before the handshake completed: served at once (a safe method) or held.
+    pub early_served: std::sync::atomic::AtomicU64,
+    pub early_held: std::sync::atomic::AtomicU64,
+}
+
+impl H3Stats {
+    pub fn metrics(&self) -> String {
+        let r = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP portcullis_h3_connections_open HTTP/3 connections open now.\n# TYPE portcullis_h3_connections_open gauge\nportcullis_h3_connections_open {}\n\
+             # HELP portcullis_h3_connections_refused_total HTTP/3 connections refused at connections_per_core_max.\n# TYPE portcullis_h3_connections_refused_total counter\nportcullis_h3_connections_refused_total {}\n\
+             # HELP portcullis_h3_retries_total QUIC Retry packets sent to clients that had not proved their address.\n# TYPE portcullis_h3_retries_total counter\nportcullis_h3_retries_total {}\n\
+             # HELP portcullis_h3_early_requests_total HTTP/3 requests that arrived in 0-RTT, by what became of them.\n# TYPE portcullis_h3_early_requests_total counter\nportcullis_h3_early_requests_total{{outcome=\"served\"}} {}\nportcullis_h3_early_requests_total{{outcome=\"held\"}} {}\n",
+            self.connections.load(Ordering::Relaxed),
+            r(&self.refused),
+            r(&self.retries),
+            r(&self.early_served),
+            r(&self.early_held),
+        )
+    }
+}
+
+/// Whether a connection's handshake has completed, for requests that arrived in early data.
+#[derive(Debug, Default)]
+struct Handshake {
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Handshake {
+    fn complete(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Wait for the handshake, at most `limit`; whether it completed.
+    async fn wait(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.notify.notified();
+            if self.done.load(Ordering::SeqCst) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.done.load(Ordering::SeqCst);
+            }
+        }
+    }
+}
 
 /// One HTTP/3 request, read whole, on its way to its core.
 #[derive(Debug)]
@@ -261,6 +320,7 @@ async fn serve(setup: H3Setup) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let connections = Arc::new(AtomicUsize::new(0));
     let handshaking = Arc::new(AtomicUsize::new(0));
+    let early = !shared.config.listen.h3_early_data_methods.is_empty();
     let l = &shared.config.limits;
     loop {
         let incoming = tokio::select! {
@@ -276,6 +336,7 @@ async fn serve(setup: H3Setup) -> Result<(), String> {
             }
         };
         if connections.load(Ordering::Relaxed) >= l.connections_per_core_max {
+            shared.h3.refused.fetch_add(1, Ordering::Relaxed);
             incoming.refuse();
             continue;
         }
@@ -284,6 +345,7 @@ async fn serve(setup: H3Setup) -> Result<(), String> {
             && incoming.may_retry()
             && handshaking.load(Ordering::Relaxed) >= l.h3_handshakes_before_retry
         {
+            shared.h3.retries.fetch_add(1, Ordering::Relaxed);
             let _ = incoming.retry();
             continue;
         }
@@ -297,20 +359,47 @@ async fn serve(setup: H3Setup) -> Result<(), String> {
             let peer = incoming.remote_address();
             handshaking.fetch_add(1, Ordering::Relaxed);
             let hs = shared.config.limits.header_read_timeout.0;
-            let connecting = incoming.accept();
-            let conn = match connecting {
-                Ok(c) => tokio::time::timeout(hs, c).await,
-                Err(_) => {
-                    handshaking.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
+            let Ok(connecting) = incoming.accept() else {
+                handshaking.fetch_sub(1, Ordering::Relaxed);
+                return;
             };
-            handshaking.fetch_sub(1, Ordering::Relaxed);
-            let Ok(Ok(conn)) = conn else {
+            let handshake = Arc::new(Handshake::default());
+            let conn = if early {
+                // Requests may come before the handshake completes; `handle_request` decides which wait.
+                match connecting.into_0rtt() {
+                    Ok((conn, accepted)) => {
+                        let (h, handshaking) = (handshake.clone(), handshaking.clone());
+                        tokio::spawn(async move {
+                            if tokio::time::timeout(hs, accepted).await.is_ok() {
+                                h.complete();
+                            }
+                            handshaking.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        Some(conn)
+                    }
+                    Err(c) => {
+                        let conn = tokio::time::timeout(hs, c).await.ok().and_then(Result::ok);
+                        handshake.complete();
+                        handshaking.fetch_sub(1, Ordering::Relaxed);
+                        conn
+                    }
+                }
+            } else {
+                let conn = tokio::time::timeout(hs, connecting)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                handshake.complete();
+                handshaking.fetch_sub(1, Ordering::Relaxed);
+                conn
+            };
+            let Some(conn) = conn else {
                 return;
             };
             connections.fetch_add(1, Ordering::Relaxed);
-            serve_connection(&shared, conn, peer, &to_core).await;
+            shared.h3.connections.fetch_add(1, Ordering::Relaxed);
+            serve_connection(&shared, conn, peer, &to_core, handshake).await;
+            shared.h3.connections.fetch_sub(1, Ordering::Relaxed);
             connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -324,6 +413,7 @@ async fn serve_connection(
     conn: quinn::Connection,
     peer: SocketAddr,
     to_core: &flume::Sender<H3Request>,
+    handshake: Arc<Handshake>,
 ) {
     let cert_agent = conn
         .peer_identity()
@@ -358,11 +448,20 @@ async fn serve_connection(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let (shared, to_core, cert_agent) =
-                    (shared.clone(), to_core.clone(), cert_agent.clone());
+                let (shared, to_core, cert_agent, handshake) = (
+                    shared.clone(),
+                    to_core.clone(),
+                    cert_agent.clone(),
+                    handshake.clone(),
+                );
                 tokio::spawn(async move {
                     if let Ok((req, stream)) = resolver.resolve_request().await {
-                        handle_request(&shared, req, stream, peer, cert_agent, &to_core).await;
+                        let from = Arrival {
+                            peer,
+                            cert_agent,
+                            handshake,
+                        };
+                        handle_request(&shared, req, stream, from, &to_core).await;
                     }
                 });
             }
@@ -373,14 +472,34 @@ async fn serve_connection(
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
+/// Where a request came from.
+struct Arrival {
+    peer: SocketAddr,
+    cert_agent: Option<Arc<str>>,
+    handshake: Arc<Handshake>,
+}
+
+/// The JSON-RPC method of a body, for the early-data check (nothing else is read here).
+fn method_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Method {
+        method: Option<String>,
+    }
+    serde_json::from_slice::<Method>(body).ok()?.method
+}
+
 async fn handle_request(
     shared: &Shared,
     req: http::Request<()>,
     mut stream: Stream,
-    peer: SocketAddr,
-    cert_agent: Option<Arc<str>>,
+    from: Arrival,
     to_core: &flume::Sender<H3Request>,
 ) {
+    let Arrival {
+        peer,
+        cert_agent,
+        handshake,
+    } = from;
     let (parts, ()) = req.into_parts();
     let head = RequestHead {
         method: parts.method.as_str().to_owned(),
@@ -412,6 +531,19 @@ async fn handle_request(
             return;
         }
     };
+    if !handshake.done.load(Ordering::SeqCst) {
+        // Early data: replayable. Only a method the operator called safe goes on before the handshake.
+        let safe = method_of(&body)
+            .is_some_and(|m| shared.config.listen.h3_early_data_methods.contains(&m));
+        if safe {
+            shared.h3.early_served.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.h3.early_held.fetch_add(1, Ordering::Relaxed);
+            if !handshake.wait(l.header_read_timeout.0).await {
+                return;
+            }
+        }
+    }
     let (out, answers) = flume::bounded(OUT_QUEUE_LEN);
     if to_core
         .send_async(H3Request { head, body, out })

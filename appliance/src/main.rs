@@ -359,7 +359,11 @@ fn up(args: UpArgs) -> Result<(), String> {
                 None => None,
             };
             let h3 = if config.listen.h3 {
-                Some(m.h3_config(client_cas.clone()).map_err(|e| e.to_string())?)
+                let early = !config.listen.h3_early_data_methods.is_empty();
+                Some(
+                    m.h3_config(client_cas.clone(), early)
+                        .map_err(|e| e.to_string())?,
+                )
             } else {
                 None
             };
@@ -441,6 +445,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         _ => None,
     };
     let shared = Arc::new(Shared {
+        h3: portcullis::h3srv::H3Stats::default(),
         alt_svc,
         persist,
         restored: std::sync::Mutex::new(restored),

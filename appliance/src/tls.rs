@@ -109,16 +109,18 @@ impl TlsMaterial {
         }
     }
 
-    /// The HTTP/3 listener's: as `mcp_config`, TLS 1.3 only (QUIC knows no other), ALPN `h3`, and no
-    /// early data (0-RTT requests could be replayed; tool calls are not idempotent).
+    /// The HTTP/3 listener's: as `mcp_config`, ALPN `h3`, and early data only with `early_data` (0-RTT
+    /// requests can be replayed; `h3srv` serves only safe methods before the handshake completes).
     pub fn h3_config(
         &self,
         client_cas: Option<rustls::RootCertStore>,
+        early_data: bool,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let base = server_config(&self.cert, &self.key, client_cas)?;
         let mut config = (*base).clone();
         config.alpn_protocols = vec![b"h3".to_vec()];
-        config.max_early_data_size = 0;
+        // QUIC takes all or nothing: u32::MAX enables 0-RTT, 0 disables it.
+        config.max_early_data_size = if early_data { u32::MAX } else { 0 };
         Ok(Arc::new(config))
     }
 }

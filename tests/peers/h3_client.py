@@ -17,6 +17,9 @@ Options:
                     how many were answered and how many refused or reset
   --garbage N       first send N datagrams of random bytes and a truncated Initial packet to the
                     server's port from another socket (they must cost the connection nothing)
+  --early           send the first --request on a first connection, keep its TLS session ticket, then
+                    send the others on a second, resumed connection without waiting for its
+                    handshake (0-RTT early data where the server allows it)
   --idle S          after the last response, stay connected S seconds without traffic and report
                     whether the server closed the connection meanwhile
 """
@@ -105,7 +108,24 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
         # A short-header packet for a connection that does not exist.
         g.sendto(bytes([0x40]) + os.urandom(40), (u.hostname, u.port))
         g.close()
-    async with connect(u.hostname, u.port, configuration=cfg, create_protocol=H3Client) as client:
+    requests = list(args.request or [])
+    if args.early:
+        tickets: list[Any] = []
+        async with connect(
+            u.hostname, u.port, configuration=cfg, create_protocol=H3Client, session_ticket_handler=tickets.append
+        ) as first:
+            req = json.loads(requests.pop(0))
+            headers = {**BASE_HEADERS, **extra, **req.get("headers", {})}
+            resp = await asyncio.wait_for(first.send(authority, u.path, headers, json.dumps(req["body"]).encode()), args.timeout)
+            out["first"] = resp
+            await asyncio.sleep(0.3)  # the ticket follows the handshake
+        if not tickets:
+            raise RuntimeError("the server issued no session ticket")
+        cfg.session_ticket = tickets[-1]
+        out["ticket_max_early_data"] = tickets[-1].max_early_data_size
+    async with connect(
+        u.hostname, u.port, configuration=cfg, create_protocol=H3Client, wait_connected=not args.early
+    ) as client:
         assert isinstance(client, H3Client)
         out["alpn"] = client._quic.tls.alpn_negotiated
         responses: list[Any] = []
@@ -116,7 +136,17 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
             done = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), args.timeout)
             out["answered"] = sum(1 for d in done if isinstance(d, dict) and d.get("status") == 200)
             out["other"] = [d if isinstance(d, dict) else repr(d) for d in done if not (isinstance(d, dict) and d.get("status") == 200)][:5]
-        for i, raw in enumerate(args.request or []):
+        if args.early:
+            # Everything goes out before the handshake is done: 0-RTT where the ticket allows.
+            sent = []
+            for raw in requests:
+                req = json.loads(raw)
+                headers = {**BASE_HEADERS, **extra, **req.get("headers", {})}
+                sent.append(client.send(authority, u.path, headers, json.dumps(req["body"]).encode()))
+            out["responses"] = await asyncio.wait_for(asyncio.gather(*sent), args.timeout)
+            out["ok"] = True
+            return
+        for i, raw in enumerate(requests):
             req = json.loads(raw)
             headers = {**BASE_HEADERS, **extra, **req.get("headers", {})}
             body = json.dumps(req["body"]).encode()
@@ -125,7 +155,7 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
             except Exception as e:
                 raise RuntimeError(f"request {i + 1}: {type(e).__name__} {e}") from None
             responses.append(resp)
-            if args.rebind_every and (i + 1) % args.rebind_every == 0 and i + 1 < len(args.request):
+            if args.rebind_every and (i + 1) % args.rebind_every == 0 and i + 1 < len(requests):
                 # aioquic's own NAT-rebinding interop step: the same protocol on a new UDP socket.
                 before = client._transport.get_extra_info("sockname")
                 client._transport.close()
@@ -157,6 +187,7 @@ def main() -> int:
     p.add_argument("--streams-headers", default="{}")
     p.add_argument("--idle", type=float, default=0)
     p.add_argument("--garbage", type=int, default=0)
+    p.add_argument("--early", action="store_true")
     p.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args()
     out: dict[str, Any] = {"ok": False, "peer": "h3_client"}

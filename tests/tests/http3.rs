@@ -243,3 +243,88 @@ fn a_quic_listener_survives_garbage_stream_floods_idling_and_clients_that_move()
         assert_eq!(v["rebound"].as_array().unwrap().len(), 5, "{v}");
     }
 }
+
+/// A counter's value from the gateway's `/metrics`.
+fn metric(g: &Gateway, line_start: &str) -> u64 {
+    g.metrics()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start}"))
+}
+
+#[test]
+fn zero_rtt_serves_only_the_methods_an_operator_marked_safe_before_the_handshake() {
+    let (_up, port) = py_server("alpha", &[]);
+    let list = modern("tools/list", None, json!({}));
+    let call = modern(
+        "tools/call",
+        Some("alpha__echo"),
+        json!({"name": "alpha__echo", "arguments": {"text": "not early"}}),
+    );
+
+    // Off by default: a resumed client's requests all wait for the handshake (none counted early), and
+    // the ticket offers no early data.
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let key = approve_tester(&g);
+    let v = h3(
+        &g,
+        &[
+            "--bearer",
+            &key,
+            "--early",
+            "--request",
+            &list,
+            "--request",
+            &list,
+        ],
+    );
+    assert_eq!(v["ok"], json!(true), "{v}");
+    assert_eq!(v["ticket_max_early_data"].as_u64().unwrap_or(0), 0, "{v}");
+    assert_eq!(
+        metric(&g, "portcullis_h3_early_requests_total{outcome=\"served\"}"),
+        0
+    );
+    drop(g);
+
+    let g = Gateway::start_in(
+        TempDir::new("gw"),
+        "  h3_early_data_methods: [tools/list]\n",
+        &[],
+        "pinning:\n  recheck_interval: 1h\n",
+        &["--cores", "2"],
+    );
+    add_capability(&g, "alpha", port);
+    let key = approve_tester(&g);
+    let v = h3(
+        &g,
+        &[
+            "--bearer",
+            &key,
+            "--early",
+            "--request",
+            &list,
+            "--request",
+            &list,
+            "--request",
+            &call,
+        ],
+    );
+    let rs = ok_h3(&v);
+    assert!(v["ticket_max_early_data"].as_u64().unwrap() > 0, "{v}");
+    // Both answered: the list at once, the call once the handshake completed.
+    assert!(
+        rs[0]["body"].as_str().unwrap().contains("alpha__echo"),
+        "{v}"
+    );
+    assert!(rs[1]["body"].as_str().unwrap().contains("not early"), "{v}");
+    let served = metric(&g, "portcullis_h3_early_requests_total{outcome=\"served\"}");
+    let held = metric(&g, "portcullis_h3_early_requests_total{outcome=\"held\"}");
+    assert_eq!(
+        (served, held),
+        (1, 1),
+        "one early list served, one early call held"
+    );
+}

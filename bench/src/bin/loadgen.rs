@@ -4,10 +4,11 @@
 //!
 //! Usage: loadgen --url http://127.0.0.1:PORT/mcp --tool NAME [--concurrency 32] [--seconds 10] [--warmup 2]
 //!                [--bearer TOKEN]   (an agent API key, for a governed gateway)
-//!        loadgen --proto h2 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
+//!        loadgen --proto h2|h3 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
 //!
 //! h1: one OS thread per connection, blocking keep-alive. h2: `--concurrency` streams in flight, spread over
 //! `--connections` TLS connections, driven by one monoio runtime per connection group (`--threads`, default 2).
+//! h3: the same over QUIC connections (quinn + h3, one tokio current-thread runtime per group).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::io::Write;
@@ -92,7 +93,10 @@ fn main() {
     if a.proto == "h2" {
         return h2load::run(a);
     }
-    assert_eq!(a.proto, "h1", "--proto is h1 or h2");
+    if a.proto == "h3" {
+        return h3load::run(a);
+    }
+    assert_eq!(a.proto, "h1", "--proto is h1, h2 or h3");
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -185,7 +189,7 @@ mod h2load {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    fn tls_config(cacert: &str) -> Arc<rustls::ClientConfig> {
+    pub fn tls_config(cacert: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(cacert).unwrap() {
@@ -197,7 +201,7 @@ mod h2load {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        c.alpn_protocols = vec![b"h2".to_vec()];
+        c.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(c)
     }
 
@@ -265,7 +269,10 @@ mod h2load {
     }
 
     pub fn run(a: Arc<Args>) {
-        let cfg = tls_config(a.cacert.as_deref().expect("--cacert is required for h2"));
+        let cfg = tls_config(
+            a.cacert.as_deref().expect("--cacert is required for h2"),
+            b"h2",
+        );
         let recording = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let threads = a.threads.max(1).min(a.connections.max(1));
@@ -318,6 +325,153 @@ mod h2load {
                     }
                     for task in tasks {
                         task.await;
+                    }
+                    let t = tally.borrow();
+                    (t.0.clone(), t.1)
+                })
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(a.warmup));
+        recording.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(a.seconds));
+        recording.store(false, Ordering::SeqCst);
+        let elapsed = t0.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut errors = 0;
+        for h in handles {
+            let (hist, e) = h.join().unwrap();
+            all.add(&hist).unwrap();
+            errors += e;
+        }
+        report(&a, &all, errors, elapsed);
+    }
+}
+
+mod h3load {
+    //! The HTTP/3 side: streams multiplexed over a few QUIC connections.
+    use super::*;
+    use bytes::{Buf, Bytes};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    type Tally = Rc<RefCell<(Histogram<u64>, u64)>>;
+    type Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+    async fn call(a: &Args, send: &mut Send, id: u64) -> Option<bool> {
+        let body = Bytes::from(call_body(id, &a.tool));
+        let mut req = http::Request::post(format!("https://{}:{}{}", a.host, a.port, a.path));
+        if let Some(token) = a.auth.strip_prefix("authorization: ") {
+            req = req.header("authorization", token.trim_end());
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", a.tool.as_str())
+            .header("content-length", body.len())
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.ok()?;
+        stream.send_data(body).await.ok()?;
+        stream.finish().await.ok()?;
+        let status = stream.recv_response().await.ok()?.status().as_u16();
+        let mut got = Vec::new();
+        while let Ok(Some(mut chunk)) = stream.recv_data().await {
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                got.extend_from_slice(piece);
+                let n = piece.len();
+                chunk.advance(n);
+            }
+        }
+        Some(status == 200 && got.windows(8).any(|w| w == b"received"))
+    }
+
+    async fn worker(
+        a: Arc<Args>,
+        mut send: Send,
+        id0: u64,
+        rec: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+        tally: Tally,
+    ) {
+        let mut id = id0;
+        while !stop.load(Ordering::Relaxed) {
+            id += 1;
+            let t0 = Instant::now();
+            let Some(ok) = call(&a, &mut send, id).await else {
+                return;
+            };
+            let us = t0.elapsed().as_micros() as u64;
+            if rec.load(Ordering::Relaxed) {
+                let mut t = tally.borrow_mut();
+                if ok {
+                    t.0.record(us.max(1)).unwrap();
+                } else {
+                    t.1 += 1;
+                }
+            }
+        }
+    }
+
+    pub fn run(a: Arc<Args>) {
+        let tls = crate::h2load::tls_config(
+            a.cacert.as_deref().expect("--cacert is required for h3"),
+            b"h3",
+        );
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let client = quinn::ClientConfig::new(Arc::new(quic));
+        let recording = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = a.threads.max(1).min(a.connections.max(1));
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (a, client, recording, stop) =
+                (a.clone(), client.clone(), recording.clone(), stop.clone());
+            handles.push(std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    let tally: Tally = Rc::new(RefCell::new((
+                        Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+                        0,
+                    )));
+                    let mut endpoint =
+                        quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+                    endpoint.set_default_client_config(client);
+                    let addr: std::net::SocketAddr =
+                        format!("{}:{}", a.host, a.port).parse().unwrap();
+                    let mut tasks = Vec::new();
+                    for c in (0..a.connections).filter(|c| c % threads == t) {
+                        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+                        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+                            .await
+                            .unwrap();
+                        tokio::task::spawn_local(async move {
+                            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+                        });
+                        let streams = (a.concurrency / a.connections)
+                            + usize::from(c < a.concurrency % a.connections);
+                        for s in 0..streams {
+                            let id0 = ((c * 1000 + s) as u64) << 32;
+                            tasks.push(tokio::task::spawn_local(worker(
+                                a.clone(),
+                                send.clone(),
+                                id0,
+                                recording.clone(),
+                                stop.clone(),
+                                tally.clone(),
+                            )));
+                        }
+                    }
+                    for task in tasks {
+                        let _ = task.await;
                     }
                     let t = tally.borrow();
                     (t.0.clone(), t.1)

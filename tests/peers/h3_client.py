@@ -10,6 +10,7 @@ order, each answered before the next. Prints exactly one JSON line:
 Options:
   --ca FILE         trust this certificate (the gateway's self-signed one)
   --bearer KEY      sent as `authorization: Bearer KEY` on every request
+  --cert F --key K  present this client certificate
   --rebind-every N  after every Nth response, move the connection to a new local UDP port (a NAT
                     rebinding: same connection, new address) and, with --new-cid, to a new
                     connection id; the remaining requests go from there
@@ -50,8 +51,14 @@ class H3Client(QuicConnectionProtocol):
         self.terminated: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
 
     def quic_event_received(self, event: Any) -> None:
-        if isinstance(event, ConnectionTerminated) and not self.terminated.done():
-            self.terminated.set_result(event.reason_phrase or str(event.error_code))
+        if isinstance(event, ConnectionTerminated):
+            reason = event.reason_phrase or f"error {event.error_code:#x}"
+            if not self.terminated.done():
+                self.terminated.set_result(reason)
+            for p in self.pending.values():
+                if not p["done"].done():
+                    p["done"].set_exception(ConnectionError(f"connection closed: {reason}"))
+            self.pending.clear()
         if isinstance(event, StreamReset) and event.stream_id in self.pending:
             p = self.pending.pop(event.stream_id)
             if not p["done"].done():
@@ -93,6 +100,8 @@ async def run(args: argparse.Namespace, out: dict[str, Any]) -> None:
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_REQUIRED)
     if args.ca:
         cfg.load_verify_locations(args.ca)
+    if args.cert:
+        cfg.load_cert_chain(args.cert, args.key)
     cfg.server_name = u.hostname
     authority = u.netloc
     extra = {"authorization": f"Bearer {args.bearer}"} if args.bearer else {}
@@ -180,6 +189,8 @@ def main() -> int:
     p.add_argument("url")
     p.add_argument("--ca")
     p.add_argument("--bearer")
+    p.add_argument("--cert", help="client certificate (PEM), with --key")
+    p.add_argument("--key")
     p.add_argument("--request", action="append")
     p.add_argument("--rebind-every", type=int, default=0)
     p.add_argument("--new-cid", action="store_true")

@@ -928,3 +928,24 @@ impl Idp {
         format!("https://127.0.0.1:{}/jwks", self.jwks_port)
     }
 }
+
+/// Client certificates for `names` (and rogue ones, from an untrusted CA that has the same name, for
+/// `rogues`) in `dir`: `tests/peers/pki.py`.
+pub fn client_pki(dir: &TempDir, names: &[&str], rogues: &[&str]) {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers_dir().join("pki.py"))
+        .arg("--dir")
+        .arg(dir.path());
+    for n in names {
+        cmd.args(["--client", n]);
+    }
+    for n in rogues {
+        cmd.args(["--rogue", n]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -328,3 +328,43 @@ fn zero_rtt_serves_only_the_methods_an_operator_marked_safe_before_the_handshake
         "one early list served, one early call held"
     );
 }
+
+#[test]
+fn client_certificates_name_agents_over_quic_and_a_flood_setting_makes_clients_prove_their_address()
+{
+    let pki = TempDir::new("pki");
+    client_pki(&pki, &["viewer"], &["viewer"]);
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(
+        &[],
+        &format!(
+            "pinning:\n  recheck_interval: 1h\nlimits:\n  h3_handshakes_before_retry: 0\nidentity:\n  mtls:\n    ca_file: {}\n",
+            pki.path().join("ca.pem").display()
+        ),
+    );
+    add_capability(&g, "alpha", port);
+    ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    let list = modern("tools/list", None, json!({}));
+    let cert = |name: &str| {
+        [
+            pki.path().join(format!("{name}.pem")).display().to_string(),
+            pki.path().join(format!("{name}.key")).display().to_string(),
+        ]
+    };
+    // The viewer's certificate, no bearer: the viewer's tools only.
+    let [c, k] = cert("viewer");
+    let v = h3(&g, &["--cert", &c, "--key", &k, "--request", &list]);
+    let body = ok_h3(&v)[0]["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.contains("alpha__echo") && !body.contains("alpha__add"),
+        "{body}"
+    );
+    // The same name from a CA the gateway does not trust: no handshake.
+    let [c, k] = cert("rogue-viewer");
+    let v = h3(&g, &["--cert", &c, "--key", &k, "--request", &list]);
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("certificate"), "{v}");
+    // With h3_handshakes_before_retry at 0 every new client was sent a Retry first, and still served.
+    assert!(metric(&g, "portcullis_h3_retries_total") >= 2);
+}

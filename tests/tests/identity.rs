@@ -282,27 +282,6 @@ fn keys_outlive_an_outage_until_their_limit_then_tokens_fail_closed() {
     eventually("keys back", || list_with(&g, &token).status == 200);
 }
 
-/// Client certificates for `names` (and rogue ones, from an untrusted CA that has the same name, for
-/// `rogues`) in `dir`: `tests/peers/pki.py`.
-fn client_pki(dir: &TempDir, names: &[&str], rogues: &[&str]) {
-    let mut cmd = std::process::Command::new(python());
-    cmd.arg(peers_dir().join("pki.py"))
-        .arg("--dir")
-        .arg(dir.path());
-    for n in names {
-        cmd.args(["--client", n]);
-    }
-    for n in rogues {
-        cmd.args(["--rogue", n]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `tools/list` over TLS with curl (HTTP/2, or HTTP/1.1), presenting client certificate `cert` from
 /// `pki` and `bearer`: the HTTP status and body, or curl's complaint when the handshake fails.
 fn curl_list(

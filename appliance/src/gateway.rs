@@ -65,11 +65,21 @@ pub struct Shared {
     pub persist: Option<crate::persist::Persister>,
     /// What the session store held at start, taken by each core as it starts.
     pub restored: std::sync::Mutex<crate::persist::Restored>,
+    /// Session agents' POST response streams, resumable by a GET with `Last-Event-ID: p<stream>.<n>`.
+    /// Touched per event of a streamed response, never for JSON answers.
+    pub post_streams: std::sync::Mutex<portcullis_pipeline::replay::PostStreams>,
     /// Each session's GET-stream replay buffer (`Last-Event-ID`). Touched only when a stream event is
     /// sent or a stream resumes, never on the call path.
     pub replays:
         std::sync::Mutex<std::collections::HashMap<SessionId, portcullis_pipeline::replay::Replay>>,
 }
+
+/// Times one relayed stream resumes its upstream's closed stream, at most, and the longest wait asked.
+const UPSTREAM_RESUMES_MAX: usize = 16;
+const UPSTREAM_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How often a resumed POST stream looks for the rest of its answer.
+const POST_RESUME_POLL: Duration = Duration::from_millis(25);
 
 /// Sessions with a replay buffer, at most; past it the older half is dropped (their clients re-sync).
 const REPLAYS_MAX: usize = 65_536;
@@ -1074,6 +1084,13 @@ impl Core {
         }
     }
 
+    fn post_streams(&self) -> std::sync::MutexGuard<'_, portcullis_pipeline::replay::PostStreams> {
+        self.shared
+            .post_streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Keep one GET-stream event of session `sid` for resumption; its event id.
     fn remember(&self, sid: SessionId, data: Vec<u8>) -> u64 {
         let mut replays = self
@@ -1879,6 +1896,13 @@ impl Core {
                     .await
             }
         };
+        // A POST's response stream resumed: what followed the last event, then the rest as it comes.
+        if let Some((stream, last)) = head
+            .header_str("last-event-id")
+            .and_then(portcullis_pipeline::replay::parse_post_event_id)
+        {
+            return self.resume_post_stream(conn, id, stream, last).await;
+        }
         // A client resuming a dropped stream: what it missed, or a clear refusal it can re-sync after.
         let missed = match head.header_str("last-event-id") {
             None => Vec::new(),
@@ -1929,6 +1953,52 @@ impl Core {
                 drop(tx);
                 conn.stream_end().await
             }
+        }
+    }
+
+    /// Resume POST stream `stream` of session `sid` after event `last`: the events since, then the
+    /// others as the upstream's answer arrives, ending with the response. The stream's upstream request
+    /// went on after its agent dropped (`relay_stream`).
+    async fn resume_post_stream<R: Reply>(
+        &self,
+        conn: &mut R,
+        sid: SessionId,
+        stream: u32,
+        mut last: u64,
+    ) -> bool {
+        let first = self.post_streams().after(sid, stream, last);
+        let Ok(_) = first else {
+            return self
+                .refuse(conn, None, false, DenyReason::ResumeUnavailable.into(), &[])
+                .await;
+        };
+        let head = Response::new(200)
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .header("x-accel-buffering", "no");
+        if !conn.stream_start(head).await {
+            return false;
+        }
+        inc(&self.metrics.shared.counters.responses_ok);
+        let deadline = Instant::now() + self.shared.config.limits.upstream_response_timeout.0;
+        loop {
+            let got = self.post_streams().after(sid, stream, last);
+            let (events, finished) = match got {
+                Ok(r) => r,
+                // Evicted meanwhile: end here; the client re-syncs.
+                Err(_) => return conn.stream_end().await,
+            };
+            for (n, data) in events {
+                last = n;
+                let id = portcullis_pipeline::replay::post_event_id(stream, n);
+                if !conn.stream_data(sse_event_with_id(&data, id)).await {
+                    return false;
+                }
+            }
+            if finished || Instant::now() >= deadline {
+                return conn.stream_end().await;
+            }
+            monoio::time::sleep(POST_RESUME_POLL).await;
         }
     }
 
@@ -2935,7 +3005,7 @@ impl Core {
         let mut fwd = req;
         strip_modern_meta(&mut fwd);
         let body = jsonrpc::encode(&Message::Request(fwd));
-        let resp = self
+        let mut resp = self
             .send_upstream(
                 up,
                 agent.on(),
@@ -2944,6 +3014,7 @@ impl Core {
                 &body,
             )
             .await?;
+        resp.session_id.clone_from(&sid);
         if resp.status == 404 && sid.is_some() {
             // The upstream lost our session (restart, expiry): open a new one once and retry.
             let mut resp = resp;
@@ -2954,7 +3025,7 @@ impl Core {
                     .open_upstream_session(up, agent.on(), session.client_capabilities.as_ref())
                     .await?;
                 let _ = self.session_bind(*id, up, b.clone()).await;
-                return self
+                let mut resp = self
                     .send_upstream(
                         up,
                         agent.on(),
@@ -2962,7 +3033,9 @@ impl Core {
                         &legacy_headers(b.session_id.as_deref()),
                         &body,
                     )
-                    .await;
+                    .await?;
+                resp.session_id = b.session_id;
+                return Ok(resp);
             }
             return Err(DenyReason::UpstreamUnavailable);
         }
@@ -3079,7 +3152,7 @@ impl Core {
             a.upstream_status = Some(resp.status);
         }
         let keep = if resp.is_event_stream() && resp.status == 200 {
-            self.relay_stream(conn, agent, &upstream, &req_origin, &mut resp, check)
+            self.relay_stream(conn, agent, (up, &upstream), &req_origin, &mut resp, check)
                 .await
         } else {
             let upstream_status = resp.status;
@@ -3145,7 +3218,7 @@ impl Core {
         &self,
         conn: &mut R,
         agent: &Agent,
-        upstream: &str,
+        (up, upstream): (usize, &str),
         req: &Request,
         resp: &mut UpstreamResponse,
         check: Option<&OutputCheck<'_>>,
@@ -3157,14 +3230,69 @@ impl Core {
         if !conn.stream_start(head).await {
             return false;
         }
+        // A session agent's stream is resumable: its events get ids, and when the agent drops, the
+        // rest of the upstream's answer is still read into the buffer for a GET with Last-Event-ID.
+        let resumable = match agent {
+            Agent::Session { id, .. } => Some((*id, self.post_streams().open(*id, Instant::now()))),
+            Agent::Modern { .. } => None,
+        };
+        // The priming event (2025-11-25): an id to resume from before anything else is sent. Were the
+        // agent gone already, the answer still goes into the buffer.
+        let mut detached = false;
+        if let Some((_, stream)) = resumable {
+            // `retry`: how long a client whose stream broke waits before it comes back with the id.
+            let prime = format!(
+                "id: {}\nretry: 1000\ndata: \n\n",
+                portcullis_pipeline::replay::post_event_id(stream, 0)
+            );
+            detached = !conn.stream_data(prime.into_bytes()).await;
+        }
         let limits = self.parse_limits();
         let mut parser = SseParser::new(self.shared.config.limits.upstream_body_bytes_max);
         let mut events = Vec::new();
         let mut answered = false;
+        // A 2025-11-25 upstream may close its stream before the answer (SSE polling, SEP-1699): the
+        // gateway then resumes it with Last-Event-ID on the same upstream session, like a client would,
+        // and the agent's stream carries on.
+        let mut upstream_last: Option<String> = None;
+        let mut upstream_retry = Duration::from_millis(0);
+        let mut resumes = 0;
         while !answered {
             let chunk = match resp.next_chunk(&self.pool).await {
                 Ok(Some(c)) => c,
-                Ok(None) => break,
+                Ok(None) => {
+                    let (Some(last), Some(sid)) = (&upstream_last, resp.session_id.clone()) else {
+                        break;
+                    };
+                    if resumes >= UPSTREAM_RESUMES_MAX {
+                        break;
+                    }
+                    resumes += 1;
+                    monoio::time::sleep(upstream_retry.min(UPSTREAM_RETRY_MAX)).await;
+                    let mut headers = legacy_headers(Some(&sid));
+                    headers.retain(|(n, _)| *n != "content-type");
+                    for h in &mut headers {
+                        if h.0 == "accept" {
+                            h.1 = "text/event-stream".to_owned();
+                        }
+                    }
+                    headers.push(("last-event-id", last.clone()));
+                    match self
+                        .send_upstream(up, agent.on(), "GET", &headers, b"")
+                        .await
+                    {
+                        Ok(mut next) if next.status == 200 && next.is_event_stream() => {
+                            next.session_id = Some(sid);
+                            *resp = next;
+                            continue;
+                        }
+                        Ok(mut next) => {
+                            let _ = next.read_all(&self.pool).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 Err(e) => {
                     inc(&self.metrics.shared.counters.upstream_errors);
                     crate::warn!("upstream={upstream} stream error={e:?}");
@@ -3176,6 +3304,12 @@ impl Core {
             }
             let mut out = Vec::new();
             for ev in events.drain(..) {
+                if let Some(id) = &ev.id {
+                    upstream_last = Some(id.clone());
+                }
+                if let Some(ms) = ev.retry_ms {
+                    upstream_retry = Duration::from_millis(ms);
+                }
                 if ev.data.is_empty() {
                     continue; // priming events carry an upstream event id the agent cannot resume against
                 }
@@ -3208,31 +3342,67 @@ impl Core {
                         Message::Request(r)
                     }
                 };
-                let framed = sse_message(&msg);
+                let framed = match resumable {
+                    None => sse_message(&msg),
+                    Some((sid, stream)) => {
+                        let mut data = jsonrpc::encode(&msg);
+                        self.scrub(upstream, &mut data, &resp.presented);
+                        match self.post_streams().push(sid, stream, data.clone()) {
+                            Some(n) => sse_event_with_id(
+                                &data,
+                                portcullis_pipeline::replay::post_event_id(stream, n),
+                            ),
+                            None => sse_event_with_id(&data, ""),
+                        }
+                    }
+                };
                 out.extend_from_slice(&framed);
                 if answered {
                     break;
                 }
             }
-            self.scrub(upstream, &mut out, &resp.presented);
-            if !out.is_empty() && !conn.stream_data(out).await {
-                // The agent went away: dropping the upstream connection cancels the request there.
-                return false;
+            if resumable.is_none() {
+                self.scrub(upstream, &mut out, &resp.presented);
+            }
+            if !detached && !out.is_empty() && !conn.stream_data(out).await {
+                match resumable {
+                    // The agent went away: dropping the upstream connection cancels the request there.
+                    None => return false,
+                    // It may come back for the rest: keep reading the answer into the buffer.
+                    Some(_) => detached = true,
+                }
             }
         }
-        if !answered {
+        let last = if answered {
+            inc(&self.metrics.shared.counters.responses_ok);
+            None
+        } else {
+            self.metrics.deny(DenyReason::UpstreamProtocolError);
             let msg = jsonrpc::deny_response(
                 Some(req.id.clone()),
                 DenyReason::UpstreamProtocolError,
                 &[],
             );
-            self.metrics.deny(DenyReason::UpstreamProtocolError);
-            let framed = sse_message(&msg);
+            Some(match resumable {
+                Some((sid, stream)) => {
+                    let data = jsonrpc::encode(&msg);
+                    let n = self.post_streams().push(sid, stream, data.clone());
+                    let id = n.map(|n| portcullis_pipeline::replay::post_event_id(stream, n));
+                    sse_event_with_id(&data, id.unwrap_or_default())
+                }
+                None => sse_message(&msg),
+            })
+        };
+        if let Some((sid, stream)) = resumable {
+            self.post_streams().finish(sid, stream, Instant::now());
+        }
+        if detached {
+            return false;
+        }
+        if let Some(framed) = last {
             if !conn.stream_data(framed).await {
                 return false;
             }
-        } else {
-            inc(&self.metrics.shared.counters.responses_ok);
         }
         conn.stream_end().await
     }
@@ -3746,9 +3916,8 @@ fn discover_result(naming: &mcp::Naming) -> Value {
     Value::from(o)
 }
 
-/// One JSON-RPC message as an SSE `message` event.
 /// One SSE event carrying an encoded JSON-RPC message and its event id.
-fn sse_event_with_id(data: &[u8], id: u64) -> Vec<u8> {
+fn sse_event_with_id(data: &[u8], id: impl ToString) -> Vec<u8> {
     let mut framed = Vec::with_capacity(data.len() + 48);
     sse::encode(
         &sse::Event {
@@ -3762,6 +3931,7 @@ fn sse_event_with_id(data: &[u8], id: u64) -> Vec<u8> {
     framed
 }
 
+/// One JSON-RPC message as an SSE `message` event.
 fn sse_message(msg: &Message) -> Vec<u8> {
     let data = String::from_utf8(jsonrpc::encode(msg)).unwrap_or_default();
     let mut framed = Vec::with_capacity(data.len() + 32);

@@ -154,6 +154,8 @@ pub struct UpstreamResponse {
     /// The wire forms of the credential this request carried (`credential::wire_forms`), to scrub from
     /// what reaches the agent; empty when it carried none.
     pub presented: Vec<String>,
+    /// The upstream's `Mcp-Session-Id` the request was sent on (2025-11-25), for resuming its stream.
+    pub session_id: Option<String>,
 }
 
 impl UpstreamResponse {
@@ -501,6 +503,7 @@ impl Pool {
                             read_total: 0,
                             read_timeout: None,
                             presented: Vec::new(),
+                            session_id: None,
                         };
                         if r.done() {
                             r.release(self);

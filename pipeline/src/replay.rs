@@ -1,9 +1,15 @@
-//! The replay buffer of a session's GET stream: every event sent on it gets an id (unique within the
-//! session), and the last events are kept so a client that lost its connection can come back with
-//! `Last-Event-ID` and get what it missed (2025-11-25 resumability). Bounded by count and bytes; a
-//! client asking for more than the buffer still holds is told so, and re-syncs.
+//! Replay buffers for 2025-11-25 resumability: every event a session's streams carry gets an id unique
+//! within the session, and the last events are kept so a client that lost its connection can come back
+//! with `Last-Event-ID` (a GET) and get what it missed on that stream, and no other. The GET stream's
+//! ids are numbers (`Replay`); a POST's response stream's are `p<stream>.<n>` (`PostStreams`), and such a
+//! stream goes on filling its buffer after its agent dropped, until the response arrives, so a resumed
+//! stream ends with it. Bounded by count and bytes; a client asking for more than a buffer still holds
+//! is told so, and re-syncs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::session::SessionId;
 
 /// Events kept per session, at most.
 pub const EVENTS_MAX: usize = 256;
@@ -64,9 +70,124 @@ impl Replay {
     }
 }
 
+/// POST response streams kept, at most (across sessions).
+pub const POST_STREAMS_MAX: usize = 4096;
+/// How long a finished POST stream stays resumable.
+pub const POST_LINGER: Duration = Duration::from_secs(60);
+
+/// The event id of event `n` of POST stream `stream`.
+pub fn post_event_id(stream: u32, n: u64) -> String {
+    format!("p{stream}.{n}")
+}
+
+/// `p<stream>.<n>` back to its parts.
+pub fn parse_post_event_id(id: &str) -> Option<(u32, u64)> {
+    let (s, n) = id.trim().strip_prefix('p')?.split_once('.')?;
+    Some((s.parse().ok()?, n.parse().ok()?))
+}
+
+/// A POST stream's events after a `Last-Event-ID`, and whether the stream has finished.
+pub type Resumed = (Vec<(u64, Vec<u8>)>, bool);
+
+#[derive(Debug)]
+struct PostStream {
+    replay: Replay,
+    finished: Option<Instant>,
+}
+
+/// The response streams of sessions' POSTs, by session and stream number.
+#[derive(Debug, Default)]
+pub struct PostStreams {
+    next: u32,
+    streams: HashMap<(SessionId, u32), PostStream>,
+}
+
+impl PostStreams {
+    /// A new stream of session `sid`; its number.
+    pub fn open(&mut self, sid: SessionId, now: Instant) -> u32 {
+        if self.streams.len() >= POST_STREAMS_MAX {
+            self.streams.retain(|_, s| {
+                s.finished
+                    .is_none_or(|t| now.saturating_duration_since(t) < POST_LINGER)
+            });
+        }
+        if self.streams.len() >= POST_STREAMS_MAX {
+            // Still full of live streams: the oldest loses its resumability.
+            if let Some(k) = self.streams.keys().min_by_key(|(_, n)| *n).copied() {
+                self.streams.remove(&k);
+            }
+        }
+        self.next = self.next.wrapping_add(1);
+        let n = self.next;
+        self.streams.insert(
+            (sid, n),
+            PostStream {
+                replay: Replay::default(),
+                finished: None,
+            },
+        );
+        n
+    }
+
+    /// Keep one event of the stream; its number within the stream (`None`: the stream was dropped).
+    pub fn push(&mut self, sid: SessionId, stream: u32, data: Vec<u8>) -> Option<u64> {
+        Some(self.streams.get_mut(&(sid, stream))?.replay.push(data))
+    }
+
+    /// The stream sent its last event.
+    pub fn finish(&mut self, sid: SessionId, stream: u32, now: Instant) {
+        if let Some(s) = self.streams.get_mut(&(sid, stream)) {
+            s.finished = Some(now);
+        }
+    }
+
+    /// The events of session `sid`'s stream after `last`, and whether the stream has finished; `Err`
+    /// when the stream is unknown (never this session's, or dropped) or the events were evicted.
+    pub fn after(&self, sid: SessionId, stream: u32, last: u64) -> Result<Resumed, Gap> {
+        let s = self.streams.get(&(sid, stream)).ok_or(Gap::Unknown)?;
+        Ok((s.replay.after(last)?, s.finished.is_some()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sid(n: u8) -> SessionId {
+        SessionId {
+            node: 0,
+            core: 0,
+            random: [n; 16],
+        }
+    }
+
+    #[test]
+    fn a_post_stream_is_resumable_by_its_session_only_and_says_when_it_finished() {
+        let mut p = PostStreams::default();
+        let t0 = Instant::now();
+        let s = p.open(sid(1), t0);
+        assert_eq!(parse_post_event_id(&post_event_id(s, 7)), Some((s, 7)));
+        assert_eq!(parse_post_event_id("12"), None);
+        assert_eq!(p.push(sid(1), s, b"a".to_vec()), Some(1));
+        assert_eq!(p.push(sid(1), s, b"b".to_vec()), Some(2));
+        assert_eq!(p.after(sid(1), s, 1), Ok((vec![(2, b"b".to_vec())], false)));
+        assert_eq!(
+            p.after(sid(2), s, 1),
+            Err(Gap::Unknown),
+            "another session's stream"
+        );
+        p.finish(sid(1), s, t0);
+        assert_eq!(p.after(sid(1), s, 2), Ok((vec![], true)));
+        assert_eq!(p.after(sid(1), s, 3), Err(Gap::Unknown));
+        // Full: finished streams past their linger go first, then the oldest live ones.
+        for _ in 1..POST_STREAMS_MAX {
+            p.open(sid(3), t0);
+        }
+        let late = t0 + POST_LINGER;
+        p.open(sid(3), late);
+        assert!(p.after(sid(1), s, 0).is_err());
+        assert_eq!(p.streams.len(), POST_STREAMS_MAX);
+    }
 
     #[test]
     fn replays_what_followed_and_says_when_it_cannot() {

@@ -605,3 +605,54 @@ fn sessions_and_holds_survive_a_kill_and_revoked_ones_stay_gone() {
     let holds = ok(&g, &["session", "holds"]);
     assert_eq!(holds[0]["name"], json!("viewer"), "{holds}");
 }
+
+#[test]
+fn a_dropped_post_stream_resumes_with_the_rest_of_its_answer() {
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, _) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    let sid = initialize(g.plain_port);
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__slow_count","arguments":{"n":20},"_meta":{"progressToken":"t"}}}"#;
+    let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-session-id: {sid}\r\nmcp-protocol-version: 2025-11-25\r\n{}content-length: {}\r\n\r\n{body}",
+        auth_line(),
+        body.len()
+    )
+    .unwrap();
+    let seen = wait_for_event(&mut s, "step 2/20");
+    // The stream is primed with an id before anything else, and every event carries one.
+    let ids: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert!(ids.len() >= 2, "{seen}");
+    assert!(ids[0].ends_with(".0"), "priming event first: {seen}");
+    let last = ids.last().unwrap().to_string();
+    drop(s);
+    // The answer comes in while nobody listens; the resumed stream gets what followed, to the end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut r, head) = open_stream(g.plain_port, &sid, Some(&last));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let rest = format!("{head}{}", read_for(&mut r, Duration::from_secs(2)));
+    assert!(rest.contains("step 20/20"), "{rest}");
+    assert!(rest.contains("counted 20"), "{rest}");
+    assert!(
+        !rest.contains("step 1/20"),
+        "nothing before the last id again: {rest}"
+    );
+    assert!(
+        rest.contains("0\r\n\r\n"),
+        "the resumed stream ends with the answer: {rest}"
+    );
+    // Not this session's stream, or an id it never sent: a clear refusal.
+    let other = initialize(g.plain_port);
+    let (_, head) = open_stream(g.plain_port, &other, Some(&last));
+    assert!(head.contains("resume_unavailable"), "{head}");
+    let (_, head) = open_stream(g.plain_port, &sid, Some("p999999.1"));
+    assert!(head.contains("resume_unavailable"), "{head}");
+}

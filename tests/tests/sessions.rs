@@ -516,6 +516,31 @@ fn sessions_idle_out_and_end_at_their_duration_with_the_agents_own_bounds() {
         .filter(|r| r["status"] == json!(404))
         .count();
     assert!(refused >= 1, "{busy}");
+    // A 2026-07-28 client active every second outlives its lease session's 5 s too: its requests go on,
+    // in a new gateway session.
+    let busy = py_client(
+        &g.url(),
+        "2026-07-28",
+        "sequence",
+        &["--calls", "8", "--pause", "1"],
+    );
+    assert!(
+        busy["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r == "ok"),
+        "{busy}"
+    );
+    let mut named: Vec<&str> = busy["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["rpc"] == json!("tools/list"))
+        .filter_map(|r| r["portcullis-session"].as_str())
+        .collect();
+    named.dedup();
+    assert!(named.len() >= 2, "a new session after the duration: {busy}");
     // The raw answer says why.
     let sid = initialize(g.plain_port);
     std::thread::sleep(Duration::from_millis(2500));

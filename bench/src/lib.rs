@@ -169,14 +169,25 @@ pub fn write_response(
 
 /// The `tools/call` body the load generator sends: `arguments` is a 1 KiB object.
 pub fn call_body(id: u64, tool: &str) -> String {
+    call_body_under(id, tool, None)
+}
+
+/// `call_body` with the arguments object under `wrap` (a converted REST operation takes its JSON body
+/// as the argument `body`).
+pub fn call_body_under(id: u64, tool: &str, wrap: Option<&str>) -> String {
     let filler = "x".repeat(1024 - 64);
+    let args = serde_json::json!({"text": filler, "n": 42, "flag": true});
+    let args = match wrap {
+        Some(name) => serde_json::json!({ name: args }),
+        None => args,
+    };
     serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
         "method": "tools/call",
         "params": {
             "name": tool,
-            "arguments": {"text": filler, "n": 42, "flag": true},
+            "arguments": args,
             "_meta": {
                 "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                 "io.modelcontextprotocol/clientCapabilities": {},

@@ -1,6 +1,8 @@
 //! A fast MCP upstream for the whole-path benchmark: answers `server/discover`, `tools/list` and `tools/call`
 //! (echoing the arguments' size) in the 2026-07-28 revision, one thread per connection, keep-alive.
 //! The official SDK servers would be the bottleneck; this one is not, so the benchmark measures the path.
+//! It is also a REST API for converted tools: `POST /echo` (any other path than `/mcp`) answers
+//! `{"result": "received N bytes of arguments"}` for a JSON body of N bytes (`bench/converted`).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::net::TcpListener;
@@ -45,6 +47,16 @@ fn main() {
         std::thread::spawn(move || {
             let mut r = Reader::default();
             while let Ok(Some(req)) = r.read(&mut s, true) {
+                if req.path != "/mcp" {
+                    let n = req.body.len();
+                    let body = json!({"result": format!("received {n} bytes of arguments")}).to_string();
+                    if write_response(&mut s, 200, &[("content-type", "application/json")], body.as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
                 let Ok(v) = serde_json::from_slice::<Value>(&req.body) else {
                     let _ = write_response(&mut s, 400, &[], b"bad json");
                     return;

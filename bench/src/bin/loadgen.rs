@@ -4,6 +4,7 @@
 //!
 //! Usage: loadgen --url http://127.0.0.1:PORT/mcp --tool NAME [--concurrency 32] [--seconds 10] [--warmup 2]
 //!                [--bearer TOKEN]   (an agent API key, for a governed gateway)
+//!                [--wrap body]      (the arguments under one name: a converted REST operation's body)
 //!        loadgen --proto h2|h3 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
 //!
 //! h1: one OS thread per connection, blocking keep-alive. h2: `--concurrency` streams in flight, spread over
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use portcullis_bench::{call_body, Reader};
+use portcullis_bench::{call_body_under, Reader};
 
 struct Args {
     proto: String,
@@ -34,6 +35,8 @@ struct Args {
     warmup: u64,
     /// `authorization: Bearer …` line (with CRLF), or empty.
     auth: String,
+    /// Put the arguments under this name (`--wrap body`: a converted REST operation's JSON body).
+    wrap: Option<String>,
 }
 
 fn args() -> Args {
@@ -50,6 +53,7 @@ fn args() -> Args {
         seconds: 10,
         warmup: 2,
         auth: String::new(),
+        wrap: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +84,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = val.parse().unwrap(),
             "--warmup" => a.warmup = val.parse().unwrap(),
             "--bearer" => a.auth = format!("authorization: Bearer {val}\r\n"),
+            "--wrap" => a.wrap = Some(val),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
@@ -115,7 +120,7 @@ fn main() {
             let mut id = (t as u64) << 32;
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
-                let body = call_body(id, &a.tool);
+                let body = call_body_under(id, &a.tool, a.wrap.as_deref());
                 let req = format!(
                     "POST {} HTTP/1.1\r\nhost: {}:{}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {}\r\n{}content-length: {}\r\n\r\n{}",
                     a.path, a.host, a.port, a.tool, a.auth, body.len(), body
@@ -219,7 +224,7 @@ mod h2load {
         let uri = format!("https://{}:{}{}", a.host, a.port, a.path);
         while !stop.load(Ordering::Relaxed) {
             id += 1;
-            let body = Bytes::from(call_body(id, &a.tool));
+            let body = Bytes::from(call_body_under(id, &a.tool, a.wrap.as_deref()));
             let mut req = http::Request::post(uri.as_str());
             if let Some(token) = a.auth.strip_prefix("authorization: ") {
                 req = req.header("authorization", token.trim_end());
@@ -360,7 +365,7 @@ mod h3load {
     type Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
     async fn call(a: &Args, send: &mut Send, id: u64) -> Option<bool> {
-        let body = Bytes::from(call_body(id, &a.tool));
+        let body = Bytes::from(call_body_under(id, &a.tool, a.wrap.as_deref()));
         let mut req = http::Request::post(format!("https://{}:{}{}", a.host, a.port, a.path));
         if let Some(token) = a.auth.strip_prefix("authorization: ") {
             req = req.header("authorization", token.trim_end());

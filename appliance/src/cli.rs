@@ -39,7 +39,8 @@ CONTROL PLANE (talks to the admin API of a running `portcullis up`):
                                                the system bundle) or --fingerprint SHA256)
     portcullis openapi ops CAP                (operations: convertible or why not, selected or not)
     portcullis openapi select CAP SELECTOR... (operationId, 'METHOD /path', tag:T or *; tags and * pick
-                                               only GET/HEAD: writes must be named)
+                                               only GET/HEAD: writes must be named) [--redirects N]
+                                               (follow up to N redirects within the base URL; 0)
     portcullis secret put|rotate embedded/PATH[#FIELD]   (the value is read from stdin; rotate needs it to exist)
     portcullis secret list | remove embedded/PATH[#FIELD]  (names and versions; values are never shown)
     portcullis secret check STORE/PATH[#FIELD]   (whether a reference of any store resolves, not its value)
@@ -402,11 +403,13 @@ fn openapi(c: &Client, a: &Args) -> Result<Output, String> {
                     "openapi select {cap}: name operations (operationId, 'METHOD /path', tag:T, *)"
                 ));
             }
-            c.ok(
-                "PUT",
-                &format!("{path}/select"),
-                Some(&json!({ "select": select })),
-            )?
+            let mut body = json!({ "select": select });
+            if let Some(n) = field(a, "redirects") {
+                body["redirects"] = json!(n
+                    .parse::<u8>()
+                    .map_err(|_| format!("--redirects {n}: a number 0 to 10"))?);
+            }
+            c.ok("PUT", &format!("{path}/select"), Some(&body))?
         }
         other => return Err(format!("openapi {other}: not a subcommand\n{USAGE}")),
     };

@@ -897,6 +897,7 @@ impl ControlPlane {
                 spec.openapi = Some(OpenApiSource {
                     document: hash,
                     select: select.clone(),
+                    redirects: cap.spec.openapi.as_ref().map_or(0, |s| s.redirects),
                 });
                 if spec != cap.spec {
                     if let Err(e) = r.put(spec.clone(), Put::Update, actor, now) {
@@ -912,6 +913,9 @@ impl ControlPlane {
                 #[serde(deny_unknown_fields)]
                 struct SelectRequest {
                     select: Vec<String>,
+                    /// Redirects calls follow within the base URL; unchanged when left out.
+                    #[serde(default)]
+                    redirects: Option<u8>,
                 }
                 let req: SelectRequest = match parse_body(body) {
                     Ok(q) => q,
@@ -934,6 +938,12 @@ impl ControlPlane {
                 let mut spec = cap.spec.clone();
                 if let Some(src) = spec.openapi.as_mut() {
                     src.select.clone_from(&req.select);
+                    if let Some(n) = req.redirects {
+                        src.redirects = n;
+                    }
+                }
+                if let Err(e) = spec.normalize() {
+                    return error(400, "invalid_field", e.to_string());
                 }
                 if spec != cap.spec {
                     if let Err(e) = r.put(spec.clone(), Put::Update, actor, now) {

@@ -1777,41 +1777,75 @@ impl Core {
                 .await;
         };
         // The operation's path under the base URL's; `build` encoded every argument into it.
-        url.path = format!("{}{}", url.path.trim_end_matches('/'), built.path_and_query);
+        let base = url.path.trim_end_matches('/').to_owned();
+        url.path = format!("{base}{}", built.path_and_query);
         let headers: Vec<(&str, String)> = built
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
-        let sent = self
-            .send_to(
-                slot,
-                agent.on(),
-                plan.security.as_ref(),
-                &url,
-                &built.method,
-                &headers,
-                built.body.as_deref().unwrap_or_default(),
-            )
-            .await;
-        let body = match sent {
-            Ok(mut resp) => resp
-                .read_all(&self.pool)
-                .await
-                .map(|b| (resp, b))
-                .map_err(|e| {
-                    inc(&self.metrics.shared.counters.upstream_errors);
-                    crate::warn!("capability={capability} api error={e:?}");
-                    e.reason()
-                }),
-            Err(reason) => Err(reason),
-        };
-        let (resp, mut body) = match body {
-            Ok(b) => b,
-            Err(reason) => {
-                return self
-                    .refuse(conn, Some(req.id.clone()), modern, reason.into(), &[])
-                    .await;
+        let (mut method, mut payload) = (built.method.clone(), built.body.clone());
+        let follow = sv.api_redirects(capability);
+        let mut hops = 0;
+        let (resp, mut body) = loop {
+            let sent = self
+                .send_to(
+                    slot,
+                    agent.on(),
+                    plan.security.as_ref(),
+                    &url,
+                    &method,
+                    &headers,
+                    payload.as_deref().unwrap_or_default(),
+                )
+                .await;
+            let got = match sent {
+                Ok(mut resp) => resp
+                    .read_all(&self.pool)
+                    .await
+                    .map(|b| (resp, b))
+                    .map_err(|e| {
+                        inc(&self.metrics.shared.counters.upstream_errors);
+                        crate::warn!("capability={capability} api error={e:?}");
+                        e.reason()
+                    }),
+                Err(reason) => Err(reason),
+            };
+            let (resp, got) = match got {
+                Ok(b) => b,
+                Err(reason) => {
+                    return self
+                        .refuse(conn, Some(req.id.clone()), modern, reason.into(), &[])
+                        .await;
+                }
+            };
+            let redirect = matches!(resp.status, 301 | 302 | 303 | 307 | 308);
+            let location = resp.header("location").map(str::to_owned);
+            let (true, Some(location), true) = (redirect, location, hops < follow) else {
+                break (resp, got);
+            };
+            // Followed only as configured, and only where a call could go anyway: the base URL.
+            let scheme = if url.secure { "https" } else { "http" };
+            match call::redirect_target((scheme, &url.host, url.port), &base, &url.path, &location)
+            {
+                Ok(next) => {
+                    hops += 1;
+                    url.path = next;
+                    // 303, and 301/302 after anything but GET/HEAD, continue as a GET (RFC 9110 15.4).
+                    if resp.status == 303
+                        || (matches!(resp.status, 301 | 302)
+                            && !matches!(method.as_str(), "GET" | "HEAD"))
+                    {
+                        method = "GET".to_owned();
+                        payload = None;
+                    }
+                }
+                Err(why) => {
+                    crate::info!(
+                        "capability={capability} tool={tool} redirect not followed: {why}"
+                    );
+                    break (resp, got);
+                }
             }
         };
         self.scrub(capability, &mut body, &resp.presented);

@@ -44,6 +44,8 @@ pub struct ServedUpstream {
     pub endpoint: String,
     /// Whether (and with which redactions) its calls' arguments go into the audit trail.
     pub audit_arguments: Option<Arc<portcullis_pipeline::control::ArgumentAudit>>,
+    /// An API's calls follow this many redirects within its base URL, at most.
+    pub redirects: u8,
 }
 
 /// A snapshot compiled for serving.
@@ -281,6 +283,7 @@ impl Served {
                     credential: c.spec.credential.clone().map(Arc::new),
                     endpoint: c.spec.endpoint.clone(),
                     audit_arguments: c.spec.audit_arguments.clone().map(Arc::new),
+                    redirects: c.spec.openapi.as_ref().map_or(0, |o| o.redirects),
                 }),
                 Err(e) => crate::error!(
                     "snapshot={} capability={} not served: {e}",
@@ -335,6 +338,7 @@ impl Served {
                     credential: None,
                     endpoint: String::new(),
                     audit_arguments: None,
+                    redirects: 0,
                 })
                 .collect(),
             apis: Vec::new(),
@@ -456,6 +460,14 @@ impl Served {
     /// The slot of a served REST API.
     pub fn api(&self, name: &str) -> Option<usize> {
         self.apis.iter().find(|u| u.name == name).map(|u| u.slot)
+    }
+
+    /// How many redirects API `name`'s calls follow.
+    pub fn api_redirects(&self, name: &str) -> u8 {
+        self.apis
+            .iter()
+            .find(|u| u.name == name)
+            .map_or(0, |u| u.redirects)
     }
 
     pub fn upstream(&self, name: &str) -> Option<usize> {

@@ -101,7 +101,18 @@ pub struct OpenApiSource {
     /// `crate::openapi::Selector`s as written: operationId or tool name, `METHOD /path`, `tag:T`, `*`.
     #[serde(default)]
     pub select: Vec<String>,
+    /// Redirects a call follows, at most, and only within the registered base URL (same scheme, host,
+    /// port, under its path); 0 (the default, left out) follows none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redirects: u8,
 }
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+/// Redirects an OpenAPI capability may be set to follow, at most.
+pub const REDIRECTS_MAX: u8 = 10;
 
 /// Checking tool results against their pinned output schema.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +390,16 @@ impl Capability {
         }
         if let Some(a) = &mut self.audit_arguments {
             normalize_list("audit_arguments.redact", &mut a.redact)?;
+        }
+        if self
+            .openapi
+            .as_ref()
+            .is_some_and(|o| o.redirects > REDIRECTS_MAX)
+        {
+            return Err(field_err(
+                "openapi.redirects",
+                format!("at most {REDIRECTS_MAX}"),
+            ));
         }
         Ok(())
     }

@@ -1467,6 +1467,7 @@ mod tests {
         let mut shop = cap("shop");
         shop.kind = CapabilityKind::Openapi;
         shop.openapi = Some(control::OpenApiSource {
+            redirects: 0,
             document: "ab".repeat(32),
             select: vec!["GET /items".into()],
         });

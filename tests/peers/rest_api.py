@@ -11,6 +11,8 @@ tests can prove what reached it and what did not.
   GET    /echo/{value}             the raw path as received (proves the gateway's encoding)
   GET    /broken                   500 with an HTML body
   GET    /moved                    307 to another host (must not be followed)
+  GET    /relocated                307 to /items?limit=1 (same origin: followed when configured)
+  GET    /loop                     302 to itself (a redirect loop)
   GET    /huge                     a 20 MB JSON body
   GET    /whoami                   the SHA-256 of the X-Shop-Key it got (security scheme: apiKey header)
   GET    /leaky                    401 echoing the X-Shop-Key it got (as a careless API does)
@@ -92,6 +94,16 @@ def broken() -> HTMLResponse:
 @app.get("/moved", tags=["debug"], summary="Redirects elsewhere")
 def moved() -> RedirectResponse:
     return RedirectResponse("http://169.254.169.254/latest/meta-data/", status_code=307)
+
+
+@app.get("/relocated", tags=["debug"], summary="Redirects to the item list")
+def relocated() -> RedirectResponse:
+    return RedirectResponse("/items?limit=1", status_code=307)
+
+
+@app.get("/loop", tags=["debug"], summary="Redirects to itself")
+def loop() -> RedirectResponse:
+    return RedirectResponse("loop", status_code=302)
 
 
 @app.get("/huge", tags=["debug"], summary="A very large body")

@@ -55,7 +55,7 @@ fn selected_operations_of_a_fastapi_app_become_governed_tools() {
     let imported = ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
     assert_eq!(imported["openapi"], "3.1", "{imported}");
     let ops = imported["operations"].as_array().unwrap();
-    assert_eq!(ops.len(), 10, "{imported}");
+    assert_eq!(ops.len(), 12, "{imported}");
     assert!(
         ops.iter().all(|o| o["convertible"] == json!(true)),
         "{imported}"
@@ -365,7 +365,7 @@ fn documents_import_from_an_https_url_verified_by_its_ca() {
     );
     assert_eq!(
         imported["operations"].as_array().unwrap().len(),
-        10,
+        12,
         "{imported}"
     );
     // Without the CA that issued its certificate, the server is not trusted.
@@ -478,4 +478,100 @@ fn https_base_urls_are_called_over_verified_tls() {
         "{}",
         r.text()
     );
+}
+
+#[test]
+fn redirects_are_followed_only_as_configured_and_only_within_the_base_url() {
+    let (_api, port) = rest_api();
+    let g = Gateway::start(&[], CONFIG);
+    admit_tester(&g);
+    let dir = shop(&g, port);
+    let file = dir.path().join("shop.json");
+    ok(&g, &["openapi", "import", "shop", file.to_str().unwrap()]);
+    let ops = ["GET /relocated", "GET /loop", "GET /moved"];
+    let call = |g: &Gateway, id: u64, fragment: &str| {
+        let listed = modern(g.plain_port, 1, "tools/list", json!({}));
+        let name = listed.message()["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .find(|n| n.contains(fragment))
+            .unwrap()
+            .to_owned();
+        let r = modern(
+            g.plain_port,
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": {}}),
+        );
+        r.message()["result"].clone()
+    };
+    // Not configured: a same-origin redirect is a tool error naming its status.
+    let mut args = vec!["openapi", "select", "shop"];
+    args.extend(ops);
+    ok(&g, &args);
+    ok(&g, &["approve", "--note", "no redirects"]);
+    let r = call(&g, 2, "relocated");
+    assert_eq!(r["isError"], json!(true), "{r}");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 307"),
+        "{r}"
+    );
+
+    // Configured: followed within the base URL, to the list it points at; a loop stops at the bound;
+    // another host is still never reached.
+    args.extend(["--redirects", "3"]);
+    ok(&g, &args);
+    assert_eq!(
+        ok(&g, &["capability", "show", "shop"])["spec"]["openapi"]["redirects"],
+        json!(3)
+    );
+    ok(&g, &["approve", "--note", "three redirects"]);
+    let r = call(&g, 3, "relocated");
+    assert_eq!(r["isError"], json!(false), "{r}");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("\"name\""),
+        "{r}"
+    );
+    let r = call(&g, 4, "loop");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 302"),
+        "{r}"
+    );
+    let r = call(&g, 5, "moved");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 307"),
+        "{r}"
+    );
+    let calls = request(port, "GET", "/_calls", &[], b"").unwrap().text();
+    assert_eq!(
+        calls.matches("/loop").count(),
+        1 + 3,
+        "the call and three hops: {calls}"
+    );
+    let e = fails(
+        &g,
+        &[
+            "openapi",
+            "select",
+            "shop",
+            "GET /loop",
+            "--redirects",
+            "11",
+        ],
+    );
+    assert!(e.contains("at most 10"), "{e}");
 }

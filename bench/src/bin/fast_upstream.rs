@@ -49,9 +49,15 @@ fn main() {
             while let Ok(Some(req)) = r.read(&mut s, true) {
                 if req.path != "/mcp" {
                     let n = req.body.len();
-                    let body = json!({"result": format!("received {n} bytes of arguments")}).to_string();
-                    if write_response(&mut s, 200, &[("content-type", "application/json")], body.as_bytes())
-                        .is_err()
+                    let body =
+                        json!({"result": format!("received {n} bytes of arguments")}).to_string();
+                    if write_response(
+                        &mut s,
+                        200,
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    )
+                    .is_err()
                     {
                         return;
                     }

@@ -252,6 +252,74 @@ pub fn output_schema(schema: &Value) -> Value {
     wrapped
 }
 
+/// Where a redirect leads, as a path and query on the API's own origin: `location` resolved against the
+/// request's `current` path, refused unless it stays on the base URL's origin (`origin`: scheme,
+/// host, port as registered) and under its `base` path, with no dot segments, no backslash and no
+/// control characters (a redirect must not take a call anywhere a call could not go).
+pub fn redirect_target(
+    origin: (&str, &str, u16),
+    base: &str,
+    current: &str,
+    location: &str,
+) -> Result<String, &'static str> {
+    let location = location.trim();
+    if location.is_empty()
+        || location
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b == b'\\')
+    {
+        return Err("a malformed Location");
+    }
+    let path = if let Some((scheme, rest)) = location.split_once("://") {
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| "a malformed Location")?),
+            None => (
+                authority,
+                if scheme.eq_ignore_ascii_case("https") {
+                    443
+                } else {
+                    80
+                },
+            ),
+        };
+        if !scheme.eq_ignore_ascii_case(origin.0)
+            || !host.eq_ignore_ascii_case(origin.1)
+            || port != origin.2
+            || authority.contains('@')
+        {
+            return Err("a redirect to another origin");
+        }
+        if path.is_empty() {
+            "/".to_owned()
+        } else {
+            path.to_owned()
+        }
+    } else if location.starts_with("//") {
+        return Err("a redirect to another origin");
+    } else if location.starts_with('/') {
+        location.to_owned()
+    } else {
+        let dir = current.split('?').next().unwrap_or("/");
+        let dir = &dir[..dir.rfind('/').map_or(0, |i| i + 1)];
+        format!("{dir}{location}")
+    };
+    let only_path = path.split(['?', '#']).next().unwrap_or_default();
+    let decoded = only_path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/");
+    if decoded.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("a redirect with dot segments");
+    }
+    let base = base.trim_end_matches('/');
+    let under = only_path == base || only_path.starts_with(&format!("{base}/")) || base.is_empty();
+    if !under {
+        return Err("a redirect outside the API's base path");
+    }
+    Ok(path.split('#').next().unwrap_or_default().to_owned())
+}
+
 /// The tool result for an upstream HTTP response; `structured` is the plan's.
 pub fn result(
     status: u16,

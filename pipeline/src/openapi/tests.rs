@@ -586,3 +586,48 @@ fn security_schemes_say_where_a_credential_goes() {
     );
     assert_eq!(scheme("anonymous"), None);
 }
+
+#[test]
+fn redirects_lead_only_within_the_base_url() {
+    let origin = ("http", "api.internal", 8080);
+    let go = |loc: &str| call::redirect_target(origin, "/v1", "/v1/items/7?x=1", loc);
+    assert_eq!(go("/v1/items/8"), Ok("/v1/items/8".to_owned()));
+    assert_eq!(go("8?y=2"), Ok("/v1/items/8?y=2".to_owned()));
+    assert_eq!(
+        go("http://API.internal:8080/v1/x#frag"),
+        Ok("/v1/x".to_owned())
+    );
+    for (loc, why) in [
+        (
+            "http://169.254.169.254/latest/",
+            "a redirect to another origin",
+        ),
+        (
+            "https://api.internal:8080/v1/x",
+            "a redirect to another origin",
+        ),
+        (
+            "http://api.internal:9090/v1/x",
+            "a redirect to another origin",
+        ),
+        (
+            "http://evil@api.internal:8080/v1/x",
+            "a redirect to another origin",
+        ),
+        ("//evil.example/v1", "a redirect to another origin"),
+        ("/admin", "a redirect outside the API's base path"),
+        ("/v10/x", "a redirect outside the API's base path"),
+        ("/v1/../admin", "a redirect with dot segments"),
+        ("/v1/%2E%2E/admin", "a redirect with dot segments"),
+        ("../../admin", "a redirect with dot segments"),
+        ("/v1/x\r\nset-cookie: a", "a malformed Location"),
+        ("", "a malformed Location"),
+    ] {
+        assert_eq!(go(loc), Err(why), "{loc}");
+    }
+    // An API at the root takes any path of its origin.
+    assert_eq!(
+        call::redirect_target(origin, "", "/a", "/b"),
+        Ok("/b".to_owned())
+    );
+}

@@ -304,9 +304,6 @@ struct Caller {
     kind: Option<&'static str>,
     /// The credential itself, as sessions record it: `key:<id>`, `jwt`, `certificate`.
     identity: Option<String>,
-    /// The credential lease a 2026-07-28 session groups by: `key:<id>`, `jwt:<digest of the token>`,
-    /// `certificate:<agent>`.
-    lease: Option<String>,
     transport: &'static str,
     client: String,
     /// UTC hour and weekday (0 = Monday) when the request arrived.
@@ -315,6 +312,20 @@ struct Caller {
 }
 
 impl Caller {
+    /// The credential lease a 2026-07-28 session groups by: `key:<id>`, `jwt:<digest of the token>`,
+    /// `certificate:<agent>`. Computed only for the requests that need it (a JWT is hashed).
+    fn lease(&self) -> Option<String> {
+        let who = self.who.as_deref()?;
+        Some(match (self.kind?, &self.token, self.identity.as_deref()) {
+            ("jwt", Some(token), _) => {
+                let digest = blake3::hash(token.expose().as_bytes());
+                format!("jwt:{}", &digest.to_hex()[..32])
+            }
+            (_, _, Some(key)) if key.starts_with("key:") => key.to_owned(),
+            (kind, _, _) => format!("{kind}:{who}"),
+        })
+    }
+
     fn on_behalf(&self) -> OnBehalf {
         OnBehalf {
             agent: self.who.clone(),
@@ -511,7 +522,6 @@ impl Core {
                 token: None,
                 kind: None,
                 identity: None,
-                lease: None,
                 transport: head.transport,
                 client: String::new(),
                 hour: 0,
@@ -551,16 +561,7 @@ impl Core {
         };
         sv.governor.admit(&agent)?;
         let (hour, weekday) = hour_and_weekday();
-        let lease = match (&identity, &bearer) {
-            (Some(key), _) => key.clone(),
-            (None, Some(token)) => {
-                let digest = blake3::hash(token.expose().as_bytes());
-                format!("jwt:{}", &digest.to_hex()[..32])
-            }
-            (None, None) => format!("{kind}:{agent}"),
-        };
         Ok(Caller {
-            lease: Some(lease),
             who: Some(agent),
             token: bearer,
             kind: Some(kind),
@@ -794,7 +795,7 @@ impl Core {
         head: &RequestHead,
         caller: &Caller,
     ) -> Result<Option<SessionId>, DenyReason> {
-        let (Some(who), Some(lease)) = (&caller.who, &caller.lease) else {
+        let Some(who) = &caller.who else {
             return Ok(None);
         };
         if let Some(named) = head.header_str(SESSION_HEADER) {
@@ -806,6 +807,10 @@ impl Core {
             }
             return Ok(Some(id));
         }
+        let Some(lease) = caller.lease() else {
+            return Ok(None);
+        };
+        let lease = lease.as_str();
         let now = Instant::now();
         let owner = self.lease_owner(lease);
         let identity = caller.identity.as_deref();
@@ -819,10 +824,7 @@ impl Core {
         }
         // The lease's first request: a new session, within the agent's bounds.
         let bounds = sv.session_limits(who);
-        let max = bounds
-            .max
-            .unwrap_or(self.shared.config.limits.sessions_per_agent_max);
-        if self.agent_sessions(who).await >= max {
+        if self.at_session_limit(who, &bounds).await {
             return Err(DenyReason::SessionLimit);
         }
         let id = self.new_session_id(owner)?;
@@ -830,7 +832,7 @@ impl Core {
             agent: Some(who.clone()),
             identity: caller.identity.clone(),
             transport: caller.transport,
-            lease: Some(lease.clone()),
+            lease: Some(lease.to_owned()),
             ..Opening::new(Revision::V2026_07_28, self.sessions.borrow().limits())
         }
         .bounded_by(&bounds);
@@ -1048,6 +1050,18 @@ impl Core {
         }
     }
 
+    /// Whether `agent` holds as many live sessions as its bounds (else the gateway's) allow.
+    async fn at_session_limit(
+        &self,
+        agent: &str,
+        bounds: &portcullis_pipeline::session::AgentSessionLimits,
+    ) -> bool {
+        let max = bounds
+            .max
+            .unwrap_or(self.shared.config.limits.sessions_per_agent_max);
+        self.agent_sessions(agent).await >= max
+    }
+
     /// Live sessions of `agent` on every core (each core counts its own; a core that does not answer
     /// counts none, so a stuck core cannot lock an agent out).
     async fn agent_sessions(&self, agent: &str) -> usize {
@@ -1082,6 +1096,16 @@ impl Core {
             None if last == 0 => Some(Vec::new()),
             None => None,
         }
+    }
+
+    /// One message of a POST's response stream as an SSE event: kept in the stream's buffer and
+    /// carrying its event id when the stream is resumable, plain otherwise.
+    fn frame_post_event(&self, resumable: Option<(SessionId, u32)>, data: Vec<u8>) -> Vec<u8> {
+        let id = resumable.and_then(|(sid, stream)| {
+            let n = self.post_streams().push(sid, stream, data.clone())?;
+            Some(portcullis_pipeline::replay::post_event_id(stream, n))
+        });
+        sse_event(&data, id)
     }
 
     fn post_streams(&self) -> std::sync::MutexGuard<'_, portcullis_pipeline::replay::PostStreams> {
@@ -1432,10 +1456,7 @@ impl Core {
             .map(|w| sv.session_limits(w))
             .unwrap_or_default();
         if let Some(who) = &caller.who {
-            let max = bounds
-                .max
-                .unwrap_or(self.shared.config.limits.sessions_per_agent_max);
-            if self.agent_sessions(who).await >= max {
+            if self.at_session_limit(who, &bounds).await {
                 return self
                     .refuse(
                         conn,
@@ -1977,7 +1998,10 @@ impl Core {
         }
         inc(&self.metrics.shared.counters.responses_ok);
         for (event, data) in missed {
-            if !conn.stream_data(sse_event_with_id(&data, event)).await {
+            if !conn
+                .stream_data(sse_event(&data, Some(event.to_string())))
+                .await
+            {
                 return false;
             }
         }
@@ -2025,7 +2049,7 @@ impl Core {
             for (n, data) in events {
                 last = n;
                 let id = portcullis_pipeline::replay::post_event_id(stream, n);
-                if !conn.stream_data(sse_event_with_id(&data, id)).await {
+                if !conn.stream_data(sse_event(&data, Some(id))).await {
                     return false;
                 }
             }
@@ -2122,7 +2146,7 @@ impl Core {
                 (None, msg) if session.is_some() => {
                     let data = jsonrpc::encode(&msg);
                     let id = self.remember(session.unwrap_or_else(|| unreachable!()), data.clone());
-                    Some(sse_event_with_id(&data, id))
+                    Some(sse_event(&data, Some(id.to_string())))
                 }
                 (None, msg) => Some(sse_message(&msg)),
                 (Some((filter, id)), Message::Notification(mut n)) if filter.accepts(&n) => {
@@ -3275,11 +3299,17 @@ impl Core {
         let mut detached = false;
         if let Some((_, stream)) = resumable {
             // `retry`: how long a client whose stream broke waits before it comes back with the id.
-            let prime = format!(
-                "id: {}\nretry: 1000\ndata: \n\n",
-                portcullis_pipeline::replay::post_event_id(stream, 0)
+            let mut prime = Vec::new();
+            sse::encode(
+                &sse::Event {
+                    id: Some(portcullis_pipeline::replay::post_event_id(stream, 0)),
+                    event: None,
+                    data: String::new(),
+                    retry_ms: Some(1000),
+                },
+                &mut prime,
             );
-            detached = !conn.stream_data(prime.into_bytes()).await;
+            detached = !conn.stream_data(prime).await;
         }
         let limits = self.parse_limits();
         let mut parser = SseParser::new(self.shared.config.limits.upstream_body_bytes_max);
@@ -3376,27 +3406,12 @@ impl Core {
                         Message::Request(r)
                     }
                 };
-                let framed = match resumable {
-                    None => sse_message(&msg),
-                    Some((sid, stream)) => {
-                        let mut data = jsonrpc::encode(&msg);
-                        self.scrub(upstream, &mut data, &resp.presented);
-                        match self.post_streams().push(sid, stream, data.clone()) {
-                            Some(n) => sse_event_with_id(
-                                &data,
-                                portcullis_pipeline::replay::post_event_id(stream, n),
-                            ),
-                            None => sse_event_with_id(&data, ""),
-                        }
-                    }
-                };
-                out.extend_from_slice(&framed);
+                let mut data = jsonrpc::encode(&msg);
+                self.scrub(upstream, &mut data, &resp.presented);
+                out.extend_from_slice(&self.frame_post_event(resumable, data));
                 if answered {
                     break;
                 }
-            }
-            if resumable.is_none() {
-                self.scrub(upstream, &mut out, &resp.presented);
             }
             if !detached && !out.is_empty() && !conn.stream_data(out).await {
                 match resumable {
@@ -3417,15 +3432,7 @@ impl Core {
                 DenyReason::UpstreamProtocolError,
                 &[],
             );
-            Some(match resumable {
-                Some((sid, stream)) => {
-                    let data = jsonrpc::encode(&msg);
-                    let n = self.post_streams().push(sid, stream, data.clone());
-                    let id = n.map(|n| portcullis_pipeline::replay::post_event_id(stream, n));
-                    sse_event_with_id(&data, id.unwrap_or_default())
-                }
-                None => sse_message(&msg),
-            })
+            Some(self.frame_post_event(resumable, jsonrpc::encode(&msg)))
         };
         if let Some((sid, stream)) = resumable {
             self.post_streams().finish(sid, stream, Instant::now());
@@ -3950,12 +3957,12 @@ fn discover_result(naming: &mcp::Naming) -> Value {
     Value::from(o)
 }
 
-/// One SSE event carrying an encoded JSON-RPC message and its event id.
-fn sse_event_with_id(data: &[u8], id: impl ToString) -> Vec<u8> {
+/// One encoded JSON-RPC message as an SSE `message` event, with its event id if it has one.
+fn sse_event(data: &[u8], id: Option<String>) -> Vec<u8> {
     let mut framed = Vec::with_capacity(data.len() + 48);
     sse::encode(
         &sse::Event {
-            id: Some(id.to_string()),
+            id,
             event: Some("message".into()),
             data: String::from_utf8_lossy(data).into_owned(),
             retry_ms: None,
@@ -3967,18 +3974,7 @@ fn sse_event_with_id(data: &[u8], id: impl ToString) -> Vec<u8> {
 
 /// One JSON-RPC message as an SSE `message` event.
 fn sse_message(msg: &Message) -> Vec<u8> {
-    let data = String::from_utf8(jsonrpc::encode(msg)).unwrap_or_default();
-    let mut framed = Vec::with_capacity(data.len() + 32);
-    sse::encode(
-        &sse::Event {
-            id: None,
-            event: Some("message".into()),
-            data,
-            retry_ms: None,
-        },
-        &mut framed,
-    );
-    framed
+    sse_event(&jsonrpc::encode(msg), None)
 }
 
 /// Read the JSON-RPC response of an upstream exchange, from a JSON body or the first response on an SSE

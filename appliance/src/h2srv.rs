@@ -88,25 +88,7 @@ async fn handle_stream(
     let t0 = Instant::now();
     core.in_flight.set(core.in_flight.get() + 1);
     let (parts, mut body) = req.into_parts();
-    let head = RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-        close: false,
-        content_length: None,
-        chunked: false,
-        peer,
-        transport: "h2",
-        secure: true,
-        cert_agent,
-    };
+    let head = RequestHead::from_parts(&parts, peer, "h2", cert_agent);
     let mut reply = H2Reply {
         respond,
         stream: None,

@@ -501,25 +501,7 @@ async fn handle_request(
         handshake,
     } = from;
     let (parts, ()) = req.into_parts();
-    let head = RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-        close: false,
-        content_length: None,
-        chunked: false,
-        peer: Some(peer),
-        transport: "h3",
-        secure: true,
-        cert_agent,
-    };
+    let head = RequestHead::from_parts(&parts, Some(peer), "h3", cert_agent);
     let l = &shared.config.limits;
     let body = match read_body(&mut stream, l.body_bytes_max, l.request_timeout.0).await {
         Ok(b) => b,

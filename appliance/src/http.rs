@@ -36,6 +36,34 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// The head of an HTTP/2 or HTTP/3 request (the `http` crate's parts); both only ever arrive over TLS.
+    pub fn from_parts(
+        parts: &http::request::Parts,
+        peer: Option<std::net::SocketAddr>,
+        transport: &'static str,
+        cert_agent: Option<std::sync::Arc<str>>,
+    ) -> RequestHead {
+        RequestHead {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            close: false,
+            content_length: None,
+            chunked: false,
+            peer,
+            transport,
+            secure: true,
+            cert_agent,
+        }
+    }
+
     /// First value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

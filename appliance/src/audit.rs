@@ -53,6 +53,10 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// Nanoseconds spent writing and syncing batches.
     pub write_nanos: AtomicU64,
+    /// The last batch could not be written (cleared by the next one that is).
+    pub failing: AtomicBool,
+    /// When the last batch was written, ms since the epoch (0: none yet).
+    pub last_batch_ms: AtomicU64,
 }
 
 /// One core's handle on its writer.
@@ -140,7 +144,6 @@ impl Trail {
                 used: used.clone(),
                 max: cfg.max_bytes,
                 stats: stats.clone(),
-                failing: AtomicBool::new(false),
             };
             std::thread::Builder::new()
                 .name(format!("portcullis-audit-{core}"))
@@ -208,6 +211,46 @@ impl Trail {
     pub fn usage(&self) -> (u64, u64) {
         (self.used.load(Ordering::Relaxed), self.max)
     }
+
+    /// Whether every core's writer wrote its last batch (a full or read-only disk makes one fail).
+    pub fn writable(&self) -> bool {
+        self.cores
+            .iter()
+            .all(|c| !c.stats.failing.load(Ordering::Relaxed))
+    }
+
+    /// The health document's audit section: disk use, queue depth, and how long the oldest queued
+    /// records have waited at most (time since the last batch of a core with records queued).
+    pub fn health(&self, now_ms: u64) -> serde_json::Value {
+        let queued: usize = self.cores.iter().map(CoreTrail::queued).sum();
+        let lag_ms = self
+            .cores
+            .iter()
+            .filter(|c| c.queued() > 0)
+            .map(|c| now_ms.saturating_sub(c.stats.last_batch_ms.load(Ordering::Relaxed)))
+            .max()
+            .unwrap_or(0);
+        let failures: u64 = self
+            .cores
+            .iter()
+            .map(|c| c.stats.failures.load(Ordering::Relaxed))
+            .sum();
+        let records: u64 = self
+            .cores
+            .iter()
+            .map(|c| c.stats.records.load(Ordering::Relaxed))
+            .sum();
+        serde_json::json!({
+            "writable": self.writable(),
+            "mode": if self.cores.first().is_some_and(|c| c.durable) { "durable" } else { "async" },
+            "bytes": self.used.load(Ordering::Relaxed),
+            "max_bytes": self.max,
+            "records_written": records,
+            "failures": failures,
+            "queue_depth": queued,
+            "lag_ms": lag_ms,
+        })
+    }
 }
 
 /// A per-core metric: name, type, help, and how to read it.
@@ -245,7 +288,6 @@ struct Writer {
     used: Arc<AtomicU64>,
     max: u64,
     stats: Arc<Stats>,
-    failing: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -385,14 +427,15 @@ impl Writer {
             Ok(()) => {
                 self.stats.records.fetch_add(n, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                if self.failing.swap(false, Ordering::Relaxed) {
+                self.stats.last_batch_ms.store(now_ms(), Ordering::Relaxed);
+                if self.stats.failing.swap(false, Ordering::Relaxed) {
                     crate::info!("audit core={} writing again", self.core);
                 }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(n, Ordering::Relaxed);
                 // Once per outage, not once per record: a full disk must not become a log storm.
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                if !self.stats.failing.swap(true, Ordering::Relaxed) {
                     crate::error!(
                         "audit core={} cannot write records, calls are refused with audit_unavailable: {e}",
                         self.core

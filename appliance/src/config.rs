@@ -102,6 +102,82 @@ pub struct Config {
     pub upstream_tls: UpstreamTls,
     /// Keeping sessions across restarts (`crate::persist`).
     pub sessions: Sessions,
+    /// The operators' web console on the admin listener (`crate::console`).
+    pub console: Console,
+    /// Active checks of the upstreams for the health document (`crate::health`).
+    pub health: Health,
+    /// What `/metrics` breaks counts down by (`crate::metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// The web console, loaded from `console:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// Serve the console at `/console/` on the admin listener.
+    pub enabled: bool,
+    /// A console login ends after this long without a request…
+    pub session_idle: Dur,
+    /// …and after this long in any case.
+    pub session_max: Dur,
+    /// Console logins held at once; past it the oldest is ended.
+    pub logins_max: usize,
+    /// Where the benchmark result files are read from (`bench/results` of a checkout). Default:
+    /// `DATA_DIR/bench`, else `bench/results` under the working directory if it exists.
+    pub bench_dir: Option<PathBuf>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            enabled: true,
+            session_idle: Dur(Duration::from_secs(30 * 60)),
+            session_max: Dur(Duration::from_secs(12 * 3600)),
+            logins_max: 64,
+            bench_dir: None,
+        }
+    }
+}
+
+/// Upstream health checks, loaded from `health:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// How often each upstream is checked while it answers.
+    pub check_interval: Dur,
+    /// How long one check may take.
+    pub check_timeout: Dur,
+    /// Failed checks back off (doubling from `check_interval`) up to this.
+    pub backoff_max: Dur,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            check_interval: Dur(Duration::from_secs(10)),
+            check_timeout: Dur(Duration::from_secs(2)),
+            backoff_max: Dur(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// Metric cardinality bounds, loaded from `metrics:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Agents counted by name in `portcullis_agent_requests_total`; later ones count as `other`.
+    pub agents_max: usize,
+    /// Tools counted by name in `portcullis_tool_calls_total`; later ones count as `other`.
+    pub tools_max: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            agents_max: 64,
+            tools_max: 256,
+        }
+    }
 }
 
 /// Session persistence, loaded from `sessions:`.
@@ -512,6 +588,9 @@ impl Default for Config {
             audit: Audit::default(),
             upstream_tls: UpstreamTls::default(),
             sessions: Sessions::default(),
+            console: Console::default(),
+            health: Health::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -771,7 +850,8 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        let positive: [(&str, usize); 13] = [
+        let positive: [(&str, usize); 14] = [
+            ("console.logins_max", self.console.logins_max),
             ("limits.admin_body_bytes_max", l.admin_body_bytes_max),
             ("storage.lmdb_map_bytes", self.storage.lmdb_map_bytes),
             ("limits.body_bytes_max", l.body_bytes_max),
@@ -825,6 +905,11 @@ impl Config {
             ("secrets.timeout", self.secrets.timeout),
             ("audit.flush_interval", self.audit.flush_interval),
             ("sessions.persist_interval", self.sessions.persist_interval),
+            ("console.session_idle", self.console.session_idle),
+            ("console.session_max", self.console.session_max),
+            ("health.check_interval", self.health.check_interval),
+            ("health.check_timeout", self.health.check_timeout),
+            ("health.backoff_max", self.health.backoff_max),
         ];
         for (k, v) in durations {
             if v.0.is_zero() {

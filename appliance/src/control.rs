@@ -50,6 +50,8 @@ pub struct ControlPlane {
     following: Option<Arc<FollowStatus>>,
     /// SHA-256 of the listeners' TLS certificate, for data planes to pin.
     tls_fingerprint: Option<String>,
+    /// When the MCP listener's certificate expires, seconds since the epoch.
+    tls_not_after: Option<u64>,
     /// The identity providers, for `GET /admin/v1/identity`.
     identity: Arc<crate::identity::Providers>,
     broker: Option<Arc<crate::broker::Broker>>,
@@ -160,6 +162,7 @@ impl ControlPlane {
             data_planes: DataPlanes::default(),
             following: None,
             tls_fingerprint: None,
+            tls_not_after: None,
             identity: Arc::default(),
             broker: None,
         }
@@ -180,6 +183,24 @@ impl ControlPlane {
     pub fn with_tls_fingerprint(mut self, fingerprint: &str) -> ControlPlane {
         self.tls_fingerprint = Some(fingerprint.to_owned());
         self
+    }
+
+    pub fn with_tls_not_after(mut self, not_after: Option<u64>) -> ControlPlane {
+        self.tls_not_after = not_after;
+        self
+    }
+
+    /// The MCP listener certificate's fingerprint and expiry (seconds since the epoch).
+    pub fn tls(&self) -> (Option<&str>, Option<u64>) {
+        (self.tls_fingerprint.as_deref(), self.tls_not_after)
+    }
+
+    /// The header of snapshot `version` as the registry keeps it (`None`: not there or unreadable).
+    pub fn snapshot_info(
+        &self,
+        version: u64,
+    ) -> Option<portcullis_storage::registry::SnapshotInfo> {
+        self.registry.snapshot(version).ok().map(|(info, _)| info)
     }
 
     /// Let data planes presenting `token` pull snapshots.
@@ -618,17 +639,18 @@ impl ControlPlane {
         }
     }
 
-    /// Serve one admin request (`path` without its query).
+    /// Serve one admin request (`path` without its query); `authorized`: it carried the admin token or
+    /// the console's login (`console::Console::authenticate`).
     pub async fn handle(
         &self,
         method: &str,
         path: &str,
-        authorization: Option<&str>,
+        authorized: bool,
         actor: Option<&str>,
         body: &[u8],
     ) -> Answer {
         let answer = self
-            .handle_request(method, path, authorization, actor, body)
+            .handle_request(method, path, authorized, actor, body)
             .await;
         // Keys change only by issuing, revoking, or removing their agent (directly or by apply).
         let touches_keys =
@@ -643,7 +665,7 @@ impl ControlPlane {
         &self,
         method: &str,
         path: &str,
-        authorization: Option<&str>,
+        authorized: bool,
         actor: Option<&str>,
         body: &[u8],
     ) -> Answer {
@@ -653,7 +675,7 @@ impl ControlPlane {
                 body: OPENAPI.as_bytes().to_vec(),
             };
         }
-        if !self.authorized(authorization) {
+        if !authorized {
             return error(
                 401,
                 "unauthenticated",

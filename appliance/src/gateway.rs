@@ -465,6 +465,7 @@ impl Core {
                 holds.hold(which, *until);
             }
         }
+        let metrics = CoreMetrics::new(metrics, &shared.config.metrics);
         Core {
             id,
             shared,
@@ -474,7 +475,7 @@ impl Core {
             leases: RefCell::default(),
             persisted: RefCell::new(persisted),
             peers,
-            metrics: CoreMetrics::new(metrics),
+            metrics,
             upstream_eras: RefCell::new(vec![Eras::default(); n]),
             slots: RefCell::new(slots),
             served: RefCell::new((generation, Rc::new(served))),
@@ -1190,6 +1191,7 @@ impl Core {
         };
         let mut conn = Stamped {
             inner: conn,
+            metrics: &self.metrics,
             label: &sv.label,
             trail: self.shared.audit.core(self.id),
             event,
@@ -1872,6 +1874,7 @@ impl Core {
         self.scrub(capability, &mut body, &resp.presented);
         if let Some(a) = conn.audit() {
             a.upstream_status = Some(resp.status);
+            a.upstream_us = Some(micros(resp.elapsed));
         }
         let (status, content_type) = (resp.status, resp.header("content-type"));
         let result = call::result(status, content_type, &body, plan.structured);
@@ -2731,8 +2734,13 @@ impl Core {
             crate::warn!("upstream={} credential refused: {e}", self.slot_name(up));
             return Err(DenyReason::CredentialUnavailable);
         }
-        self.metrics.record_upstream(t0.elapsed());
-        r.map_err(|e| {
+        let elapsed = t0.elapsed();
+        self.metrics.record_upstream(elapsed);
+        r.map(|mut resp| {
+            resp.elapsed = elapsed;
+            resp
+        })
+        .map_err(|e| {
             inc(&self.metrics.shared.counters.upstream_errors);
             crate::warn!("upstream={} error={e:?}", self.slot_name(up));
             e.reason()
@@ -3208,6 +3216,7 @@ impl Core {
         let upstream = self.slot_name(up);
         if let Some(a) = conn.audit() {
             a.upstream_status = Some(resp.status);
+            a.upstream_us = Some(micros(resp.elapsed));
         }
         let keep = if resp.is_event_stream() && resp.status == 200 {
             self.relay_stream(conn, agent, (up, &upstream), &req_origin, &mut resp, check)
@@ -3541,6 +3550,7 @@ impl Core {
 /// disk, and a record that cannot be written turns the response into `audit_unavailable`.
 struct Stamped<'a, R> {
     inner: &'a mut R,
+    metrics: &'a crate::metrics::CoreMetrics,
     label: &'a str,
     trail: Option<&'a crate::audit::CoreTrail>,
     event: portcullis_pipeline::audit::Event,
@@ -3570,15 +3580,16 @@ impl<R: Reply> Stamped<'_, R> {
             return Ok(());
         }
         self.committed = true;
-        let Some(trail) = self.trail else {
-            return Ok(());
-        };
         let e = &mut self.event;
         e.status = status;
         e.bytes_out = bytes_out as u64;
-        e.latency_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        e.latency_us = micros(self.t0.elapsed());
         let reason = e.reason.as_deref().and_then(DenyReason::from_code);
         e.decision = portcullis_pipeline::audit::decision_of(reason).to_owned();
+        self.metrics.count(e);
+        let Some(trail) = self.trail else {
+            return Ok(());
+        };
         let payload = serde_json::to_vec(&*e).unwrap_or_default();
         trail.record(payload).await.map_err(|_| ())
     }
@@ -3621,6 +3632,10 @@ impl<R: Reply> Reply for Stamped<'_, R> {
     fn name_session(&mut self, id: SessionId) {
         self.session = Some(id);
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// One open stream counted against its session (`Core::stream_slot`), given back when dropped.

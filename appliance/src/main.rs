@@ -331,7 +331,9 @@ fn up(args: UpArgs) -> Result<(), String> {
             "TLS certificate SHA-256 fingerprint: {}",
             m.fingerprint_sha256
         );
-        control = control.with_tls_fingerprint(&m.fingerprint_sha256);
+        control = control
+            .with_tls_fingerprint(&m.fingerprint_sha256)
+            .with_tls_not_after(m.not_after());
         Some(m)
     } else {
         None
@@ -509,6 +511,9 @@ fn up(args: UpArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics, admin API under /admin/)");
+    if shared.config.console.enabled {
+        println!("Console: http://{admin_addr}/console/ (log in with the admin token)");
+    }
     println!(
         "Admin token {}: {}",
         if token_created { "generated in" } else { "in" },

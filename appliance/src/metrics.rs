@@ -5,6 +5,7 @@
 //! once a second by that core's timer, so the scraper's lock never touches a request.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct Counters {
     pub upstream_errors: AtomicU64,
     /// Tool results that did not fit their pinned output schema (reported or withheld).
     pub output_schema_mismatches: AtomicU64,
+    /// Sessions this core owns now (set by its housekeeping timer).
+    pub sessions_open: AtomicU64,
     pub denials: [AtomicU64; DenyReason::ALL.len()],
 }
 
@@ -46,6 +49,7 @@ impl Default for Counters {
             upstream_requests: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             output_schema_mismatches: AtomicU64::new(0),
+            sessions_open: AtomicU64::new(0),
             denials: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -61,6 +65,10 @@ pub struct CoreShared {
     pub request_us: Mutex<Histogram<u64>>,
     /// Upstream exchange, request sent to response head, µs.
     pub upstream_us: Mutex<Histogram<u64>>,
+    /// What the gateway added to a forwarded request: its latency less its upstream exchange, µs.
+    pub added_us: Mutex<Histogram<u64>>,
+    /// Requests by method, transport, revision and decision; calls by agent and tool.
+    pub traffic: Mutex<Traffic>,
 }
 
 impl CoreShared {
@@ -71,7 +79,86 @@ impl CoreShared {
             counters: Counters::default(),
             request_us: Mutex::new(new_histogram()),
             upstream_us: Mutex::new(new_histogram()),
+            added_us: Mutex::new(new_histogram()),
+            traffic: Mutex::new(Traffic::default()),
         })
+    }
+}
+
+/// The label a label-set key carries when its table is full: cardinality stays bounded whatever names
+/// agents send.
+pub const OTHER: &str = "other";
+
+/// JSON-RPC methods counted by name; any other counts as `other` (a client chooses the method string).
+const METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "subscriptions/listen",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "GET",
+    "DELETE",
+];
+
+fn known(v: Option<&str>, among: &[&'static str], none: &'static str) -> &'static str {
+    match v {
+        None => none,
+        Some(v) => among.iter().find(|m| **m == v).copied().unwrap_or(OTHER),
+    }
+}
+
+/// One request's labels: method, transport, revision, decision.
+pub type TrafficKey = (&'static str, &'static str, &'static str, &'static str);
+
+/// Request counts with bounded labels.
+#[derive(Debug, Default, Clone)]
+pub struct Traffic {
+    pub requests: HashMap<TrafficKey, u64>,
+    pub agents: HashMap<String, u64>,
+    /// By tool and decision.
+    pub tools: HashMap<(String, &'static str), u64>,
+}
+
+/// Count `n` under `key` in a table of at most `max` keys (then under `other`).
+fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: K, other: K, max: usize, n: u64) {
+    if map.len() < max || map.contains_key(&key) {
+        *map.entry(key).or_insert(0) += n;
+    } else {
+        *map.entry(other).or_insert(0) += n;
+    }
+}
+
+impl Traffic {
+    fn add(&mut self, from: &Traffic, agents_max: usize, tools_max: usize) {
+        for (k, n) in &from.requests {
+            *self.requests.entry(*k).or_insert(0) += n;
+        }
+        for (a, n) in &from.agents {
+            bump(&mut self.agents, a.clone(), OTHER.into(), agents_max, *n);
+        }
+        for ((t, d), n) in &from.tools {
+            bump(
+                &mut self.tools,
+                (t.clone(), *d),
+                (OTHER.into(), *d),
+                tools_max,
+                *n,
+            );
+        }
     }
 }
 
@@ -81,6 +168,10 @@ pub struct CoreMetrics {
     pub shared: Arc<CoreShared>,
     request_us: RefCell<Histogram<u64>>,
     upstream_us: RefCell<Histogram<u64>>,
+    added_us: RefCell<Histogram<u64>>,
+    traffic: RefCell<Traffic>,
+    agents_max: usize,
+    tools_max: usize,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -88,11 +179,44 @@ pub fn inc(c: &AtomicU64) {
 }
 
 impl CoreMetrics {
-    pub fn new(shared: Arc<CoreShared>) -> Self {
+    pub fn new(shared: Arc<CoreShared>, bounds: &crate::config::MetricsConfig) -> Self {
         CoreMetrics {
             shared,
             request_us: RefCell::new(new_histogram()),
             upstream_us: RefCell::new(new_histogram()),
+            added_us: RefCell::new(new_histogram()),
+            traffic: RefCell::new(Traffic::default()),
+            agents_max: bounds.agents_max,
+            tools_max: bounds.tools_max,
+        }
+    }
+
+    /// Count one answered request by its audit record's labels (and what the gateway added to it, when
+    /// it went upstream).
+    pub fn count(&self, e: &portcullis_pipeline::audit::Event) {
+        let key = (
+            known(e.method.as_deref(), METHODS, "none"),
+            known(Some(e.transport.as_str()), &["h1", "h2", "h3"], "none"),
+            known(e.revision.as_deref(), &["2025-11-25", "2026-07-28"], "none"),
+            known(
+                Some(e.decision.as_str()),
+                &["allowed", "denied", "failed"],
+                "none",
+            ),
+        );
+        let mut t = self.traffic.borrow_mut();
+        *t.requests.entry(key).or_insert(0) += 1;
+        if let Some(a) = &e.agent {
+            bump(&mut t.agents, a.clone(), OTHER.into(), self.agents_max, 1);
+        }
+        if let Some(tool) = &e.tool {
+            let k = (tool.clone(), key.3);
+            bump(&mut t.tools, k, (OTHER.into(), key.3), self.tools_max, 1);
+        }
+        drop(t);
+        if let Some(up) = e.upstream_us {
+            let added = e.latency_us.saturating_sub(up).max(1);
+            let _ = self.added_us.borrow_mut().record(added);
         }
     }
 
@@ -118,9 +242,19 @@ impl CoreMetrics {
 
     /// Fold the local histograms into the shared copies (called by the core's timer).
     pub fn publish(&self) {
+        {
+            let mut local = self.traffic.borrow_mut();
+            if !local.requests.is_empty() {
+                if let Ok(mut s) = self.shared.traffic.lock() {
+                    s.add(&local, self.agents_max, self.tools_max);
+                }
+                *local = Traffic::default();
+            }
+        }
         for (local, shared) in [
             (&self.request_us, &self.shared.request_us),
             (&self.upstream_us, &self.shared.upstream_us),
+            (&self.added_us, &self.shared.added_us),
         ] {
             let mut local = local.borrow_mut();
             if local.is_empty() {
@@ -171,7 +305,11 @@ fn histogram_text(
 type CounterDef = (&'static str, &'static str, fn(&Counters) -> &AtomicU64);
 
 /// Prometheus text exposition of every core's metrics.
-pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
+pub fn render(
+    cores: &[Arc<CoreShared>],
+    uptime: Duration,
+    bounds: &crate::config::MetricsConfig,
+) -> String {
     let mut out = String::with_capacity(8192);
     let _ = writeln!(out, "# HELP portcullis_uptime_seconds Time since start.\n# TYPE portcullis_uptime_seconds gauge\nportcullis_uptime_seconds {}", uptime.as_secs());
     let _ = writeln!(out, "# HELP portcullis_core_info Runtime driver of each core.\n# TYPE portcullis_core_info gauge");
@@ -182,7 +320,7 @@ pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
             c.core, c.driver
         );
     }
-    let counters: [CounterDef; 9] = [
+    let counters: [CounterDef; 10] = [
         (
             "portcullis_connections_accepted_total",
             "Agent connections accepted.",
@@ -228,6 +366,11 @@ pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
             "Tool results that did not fit their pinned output schema (mode report or enforce).",
             |c| &c.output_schema_mismatches,
         ),
+        (
+            "portcullis_sessions_open",
+            "Sessions each core owns now.",
+            |c| &c.sessions_open,
+        ),
     ];
     for (name, help, pick) in counters {
         let kind = if name.ends_with("_open") {
@@ -272,5 +415,79 @@ pub fn render(cores: &[Arc<CoreShared>], uptime: Duration) -> String {
         cores,
         |c| &c.upstream_us,
     );
+    histogram_text(
+        &mut out,
+        "portcullis_gateway_added_duration_seconds",
+        "What the gateway added to a forwarded request: its latency less its upstream exchange.",
+        cores,
+        |c| &c.added_us,
+    );
+    let t = merged(cores, bounds);
+    let _ = writeln!(out, "# HELP portcullis_mcp_requests_total Requests by JSON-RPC method (GET and DELETE for stream and session requests), transport, protocol revision and decision.\n# TYPE portcullis_mcp_requests_total counter");
+    let sorted: BTreeMap<_, _> = t.requests.iter().collect();
+    for ((m, tr, rev, d), n) in sorted {
+        let _ = writeln!(out, "portcullis_mcp_requests_total{{method=\"{m}\",transport=\"{tr}\",revision=\"{rev}\",decision=\"{d}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP portcullis_agent_requests_total Requests by agent (metrics.agents_max named, the rest as `other`).\n# TYPE portcullis_agent_requests_total counter");
+    for (a, n) in t.agents.iter().collect::<BTreeMap<_, _>>() {
+        let _ = writeln!(
+            out,
+            "portcullis_agent_requests_total{{agent=\"{}\"}} {n}",
+            label(a)
+        );
+    }
+    let _ = writeln!(out, "# HELP portcullis_tool_calls_total Tool requests by tool and decision (metrics.tools_max named, the rest as `other`).\n# TYPE portcullis_tool_calls_total counter");
+    for ((tool, d), n) in t.tools.iter().collect::<BTreeMap<_, _>>() {
+        let _ = writeln!(
+            out,
+            "portcullis_tool_calls_total{{tool=\"{}\",decision=\"{d}\"}} {n}",
+            label(tool)
+        );
+    }
     out
+}
+
+/// Every core's traffic table in one, within the same bounds as each core's (the first cores' names
+/// are kept, later ones count as `other`).
+pub fn merged(cores: &[Arc<CoreShared>], bounds: &crate::config::MetricsConfig) -> Traffic {
+    let mut all = Traffic::default();
+    for c in cores {
+        if let Ok(t) = c.traffic.lock() {
+            all.add(&t, bounds.agents_max, bounds.tools_max);
+        }
+    }
+    all
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+pub fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Merged percentiles (µs) and count of one histogram across cores.
+pub fn quantiles(
+    cores: &[Arc<CoreShared>],
+    pick: fn(&CoreShared) -> &Mutex<Histogram<u64>>,
+) -> serde_json::Value {
+    let mut all = new_histogram();
+    for c in cores {
+        if let Ok(h) = pick(c).lock() {
+            let _ = all.add(&*h);
+        }
+    }
+    serde_json::json!({
+        "count": all.len(),
+        "p50_us": all.value_at_quantile(0.5),
+        "p99_us": all.value_at_quantile(0.99),
+        "p999_us": all.value_at_quantile(0.999),
+    })
 }

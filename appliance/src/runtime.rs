@@ -127,6 +127,11 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
     loop {
         monoio::time::sleep(Duration::from_millis(100)).await;
         core.metrics.publish();
+        core.metrics
+            .shared
+            .counters
+            .sessions_open
+            .store(core.sessions.borrow().len() as u64, Ordering::Relaxed);
         if last_expire.elapsed() >= Duration::from_secs(5) {
             last_expire = Instant::now();
             core.expire_sessions().await;

@@ -64,14 +64,82 @@ impl RevokeRequest {
     }
 }
 
+/// A page of the session list (`GET /sessions?agent=&q=&offset=&limit=`), newest first.
+struct Page {
+    agent: Option<String>,
+    /// A part of the id, agent, client or identity.
+    text: Option<String>,
+    offset: usize,
+    limit: usize,
+}
+
+/// Sessions on one page, at most.
+const PAGE_MAX: u64 = 1000;
+
+impl Page {
+    fn parse(query: &str) -> Result<Page, portcullis_pipeline::query::QueryError> {
+        use portcullis_pipeline::query::{number, parse};
+        let mut p = Page {
+            agent: None,
+            text: None,
+            offset: 0,
+            limit: 100,
+        };
+        for (name, v) in parse(query, &["agent", "q", "offset", "limit"])? {
+            match name {
+                "agent" => p.agent = (!v.is_empty()).then_some(v),
+                "q" => p.text = (!v.is_empty()).then_some(v.to_lowercase()),
+                "offset" => p.offset = number("offset", &v, 0, u32::MAX.into())? as usize,
+                "limit" => p.limit = number("limit", &v, 1, PAGE_MAX)? as usize,
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    fn of(&self, mut all: Vec<SessionView>) -> serde_json::Value {
+        all.retain(|s| {
+            self.agent
+                .as_ref()
+                .is_none_or(|a| s.agent.as_ref() == Some(a))
+                && self.text.as_ref().is_none_or(|t| {
+                    [
+                        Some(&s.id),
+                        s.agent.as_ref(),
+                        s.client.as_ref(),
+                        s.identity.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .any(|f| f.to_lowercase().contains(t.as_str()))
+                })
+        });
+        all.sort_by(|a, b| a.age_s.cmp(&b.age_s).then_with(|| a.id.cmp(&b.id)));
+        let total = all.len();
+        let page: Vec<_> = all.into_iter().skip(self.offset).take(self.limit).collect();
+        json!({"total": total, "offset": self.offset, "limit": self.limit, "sessions": page})
+    }
+}
+
 /// Serve `/admin/v1/sessions[/…]` (already authenticated).
-pub async fn handle(shared: &Shared, method: &str, path: &str, actor: &str, body: &[u8]) -> Answer {
+pub async fn handle(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    query: &str,
+    actor: &str,
+    body: &[u8],
+) -> Answer {
     let rest = path
         .strip_prefix("/admin/v1/sessions")
         .unwrap_or("")
         .trim_matches('/');
     match (method, rest) {
-        ("GET", "") => answer(200, &json!(list(shared).await)),
+        ("GET", "") if query.is_empty() => answer(200, &json!(list(shared).await)),
+        ("GET", "") => match Page::parse(query) {
+            Ok(p) => answer(200, &p.of(list(shared).await)),
+            Err(e) => error(400, "invalid_query", &e.0),
+        },
         ("POST", "revoke") => {
             let Ok(req) = serde_json::from_slice::<RevokeRequest>(body) else {
                 return error(

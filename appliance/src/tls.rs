@@ -96,6 +96,11 @@ pub fn load_or_generate(dir: &DataDir) -> Result<TlsMaterial, TlsError> {
 }
 
 impl TlsMaterial {
+    /// When the certificate expires, seconds since the epoch (`None` if its DER does not say).
+    pub fn not_after(&self) -> Option<u64> {
+        portcullis_pipeline::authn::certificate_not_after(self.cert.as_ref())
+    }
+
     /// The MCP listener's configuration: as `config`, and with `client_cas` set, asking for a client
     /// certificate issued by them. A connection without one is still accepted (the agent may present a
     /// bearer credential instead); one with a certificate the CAs do not verify fails its handshake.

@@ -156,6 +156,8 @@ pub struct UpstreamResponse {
     pub presented: Vec<String>,
     /// The upstream's `Mcp-Session-Id` the request was sent on (2025-11-25), for resuming its stream.
     pub session_id: Option<String>,
+    /// From sending the request to reading the response head (set by the gateway).
+    pub elapsed: Duration,
 }
 
 impl UpstreamResponse {
@@ -503,6 +505,7 @@ impl Pool {
                             read_total: 0,
                             read_timeout: None,
                             presented: Vec::new(),
+                            elapsed: Duration::ZERO,
                             session_id: None,
                         };
                         if r.done() {

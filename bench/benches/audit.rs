@@ -47,6 +47,7 @@ fn event(i: u64) -> Event {
         credential_mode: Some("service".into()),
         secret_ref: Some("embedded/github#token".into()),
         upstream_status: Some(200),
+        upstream_us: Some(350),
         status: 200,
         latency_us: 412,
         bytes_in: 1302,

@@ -61,6 +61,9 @@ pub struct Event {
     pub secret_ref: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// Microseconds the upstream took to answer (request sent to response head), when it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_us: Option<u64>,
     /// The HTTP status the agent got.
     pub status: u16,
     /// Microseconds from the request's arrival to its response being released.
@@ -190,9 +193,169 @@ impl Filter {
     }
 }
 
+/// A record's place in the newest-first order of a search: its arrival time, core and sequence number.
+/// A page's last record is the next page's `before`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub at_ms: u64,
+    pub core: u16,
+    pub seq: u64,
+}
+
+impl Cursor {
+    /// `AT.CORE.SEQ`, as `Display` writes it.
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let mut it = s.split('.');
+        let c = Cursor {
+            at_ms: it.next()?.parse().ok()?,
+            core: it.next()?.parse().ok()?,
+            seq: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(c)
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.at_ms, self.core, self.seq)
+    }
+}
+
+/// Records on one search page, at most.
+pub const PAGE_MAX: usize = 500;
+
+/// One search of the audit trail (`GET /admin/v1/audit?…`): a filter, where the page starts, its size.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub filter: Filter,
+    /// Only records before this one (newest first).
+    pub before: Option<Cursor>,
+    pub limit: usize,
+}
+
+impl Query {
+    pub const PARAMS: &'static [&'static str] = &[
+        "agent", "tool", "decision", "reason", "from", "to", "before", "limit",
+    ];
+
+    /// From a URL query: `agent`, `tool` (exact names), `decision` (`allowed|denied|failed`), `reason`
+    /// (a deny reason code), `from`/`to` (ms since the epoch, inclusive), `before` (a cursor), `limit`
+    /// (1..=`PAGE_MAX`, default 50). Anything else, or a value out of range, is an error that says so.
+    pub fn parse(query: &str) -> Result<Query, crate::query::QueryError> {
+        use crate::query::{number, parse, QueryError};
+        let mut q = Query {
+            limit: 50,
+            ..Query::default()
+        };
+        let some = |v: String| (!v.is_empty()).then_some(v);
+        for (name, v) in parse(query, Self::PARAMS)? {
+            match name {
+                "agent" => q.filter.agent = some(v),
+                "tool" => q.filter.tool = some(v),
+                "decision" => {
+                    if !v.is_empty() && !matches!(v.as_str(), "allowed" | "denied" | "failed") {
+                        return Err(QueryError(
+                            "`decision` is one of allowed, denied, failed".into(),
+                        ));
+                    }
+                    q.filter.decision = some(v);
+                }
+                "reason" => {
+                    if !v.is_empty() && DenyReason::from_code(&v).is_none() {
+                        return Err(QueryError(
+                            "`reason` is not a deny reason (see the README's table)".into(),
+                        ));
+                    }
+                    q.filter.reason = some(v);
+                }
+                "from" if !v.is_empty() => {
+                    q.filter.from_ms = Some(number("from", &v, 0, u64::MAX)?)
+                }
+                "to" if !v.is_empty() => q.filter.to_ms = Some(number("to", &v, 0, u64::MAX)?),
+                "before" if !v.is_empty() => {
+                    q.before = Some(Cursor::parse(&v).ok_or_else(|| {
+                        QueryError("`before` is a cursor from a previous page's `next`".into())
+                    })?)
+                }
+                "limit" => q.limit = number("limit", &v, 1, PAGE_MAX as u64)? as usize,
+                _ => {}
+            }
+        }
+        if let (Some(f), Some(t)) = (q.filter.from_ms, q.filter.to_ms) {
+            if f > t {
+                return Err(QueryError("`from` is after `to`".into()));
+            }
+        }
+        Ok(q)
+    }
+
+    /// Whether a record at `at` (with its event) belongs on this query's pages.
+    pub fn admits(&self, at: Cursor, e: &Event) -> bool {
+        self.before.is_none_or(|b| at < b) && self.filter.matches(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_queries_parse_or_say_why() {
+        let q = Query::parse(
+            "agent=ops-bot&decision=denied&reason=policy_denied&from=10&to=20&limit=7",
+        )
+        .unwrap();
+        assert_eq!(q.filter.agent.as_deref(), Some("ops-bot"));
+        assert_eq!(q.filter.decision.as_deref(), Some("denied"));
+        assert_eq!(
+            (q.filter.from_ms, q.filter.to_ms, q.limit),
+            (Some(10), Some(20), 7)
+        );
+        let q = Query::parse("").unwrap();
+        assert!(q.filter.is_empty() && q.before.is_none() && q.limit == 50);
+        // Empty values are no filter (an HTML form sends them).
+        assert!(Query::parse("agent=&tool=&from=&before=")
+            .unwrap()
+            .filter
+            .is_empty());
+        // A huge range is fine; an inverted one, or out of range numbers, are not.
+        assert!(Query::parse(&format!("from=0&to={}", u64::MAX)).is_ok());
+        for bad in [
+            "from=20&to=10",
+            "from=-1",
+            "to=1e9",
+            "limit=0",
+            "limit=501",
+            "decision=maybe",
+            "reason=because",
+            "before=1.2",
+            "before=a.b.c",
+            "agent=%00",
+            "color=red",
+        ] {
+            assert!(Query::parse(bad).is_err(), "{bad}");
+        }
+        let c = Cursor {
+            at_ms: 1_700_000_000_000,
+            core: 3,
+            seq: 42,
+        };
+        assert_eq!(Cursor::parse(&c.to_string()), Some(c));
+        assert_eq!(Cursor::parse("1.2.3.4"), None);
+        // Newest first: a cursor admits only what sorts before it.
+        let q = Query::parse(&format!("before={c}")).unwrap();
+        let e = Event::default();
+        assert!(q.admits(Cursor { seq: 41, ..c }, &e));
+        assert!(!q.admits(c, &e));
+        assert!(!q.admits(
+            Cursor {
+                at_ms: c.at_ms + 1,
+                core: 0,
+                seq: 0
+            },
+            &e
+        ));
+    }
 
     #[test]
     fn redaction_reaches_every_depth() {

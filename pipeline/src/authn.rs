@@ -469,6 +469,53 @@ pub fn certificate_agent(der: &[u8], rule: &CertName) -> Option<String> {
     (!name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)).then_some(name)
 }
 
+/// When a certificate stops being valid (`notAfter`), in seconds since the Unix epoch; `None` when the
+/// DER does not parse. For the health document's certificate expiry.
+pub fn certificate_not_after(der: &[u8]) -> Option<u64> {
+    let cert = der::Reader::new(der).expect(der::SEQUENCE)?;
+    let tbs = der::Reader::new(cert).expect(der::SEQUENCE)?;
+    let mut r = der::Reader::new(tbs);
+    if r.peek() == Some(0xA0) {
+        r.any()?; // version
+    }
+    r.expect(der::INTEGER)?; // serial
+    r.expect(der::SEQUENCE)?; // signature algorithm
+    r.expect(der::SEQUENCE)?; // issuer
+    let mut validity = der::Reader::new(r.expect(der::SEQUENCE)?);
+    validity.any()?; // notBefore
+    let (tag, t) = validity.any()?;
+    let digits = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // UTCTime (YYMMDDHHMMSS; years 50..99 are 19xx, RFC 5280 4.1.2.5.1) or GeneralizedTime (YYYY…).
+    let (year, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy: u64 = digits[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest[i..i + 2].parse::<u64>().ok();
+    let (month, day, h, m, s) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day)? * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm); `None` before 1970.
+fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
+    let y = if m <= 2 { y.checked_sub(1)? } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
 /// The subject's first common name.
 fn common_name(subject: &[u8]) -> Option<String> {
     const CN: &[u8] = &[0x55, 0x04, 0x03];

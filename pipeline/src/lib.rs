@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod names;
 pub mod openapi;
 pub mod params;
+pub mod query;
 pub mod ratelimit;
 pub mod reason;
 pub mod replay;

@@ -368,6 +368,9 @@ pub struct SessionShard {
     /// Revoked ids and when, so their next use says `session_revoked` rather than "not found"; kept
     /// for the longest a session could have lived on, bounded like the sessions themselves.
     revoked: HashMap<SessionId, Instant>,
+    /// Expired ids and when, so a use after the sweep removed one still says `session_expired`;
+    /// bounded like `revoked`.
+    expired: HashMap<SessionId, Instant>,
     /// The live 2026-07-28 sessions by credential lease.
     leases: HashMap<String, SessionId>,
 }
@@ -378,6 +381,7 @@ impl SessionShard {
             limits,
             sessions: HashMap::new(),
             revoked: HashMap::new(),
+            expired: HashMap::new(),
             leases: HashMap::new(),
         }
     }
@@ -564,11 +568,13 @@ impl SessionShard {
     pub fn touch(&mut self, id: SessionId, now: Instant) -> Result<&mut Session, SessionError> {
         let expired = match self.sessions.get(&id) {
             None if self.revoked.contains_key(&id) => return Err(SessionError::Revoked),
+            None if self.expired.contains_key(&id) => return Err(SessionError::Expired),
             None => return Err(SessionError::NotFound),
             Some(s) => s.is_expired(now),
         };
         if expired {
             self.remove(id);
+            self.remember_expired(id, now);
             return Err(SessionError::Expired);
         }
         let s = self.sessions.get_mut(&id).ok_or(SessionError::NotFound)?;
@@ -614,8 +620,23 @@ impl SessionShard {
             .map(|(id, _)| *id)
             .collect();
         dead.into_iter()
-            .filter_map(|id| self.remove(id).map(|s| (id, s)))
+            .filter_map(|id| {
+                self.remember_expired(id, now);
+                self.remove(id).map(|s| (id, s))
+            })
             .collect()
+    }
+
+    fn remember_expired(&mut self, id: SessionId, now: Instant) {
+        if self.expired.len() >= 2 * self.limits.sessions_per_core_max {
+            let keep = self.limits.session_idle;
+            self.expired
+                .retain(|_, at| now.saturating_duration_since(*at) < keep);
+            if self.expired.len() >= 2 * self.limits.sessions_per_core_max {
+                self.expired.clear();
+            }
+        }
+        self.expired.insert(id, now);
     }
 }
 
@@ -760,10 +781,18 @@ mod tests {
             shard.touch(id(1), last + limits.session_idle).err(),
             Some(SessionError::Expired)
         );
+        // Removed, and still reported as expired (also after a sweep took it).
         assert_eq!(
             shard.touch(id(1), last + limits.session_idle).err(),
-            Some(SessionError::NotFound)
+            Some(SessionError::Expired)
         );
+        shard.open(t0, id(2), legacy()).unwrap();
+        assert_eq!(shard.expire(t0 + 2 * limits.session_idle).len(), 1);
+        assert_eq!(
+            shard.touch(id(2), t0 + 2 * limits.session_idle).err(),
+            Some(SessionError::Expired)
+        );
+        assert_eq!(shard.touch(id(3), t0).err(), Some(SessionError::NotFound));
     }
 
     #[test]
@@ -863,7 +892,7 @@ mod tests {
             .lease(late, "key:k1", "a", Some((id(3), modern("a", "key:k1"))))
             .unwrap();
         assert_eq!((fresh.id, fresh.created), (id(3), late));
-        assert_eq!(shard.touch(id(1), late).err(), Some(SessionError::NotFound));
+        assert_eq!(shard.touch(id(1), late).err(), Some(SessionError::Expired));
         // Revoked, the lease is free for a new session (a hold is what refuses the agent).
         shard.revoke(&Revoke::Id(id(3)), late);
         assert_eq!(

@@ -141,6 +141,81 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Bad> {
     ))
 }
 
+/// A record as it lies in a segment's bytes, borrowed: for readers that search rather than verify (its
+/// CRC is checked, its place in the chain is not: that is `verify`'s job).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub kind: Kind,
+    pub seq: u64,
+    pub payload: &'a [u8],
+}
+
+/// `decode` without copying the payload or hashing the record.
+pub fn decode_ref(buf: &[u8]) -> Result<(RecordRef<'_>, usize), Bad> {
+    if buf.len() < HEAD_LEN {
+        return Err(Bad::Short);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > PAYLOAD_MAX {
+        return Err(Bad::TooLarge);
+    }
+    let total = HEAD_LEN + len;
+    if buf.len() < total {
+        return Err(Bad::Short);
+    }
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if crc32c::crc32c(&buf[8..total]) != crc {
+        return Err(Bad::Crc);
+    }
+    let kind = Kind::from_u8(buf[8]).ok_or(Bad::Kind)?;
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&buf[9..17]);
+    Ok((
+        RecordRef {
+            kind,
+            seq: u64::from_le_bytes(seq),
+            payload: &buf[HEAD_LEN..total],
+        },
+        total,
+    ))
+}
+
+/// The intact records at the start of a segment's bytes, in order.
+pub fn records(bytes: &[u8]) -> Vec<RecordRef<'_>> {
+    let mut out = Vec::with_capacity(bytes.len() / 512);
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match decode_ref(&bytes[at..]) {
+            Ok((r, n)) => {
+                out.push(r);
+                at += n;
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The payload of a segment's first record, reading only that record (`None`: the segment is empty
+/// or its first record does not decode).
+pub fn first_payload(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = File::open(path)?;
+    let mut head = [0u8; HEAD_LEN];
+    if f.read_exact(&mut head).is_err() {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > PAYLOAD_MAX {
+        return Ok(None);
+    }
+    let mut buf = head.to_vec();
+    buf.resize(HEAD_LEN + len, 0);
+    if f.read_exact(&mut buf[HEAD_LEN..]).is_err() {
+        return Ok(None);
+    }
+    Ok(decode_ref(&buf).ok().map(|(r, _)| r.payload.to_vec()))
+}
+
 /// A checkpoint's payload: the chain position it signs and the signature.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {

@@ -422,7 +422,7 @@ impl Gateway {
                 panic!("gateway exited during start: {s}");
             }
             if let Ok(r) = request(self.admin_port, "GET", "/readyz", &[], b"") {
-                if r.status == 200 {
+                if serving(&r) {
                     return;
                 }
             }
@@ -443,6 +443,17 @@ impl Gateway {
             .unwrap()
             .text()
     }
+}
+
+/// Whether a `/readyz` answer says the gateway serves: ready, or failing only for want of an approved
+/// snapshot (most tests start a gateway and then approve one).
+pub fn serving(r: &RawResponse) -> bool {
+    r.status == 200
+        || (r.status == 503
+            && r.text()
+                .lines()
+                .filter(|l| l.contains(": FAIL"))
+                .all(|l| l.starts_with("snapshot:")))
 }
 
 /// A response read by the raw client.

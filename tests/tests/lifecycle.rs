@@ -58,13 +58,17 @@ fn no_arguments_start_on_embedded_defaults() {
     };
     let t0 = std::time::Instant::now();
     loop {
-        if request(8444, "GET", "/readyz", &[], b"").is_ok_and(|r| r.status == 200) {
+        if request(8444, "GET", "/readyz", &[], b"").is_ok_and(|r| serving(&r)) {
             break;
         }
         assert!(t0.elapsed() < READY_TIMEOUT, "defaults never became ready");
         assert!(proc.child.try_wait().unwrap().is_none(), "gateway exited");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Serving, but nothing approved yet: a load balancer must not send agents here.
+    let ready = request(8444, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("snapshot: FAIL"), "{}", ready.text());
     let data = dir.path().join("portcullis-data");
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
@@ -96,6 +100,12 @@ fn no_arguments_start_on_embedded_defaults() {
     let banner = std::io::read_to_string(stdout).unwrap();
     assert!(banner.contains("https://127.0.0.1:8443/mcp"), "{banner}");
     assert!(banner.contains("SHA-256 fingerprint"), "{banner}");
+    // Where the operator goes next: the console, and the token to log in with.
+    assert!(
+        banner.contains("Console: http://127.0.0.1:8444/console/"),
+        "{banner}"
+    );
+    assert!(banner.contains("admin.token"), "{banner}");
 }
 
 #[test]

@@ -383,3 +383,31 @@ fn client_certificates_name_agents() {
         None
     );
 }
+
+#[test]
+fn certificate_expiry_is_read_in_both_time_forms() {
+    let expiring = |y: i32, m: u8, d: u8| {
+        let mut params = rcgen::CertificateParams::default();
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    };
+    // Before 2050 rcgen writes UTCTime, from 2050 GeneralizedTime (RFC 5280 4.1.2.5).
+    assert_eq!(
+        certificate_not_after(&expiring(2031, 5, 17)),
+        Some(1_936_742_400)
+    );
+    assert_eq!(
+        certificate_not_after(&expiring(2050, 1, 1)),
+        Some(2_524_608_000)
+    );
+    assert_eq!(
+        certificate_not_after(&expiring(2000, 3, 1)),
+        Some(951_868_800)
+    );
+    let der = expiring(2031, 5, 17);
+    for n in 0..der.len() {
+        let _ = certificate_not_after(&der[..n]);
+    }
+    assert_eq!(certificate_not_after(b"not a certificate"), None);
+}

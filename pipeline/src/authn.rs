@@ -447,16 +447,7 @@ pub enum CertName {
 /// certificate has already been verified by the TLS handshake against the configured client CAs; this
 /// only reads it (a minimal DER walk over the fields it needs).
 pub fn certificate_agent(der: &[u8], rule: &CertName) -> Option<String> {
-    let cert = der::Reader::new(der).expect(der::SEQUENCE)?;
-    let tbs = der::Reader::new(cert).expect(der::SEQUENCE)?;
-    let mut r = der::Reader::new(tbs);
-    if r.peek() == Some(0xA0) {
-        r.any()?; // version
-    }
-    r.expect(der::INTEGER)?; // serial
-    r.expect(der::SEQUENCE)?; // signature algorithm
-    r.expect(der::SEQUENCE)?; // issuer
-    r.expect(der::SEQUENCE)?; // validity
+    let (_, mut r) = to_validity(der)?;
     let subject = r.expect(der::SEQUENCE)?;
     r.expect(der::SEQUENCE)?; // subject public key info
     let name = match rule {
@@ -472,16 +463,8 @@ pub fn certificate_agent(der: &[u8], rule: &CertName) -> Option<String> {
 /// When a certificate stops being valid (`notAfter`), in seconds since the Unix epoch; `None` when the
 /// DER does not parse. For the health document's certificate expiry.
 pub fn certificate_not_after(der: &[u8]) -> Option<u64> {
-    let cert = der::Reader::new(der).expect(der::SEQUENCE)?;
-    let tbs = der::Reader::new(cert).expect(der::SEQUENCE)?;
-    let mut r = der::Reader::new(tbs);
-    if r.peek() == Some(0xA0) {
-        r.any()?; // version
-    }
-    r.expect(der::INTEGER)?; // serial
-    r.expect(der::SEQUENCE)?; // signature algorithm
-    r.expect(der::SEQUENCE)?; // issuer
-    let mut validity = der::Reader::new(r.expect(der::SEQUENCE)?);
+    let (validity, _) = to_validity(der)?;
+    let mut validity = der::Reader::new(validity);
     validity.any()?; // notBefore
     let (tag, t) = validity.any()?;
     let digits = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
@@ -503,6 +486,21 @@ pub fn certificate_not_after(der: &[u8]) -> Option<u64> {
         return None;
     }
     Some(days_from_civil(year, month, day)? * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// A certificate's `validity` contents, and a reader at the field after it (the subject).
+fn to_validity(der: &[u8]) -> Option<(&[u8], der::Reader<'_>)> {
+    let cert = der::Reader::new(der).expect(der::SEQUENCE)?;
+    let tbs = der::Reader::new(cert).expect(der::SEQUENCE)?;
+    let mut r = der::Reader::new(tbs);
+    if r.peek() == Some(0xA0) {
+        r.any()?; // version
+    }
+    r.expect(der::INTEGER)?; // serial
+    r.expect(der::SEQUENCE)?; // signature algorithm
+    r.expect(der::SEQUENCE)?; // issuer
+    let validity = r.expect(der::SEQUENCE)?;
+    Some((validity, r))
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm); `None` before 1970.

@@ -106,33 +106,15 @@ pub enum Bad {
 
 /// Decode the record at the start of `buf`: the record and its length in bytes.
 pub fn decode(buf: &[u8]) -> Result<(Record, usize), Bad> {
-    if buf.len() < HEAD_LEN {
-        return Err(Bad::Short);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > PAYLOAD_MAX {
-        return Err(Bad::TooLarge);
-    }
-    let total = HEAD_LEN + len;
-    if buf.len() < total {
-        return Err(Bad::Short);
-    }
-    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if crc32c::crc32c(&buf[8..total]) != crc {
-        return Err(Bad::Crc);
-    }
-    let kind = Kind::from_u8(buf[8]).ok_or(Bad::Kind)?;
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&buf[9..17]);
-    let seq = u64::from_le_bytes(seq);
+    let (r, total) = decode_ref(buf)?;
     let mut prev = [0u8; 32];
     prev.copy_from_slice(&buf[17..49]);
-    let payload = buf[HEAD_LEN..total].to_vec();
-    let hash = record_hash(&prev, kind, seq, &payload);
+    let payload = r.payload.to_vec();
+    let hash = record_hash(&prev, r.kind, r.seq, &payload);
     Ok((
         Record {
-            kind,
-            seq,
+            kind: r.kind,
+            seq: r.seq,
             prev,
             hash,
             payload,

@@ -72,6 +72,68 @@ pub struct Shared {
     /// sent or a stream resumes, never on the call path.
     pub replays:
         std::sync::Mutex<std::collections::HashMap<SessionId, portcullis_pipeline::replay::Replay>>,
+    /// Which GET stream of each session follows each upstream. Touched when a stream opens or ends.
+    pub followers: Followers,
+}
+
+/// Which of a session's GET streams follows each upstream: the newest. A 2025-11-25 upstream takes one
+/// GET stream per session (a second is refused with 409), and a client that reconnects opens its new
+/// stream before the gateway can notice the old one is gone (that shows only at the next write to it).
+/// So a newer stream takes each upstream over: the older stream's follower lets go of its upstream
+/// stream, and every upstream message reaches exactly one stream, the one the client is reading.
+#[derive(Debug, Default)]
+pub struct Followers {
+    next: std::sync::atomic::AtomicU64,
+    current: std::sync::Mutex<std::collections::HashMap<(SessionId, usize), Follower>>,
+}
+
+/// The stream following one upstream of one session: its generation, and the sender whose drop stops it.
+type Follower = (u64, flume::Sender<()>);
+
+impl Followers {
+    /// Take upstream `up` of session `id` over. The receiver disconnects when another stream takes it
+    /// over or this one lets go (`release`); its follower stops then.
+    fn take(&self, id: SessionId, up: usize) -> (u64, flume::Receiver<()>) {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = flume::bounded(0);
+        // The displaced sender drops outside the lock; its follower wakes on its own core.
+        let displaced = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((id, up), (generation, tx));
+        drop(displaced);
+        (generation, rx)
+    }
+
+    /// Let go of upstream `up` of session `id`, unless a newer stream took it over meanwhile.
+    fn release(&self, id: SessionId, up: usize, generation: u64) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current
+            .get(&(id, up))
+            .is_some_and(|(g, _)| *g == generation)
+        {
+            current.remove(&(id, up));
+        }
+    }
+}
+
+/// The upstreams one GET stream follows, let go when the stream ends however it ends.
+struct Following<'a> {
+    followers: &'a Followers,
+    id: SessionId,
+    held: Vec<(usize, u64)>,
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        for (up, generation) in self.held.drain(..) {
+            self.followers.release(self.id, up, generation);
+        }
+    }
 }
 
 /// Times one relayed stream resumes its upstream's closed stream, at most, and the longest wait asked.
@@ -1984,9 +2046,16 @@ impl Core {
         };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
         let want = UpstreamWant::all_lists();
+        let mut following = Following {
+            followers: &self.shared.followers,
+            id,
+            held: Vec::with_capacity(sv.upstreams.len()),
+        };
         for u in &sv.upstreams {
+            let (generation, stop) = self.shared.followers.take(id, u.slot);
+            following.held.push((u.slot, generation));
             if let Err(r) = self
-                .follow_upstream(&agent, u.slot, tx.clone(), &want)
+                .follow_upstream(&agent, u.slot, tx.clone(), &want, stop)
                 .await
             {
                 crate::warn!("listen upstream={} reason={}", u.name, r.code());
@@ -2092,13 +2161,18 @@ impl Core {
             },
         };
         let (tx, rx) = flume::bounded::<Message>(LISTEN_QUEUE_LEN);
+        // Dropped when the subscription ends: its followers let go of their upstream streams at once.
+        let (stop_tx, stop) = flume::bounded::<()>(0);
         let mut ephemeral = Ephemeral::new();
         for u in &sv.upstreams {
             let want = filter.for_upstream(&u.name);
             if want.is_empty() {
                 continue;
             }
-            match self.follow_upstream(agent, u.slot, tx.clone(), &want).await {
+            match self
+                .follow_upstream(agent, u.slot, tx.clone(), &want, stop.clone())
+                .await
+            {
                 Ok(e) => ephemeral.extend(e),
                 Err(r) => crate::warn!(
                     "subscriptions/listen upstream={} reason={}",
@@ -2130,6 +2204,7 @@ impl Core {
             };
         }
         drop(tx);
+        drop(stop_tx);
         self.close_ephemeral(agent.on(), ephemeral).await;
         open
     }
@@ -2237,7 +2312,8 @@ impl Core {
         }
     }
 
-    /// Open one upstream's out-of-request stream for this agent and relay it into `tx` from a task of its own.
+    /// Open one upstream's out-of-request stream for this agent and relay it into `tx` from a task of its own,
+    /// until the upstream ends it or `stop` disconnects (the agent's stream ended or was superseded).
     /// Returns the upstream sessions opened just for this stream (a stateless agent following a
     /// 2025-11-25 upstream), for the caller to close when the stream ends.
     async fn follow_upstream(
@@ -2246,6 +2322,7 @@ impl Core {
         up: usize,
         tx: flume::Sender<Message>,
         want: &UpstreamWant,
+        stop: flume::Receiver<()>,
     ) -> Result<Ephemeral, DenyReason> {
         let mut ephemeral = Ephemeral::new();
         let (rev, sid) = self.exchange_revision(agent, up, &mut ephemeral).await?;
@@ -2314,8 +2391,20 @@ impl Core {
                     h.1 = "text/event-stream".to_owned();
                 }
             });
-            self.send_upstream(up, agent.on(), "GET", &headers, b"")
-                .await?
+            // The stream this one superseded may still hold the upstream's one GET slot for a moment
+            // (its follower lets go on its own core): a 409 then is worth a few short retries.
+            let mut wait = FOLLOW_RETRY_FIRST;
+            loop {
+                let mut r = self
+                    .send_upstream(up, agent.on(), "GET", &headers, b"")
+                    .await?;
+                if r.status != 409 || wait > FOLLOW_RETRY_LAST {
+                    break r;
+                }
+                let _ = r.read_all(&self.pool).await;
+                monoio::time::sleep(wait).await;
+                wait *= 2;
+            }
         };
         if resp.status != 200 || !resp.is_event_stream() {
             // 405: this upstream offers no stream; nothing to follow.
@@ -2331,7 +2420,14 @@ impl Core {
         monoio::spawn(async move {
             let mut parser = SseParser::new(event_max);
             let mut events = Vec::new();
-            while let Ok(Some(chunk)) = resp.next_chunk(&pool).await {
+            loop {
+                let chunk = monoio::select! {
+                    _ = stop.recv_async() => return,
+                    c = resp.next_chunk(&pool) => c,
+                };
+                let Ok(Some(chunk)) = chunk else {
+                    return;
+                };
                 if parser.push(&chunk, &mut events).is_err() {
                     return;
                 }
@@ -2349,8 +2445,13 @@ impl Core {
                     let Some(msg) = rewrite_stream_message(&shared.naming, &name, msg) else {
                         continue;
                     };
-                    if tx.send_async(msg).await.is_err() {
-                        return; // the agent's stream is gone; dropping `resp` closes the upstream's
+                    // Gone or superseded: dropping `resp` closes the upstream's stream.
+                    let sent = monoio::select! {
+                        _ = stop.recv_async() => return,
+                        sent = tx.send_async(msg) => sent,
+                    };
+                    if sent.is_err() {
+                        return;
                     }
                 }
             }
@@ -3850,6 +3951,9 @@ enum Relayed {
 }
 
 /// Interval of SSE comments on an idle GET stream.
+/// Retries of an upstream GET refused with 409 while a superseded stream lets go: 10, 20 … 640 ms.
+const FOLLOW_RETRY_FIRST: Duration = Duration::from_millis(10);
+const FOLLOW_RETRY_LAST: Duration = Duration::from_millis(640);
 const LISTEN_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// How often an idle GET stream looks at the drain flag.
 const LISTEN_DRAIN_CHECK: std::time::Duration = std::time::Duration::from_millis(250);

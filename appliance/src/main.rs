@@ -463,6 +463,7 @@ fn up(args: UpArgs) -> Result<(), String> {
         session_peers: std::sync::OnceLock::new(),
         revocations: std::sync::atomic::AtomicU64::new(0),
         replays: std::sync::Mutex::new(std::collections::HashMap::new()),
+        followers: Default::default(),
         post_streams: std::sync::Mutex::default(),
     });
 

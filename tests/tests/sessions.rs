@@ -303,6 +303,87 @@ fn a_dropped_get_stream_resumes_from_last_event_id() {
     assert!(head.contains("resume_unavailable"), "{head}");
 }
 
+#[test]
+fn upstream_events_reach_the_stream_that_replaced_a_dropped_one() {
+    // A client that drops its GET stream and opens another (a reconnect) must hear the upstream on the
+    // new one at once, not after the gateway next writes to the dead one. The upstream allows one GET
+    // stream per session, so the gateway has to let go of the old one first.
+    let (_up, port) = py_server("alpha", &[]);
+    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
+    add_capability(&g, "alpha", port);
+    let (ops, _) = ops_and_viewer(&g);
+    ok(&g, &["approve"]);
+    act_as(&ops);
+    let sid = initialize(g.plain_port);
+    let announce = || {
+        let r = post(
+            g.plain_port,
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__announce","arguments":{}}}"#,
+        );
+        assert!(r.text().contains("announced"), "{}", r.text());
+    };
+    let heard = |s: &mut TcpStream, round: usize| {
+        let mut seen = String::new();
+        for _ in 0..20 {
+            seen.push_str(&read_for(s, Duration::from_millis(250)));
+            if seen.contains("notifications/tools/list_changed") {
+                return seen;
+            }
+        }
+        panic!("round {round}: no upstream event on the stream: {seen:?}");
+    };
+    let (mut s, head) = open_stream(g.plain_port, &sid, None);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    announce();
+    heard(&mut s, 0);
+    for round in 1..4 {
+        drop(s);
+        let (mut next, head) = open_stream(g.plain_port, &sid, None);
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        announce();
+        heard(&mut next, round);
+        s = next;
+    }
+    drop(s);
+
+    // A new session's GET stream and first call at once each want an upstream session: they must end
+    // up on the same one, or the call's announcements go to a stream nobody follows.
+    for round in 10..14 {
+        let fresh = initialize(g.plain_port);
+        let port = g.plain_port;
+        let first_call = {
+            let fresh = fresh.clone();
+            std::thread::spawn(move || {
+                post(
+                    port,
+                    &[
+                        ("mcp-session-id", &fresh),
+                        ("mcp-protocol-version", "2025-11-25"),
+                    ],
+                    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha__whoami","arguments":{}}}"#,
+                )
+            })
+        };
+        let (mut s, head) = open_stream(g.plain_port, &fresh, None);
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        assert!(first_call.join().unwrap().text().contains("alpha"));
+        let r = post(
+            g.plain_port,
+            &[
+                ("mcp-session-id", &fresh),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__announce","arguments":{}}}"#,
+        );
+        assert!(r.text().contains("announced"), "{}", r.text());
+        heard(&mut s, round);
+    }
+}
+
 /// A raw 2026-07-28 `tools/list`, naming gateway session `session` when given.
 fn modern_list(port: u16, session: Option<&str>) -> RawResponse {
     let body = modern_body(1, "tools/list", json!({}));

@@ -14,7 +14,7 @@
 //! at approval. A property two tools type differently, or one without a type Cedar can hold, is left out
 //! of the record, so a policy cannot read it and approval says so instead of the policy never firing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 
 use cedar_policy::{
@@ -310,21 +310,26 @@ fn to_cedar(
             }
             Some(RestrictedExpression::new_set(out))
         }
-        (ArgType::Record(fields), Value::Object(obj)) => Some(record(obj, fields, pointer)?),
+        (ArgType::Record(fields), Value::Object(obj)) => Some(record(obj, fields, pointer, None)?),
         // A value of another type than the merged one: the tool's own schema decides whether it is
         // valid; policies simply do not see it.
         _ => None,
     })
 }
 
+/// `obj` as a Cedar record of the `fields` it has values for; only the keys in `only`, when given.
 fn record(
     obj: &serde_json::Map<String, Value>,
     fields: &BTreeMap<String, Slot>,
     pointer: &mut String,
+    only: Option<&BTreeSet<String>>,
 ) -> Result<RestrictedExpression, Unrepresentable> {
     let mut out = Vec::new();
     let len = pointer.len();
     for (k, v) in obj {
+        if only.is_some_and(|only| !only.contains(k)) {
+            continue;
+        }
         let Some(Slot::Typed(t)) = fields.get(k) else {
             continue;
         };
@@ -412,9 +417,102 @@ pub struct SchemaProblem {
 /// (or type-only) scope. A request can only be decided by the buckets of its agent (itself, its groups,
 /// any) and its tool (itself, its capability, any), so a decision costs what those policies cost, not
 /// what the whole set costs.
-/// The policies filed under one (principal, resource) scope, and which parts of `context` any of
-/// them reads (`READS_*`).
-type Buckets = HashMap<(u32, u32), (PolicySet, u8)>;
+type Buckets = HashMap<(u32, u32), Bucket>;
+
+/// The policies filed under one (principal, resource) scope, split by whether they read the call's
+/// arguments, each part with the context attributes its policies read (`READS_*`).
+#[derive(Debug)]
+struct Bucket {
+    /// Policies that do not read `context.arguments`: for one agent, resource, action and the context
+    /// attributes they read, their answer is always the same.
+    fixed: PolicySet,
+    fixed_reads: u8,
+    /// Policies that read the arguments: asked on every call.
+    moving: PolicySet,
+    moving_reads: u8,
+    /// The arguments the moving policies read (`None`: they use the arguments record whole).
+    moving_fields: ArgumentFields,
+}
+
+/// Which top-level arguments some policies read: `None` for all of them.
+type ArgumentFields = Option<BTreeSet<String>>;
+
+/// The union of what two sets of policies read of the arguments.
+fn union_fields(a: &mut ArgumentFields, b: &ArgumentFields) {
+    match (a.as_mut(), b) {
+        (Some(a), Some(b)) => a.extend(b.iter().cloned()),
+        _ => *a = None,
+    }
+}
+
+impl Bucket {
+    fn reads(&self) -> u8 {
+        self.fixed_reads | self.moving_reads
+    }
+}
+
+/// What Cedar said over some policies: the satisfied permits and forbids, and the forbids that failed
+/// to evaluate (Cedar skips a policy that errors; for a forbid that would turn an error into access).
+#[derive(Clone, Debug, Default)]
+struct Answer {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+    failed_forbids: Vec<String>,
+}
+
+impl Answer {
+    fn of(response: &cedar_policy::Response, set: &PolicySet) -> Answer {
+        let mut a = Answer::default();
+        a.failed_forbids.extend(
+            response
+                .diagnostics()
+                .errors()
+                .map(|e| match e {
+                    cedar_policy::AuthorizationError::PolicyEvaluationError(e) => e.policy_id(),
+                })
+                .filter(|id| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid))
+                .map(ToString::to_string),
+        );
+        let reasons = response.diagnostics().reason().map(ToString::to_string);
+        match response.decision() {
+            Decision::Allow => a.permits.extend(reasons),
+            Decision::Deny => a.forbids.extend(reasons),
+        }
+        a
+    }
+
+    /// Cedar's answer over a union of policy sets is the union of its answers over each: a satisfied
+    /// forbid anywhere denies, else a satisfied permit anywhere allows.
+    fn add(&mut self, other: &Answer) {
+        self.permits.extend_from_slice(&other.permits);
+        self.forbids.extend_from_slice(&other.forbids);
+        self.failed_forbids.extend_from_slice(&other.failed_forbids);
+    }
+
+    fn verdict(self) -> Verdict {
+        let Answer {
+            permits,
+            forbids,
+            mut failed_forbids,
+        } = self;
+        if !failed_forbids.is_empty() {
+            failed_forbids.sort_unstable();
+            return Verdict {
+                allowed: false,
+                policies: failed_forbids,
+                detail: Some("a forbid policy failed to evaluate".into()),
+            };
+        }
+        let allowed = forbids.is_empty() && !permits.is_empty();
+        let mut policies = if forbids.is_empty() { permits } else { forbids };
+        policies.sort_unstable();
+        Verdict {
+            allowed,
+            policies,
+            detail: None,
+        }
+    }
+}
 
 /// The entities policy scopes name, numbered from 1, so a decision finds its buckets by integers.
 type Scopes = HashMap<EntityUid, u32>;
@@ -425,22 +523,65 @@ const NO_SCOPE: u32 = u32::MAX;
 
 /// How many merged sets a `MergedSets` holds before it starts over.
 pub const MERGED_SETS_MAX: usize = 4096;
+/// How many remembered answers a `MergedSets` holds before it starts over: one per agent, tool, action
+/// and value of the context attributes read (the hour, say); some 200 bytes each.
+pub const MERGED_ANSWERS_MAX: usize = 65_536;
 
 /// The buckets one decision consults, merged into one policy set per (agent, resource scopes): one Cedar
 /// call per decision instead of one per bucket, since each call costs microseconds before it reads a
 /// policy. Cedar's answer over a union of sets is the union of its answers (a satisfied forbid anywhere
 /// denies, else a satisfied permit allows), so merging changes no decision.
 ///
+/// Each merged set is kept in two parts, as buckets are: the policies that read the call's arguments,
+/// asked on every call that has some, and the rest, whose answer is remembered per agent, tool, action
+/// and the context attributes they read. A call that one argument forbid could deny then costs Cedar
+/// that forbid alone, not every permit that lets the agent use the tool.
+///
 /// Kept by the caller (one per core, no lock) for one `Governor`: `clear` it when the governor changes.
 /// Bounded by `MERGED_SETS_MAX`.
 #[derive(Debug, Default)]
 pub struct MergedSets {
-    sets: HashMap<(u32, [u32; 3]), PolicySet>,
+    sets: HashMap<(u32, [u32; 3]), Merged>,
+    /// Answers of merged parts that do not depend on arguments. Bounded by `MERGED_ANSWERS_MAX`.
+    answers: HashMap<AnswerKey, Answer>,
+}
+
+/// What a remembered answer depends on: the agent, the tool, the action, which part of the merged set
+/// (the arguments-reading part is remembered only for requests without arguments) and the context
+/// attributes that part reads.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AnswerKey {
+    agent: u32,
+    tool: u32,
+    action: Action,
+    moving: bool,
+    env: EnvKey,
+}
+
+/// The consulted buckets of one (agent, resource scopes), merged.
+#[derive(Debug)]
+struct Merged {
+    fixed: PolicySet,
+    fixed_reads: u8,
+    moving: PolicySet,
+    moving_reads: u8,
+    moving_fields: ArgumentFields,
 }
 
 impl MergedSets {
     pub fn clear(&mut self) {
         self.sets.clear();
+        self.answers.clear();
+    }
+
+    /// The merged set for `key` and the remembered answers, apart, for one decision to use both.
+    fn parts(
+        &mut self,
+        key: (u32, [u32; 3]),
+        buckets: &[&Bucket],
+    ) -> Option<(&Merged, &mut HashMap<AnswerKey, Answer>)> {
+        self.merged(key, buckets)?;
+        Some((self.sets.get(&key)?, &mut self.answers))
     }
 
     pub fn len(&self) -> usize {
@@ -451,20 +592,36 @@ impl MergedSets {
         self.sets.is_empty()
     }
 
-    /// The union of `sets`, merged once per `key`; `None` if Cedar refuses the union (it cannot: policy ids
-    /// are unique across buckets), and the caller then asks each set.
-    fn merged(&mut self, key: (u32, [u32; 3]), sets: &[&PolicySet]) -> Option<&PolicySet> {
+    /// The union of `buckets`, merged once per `key`; `None` if Cedar refuses the union (it cannot:
+    /// policy ids are unique across buckets), and the caller then asks each bucket.
+    fn merged(&mut self, key: (u32, [u32; 3]), buckets: &[&Bucket]) -> Option<()> {
         if !self.sets.contains_key(&key) {
-            let mut union = PolicySet::new();
-            for p in sets.iter().flat_map(|s| s.policies()) {
-                union.add(p.clone()).ok()?;
+            let (mut fixed, mut moving) = (PolicySet::new(), PolicySet::new());
+            for b in buckets {
+                for p in b.fixed.policies() {
+                    fixed.add(p.clone()).ok()?;
+                }
+                for p in b.moving.policies() {
+                    moving.add(p.clone()).ok()?;
+                }
             }
             if self.sets.len() >= MERGED_SETS_MAX {
                 self.sets.clear();
             }
-            self.sets.insert(key, union);
+            let mut moving_fields = Some(BTreeSet::new());
+            for b in buckets.iter().filter(|b| !b.moving.is_empty()) {
+                union_fields(&mut moving_fields, &b.moving_fields);
+            }
+            let merged = Merged {
+                fixed,
+                fixed_reads: buckets.iter().fold(0, |acc, b| acc | b.fixed_reads),
+                moving,
+                moving_reads: buckets.iter().fold(0, |acc, b| acc | b.moving_reads),
+                moving_fields,
+            };
+            self.sets.insert(key, merged);
         }
-        self.sets.get(&key)
+        Some(())
     }
 }
 
@@ -479,7 +636,7 @@ const READS_ALL: u8 = 127;
 
 /// Which context attributes a policy reads, from its JSON form: every `context.X` and
 /// `context has X`; `context` used any other way (whole, or through a function) reads everything.
-fn context_reads(p: &cedar_policy::Policy) -> u8 {
+fn context_reads(json: Option<&Value>) -> u8 {
     fn attr_bit(attr: &str) -> u8 {
         match attr {
             "transport" => READS_TRANSPORT,
@@ -517,10 +674,48 @@ fn context_reads(p: &cedar_policy::Policy) -> u8 {
             _ => 0,
         }
     }
-    match p.to_json() {
-        Ok(json) => walk(&json),
-        Err(_) => READS_ALL,
+    json.map_or(READS_ALL, walk)
+}
+
+/// Which top-level arguments a policy reads, from its JSON form: every `context.arguments.X` and
+/// `context.arguments has X`; the arguments record used any other way (compared whole, say) reads
+/// them all. Policies cannot list a record's keys, so the fields they never name cannot change their
+/// answer, and the context leaves them out.
+fn argument_fields(json: Option<&Value>) -> ArgumentFields {
+    fn is_arguments(v: &Value) -> bool {
+        v.get(".").is_some_and(|inner| {
+            inner.get("attr").and_then(Value::as_str) == Some("arguments")
+                && inner
+                    .get("left")
+                    .and_then(|l| l.get("Var"))
+                    .and_then(Value::as_str)
+                    == Some("context")
+        })
     }
+    fn walk(v: &Value, fields: &mut BTreeSet<String>) -> bool {
+        match v {
+            Value::Object(m) => {
+                for op in [".", "has"] {
+                    if let Some(inner) = m.get(op) {
+                        if let (Some(left), Some(attr)) = (inner.get("left"), inner.get("attr")) {
+                            if is_arguments(left) {
+                                let Some(attr) = attr.as_str() else {
+                                    return false;
+                                };
+                                fields.insert(attr.to_owned());
+                                return true;
+                            }
+                        }
+                    }
+                }
+                !is_arguments(v) && m.values().all(|v| walk(v, fields))
+            }
+            Value::Array(a) => a.iter().all(|v| walk(v, fields)),
+            _ => true,
+        }
+    }
+    let mut fields = BTreeSet::new();
+    json.filter(|j| walk(j, &mut fields)).map(|_| fields)
 }
 
 /// What a `call` or `discover` decision depends on beyond the snapshot: the agent, the tool, the
@@ -620,9 +815,23 @@ fn index(policies: &PolicySet) -> Result<(Buckets, Scopes), String> {
             number(principal_key(p.principal_constraint())),
             number(resource_key(p.resource_constraint())),
         );
-        let bucket = buckets.entry(key).or_insert_with(|| (PolicySet::new(), 0));
-        bucket.1 |= context_reads(p);
-        bucket.0.add(p.clone()).map_err(|e| e.to_string())?;
+        let bucket = buckets.entry(key).or_insert_with(|| Bucket {
+            fixed: PolicySet::new(),
+            fixed_reads: 0,
+            moving: PolicySet::new(),
+            moving_reads: 0,
+            moving_fields: Some(BTreeSet::new()),
+        });
+        let json = p.to_json().ok();
+        let reads = context_reads(json.as_ref());
+        let (part, part_reads) = if reads & READS_ARGUMENTS == 0 {
+            (&mut bucket.fixed, &mut bucket.fixed_reads)
+        } else {
+            union_fields(&mut bucket.moving_fields, &argument_fields(json.as_ref()));
+            (&mut bucket.moving, &mut bucket.moving_reads)
+        };
+        *part_reads |= reads;
+        part.add(p.clone()).map_err(|e| e.to_string())?;
     }
     Ok((buckets, scopes))
 }
@@ -826,7 +1035,7 @@ impl Governor {
         Ok(Governor {
             n_policies: policies.num_of_policies(),
             n_limits,
-            reads: buckets.values().fold(0, |acc, (_, m)| acc | m),
+            reads: buckets.values().fold(0, |acc, b| acc | b.reads()),
             buckets,
             scopes,
             entities,
@@ -873,12 +1082,13 @@ impl Governor {
         env: &Env<'_>,
         arguments: Option<&Value>,
         reads: u8,
+        only: Option<&BTreeSet<String>>,
     ) -> Result<Context, Verdict> {
         if reads & READS_ARGUMENTS == 0 {
             return self.env_context(env, reads, None);
         }
         let args = match arguments {
-            Some(Value::Object(obj)) => record(obj, &self.arguments, &mut String::new()).map_err(
+            Some(Value::Object(obj)) => record(obj, &self.arguments, &mut String::new(), only).map_err(
                 |u| {
                     Verdict::deny(format!(
                         "argument {} is a number policies cannot compare exactly (not an integer in the signed 64-bit range)",
@@ -983,6 +1193,7 @@ impl Governor {
                 detail: None,
             };
         };
+        let index = u32::try_from(tool.validator).unwrap_or(u32::MAX);
         self.decide_on(
             who,
             action,
@@ -990,23 +1201,23 @@ impl Governor {
             tool.resources,
             arguments,
             env,
-            merged,
+            merged.map(|m| (m, index)),
         )
     }
 
     /// The buckets a decision for `who` on `resources` consults, and what of the context they read.
-    fn consulted(&self, who: &AgentEntry, resources: &[u32]) -> (Vec<&PolicySet>, u8) {
-        let mut sets = Vec::new();
+    fn consulted(&self, who: &AgentEntry, resources: &[u32]) -> (Vec<&Bucket>, u8) {
+        let mut buckets = Vec::new();
         let mut reads = 0;
         for p in &who.principals {
             for r in resources.iter().filter(|r| **r != NO_SCOPE) {
-                if let Some((set, m)) = self.buckets.get(&(*p, *r)) {
-                    sets.push(set);
-                    reads |= m;
+                if let Some(b) = self.buckets.get(&(*p, *r)) {
+                    buckets.push(b);
+                    reads |= b.reads();
                 }
             }
         }
-        (sets, reads)
+        (buckets, reads)
     }
 
     /// The key under which `decide(agent, action, capability, name, _, env)` may be remembered for this
@@ -1041,6 +1252,7 @@ impl Governor {
     }
 
     /// Decide over the buckets of `who` and `resources` (the resource itself and what it is in).
+    /// `tool` numbers the resource among the snapshot's tools, for `merged`'s remembered answers.
     #[allow(clippy::too_many_arguments)]
     fn decide_on(
         &self,
@@ -1050,10 +1262,10 @@ impl Governor {
         resources: [u32; 3],
         arguments: Option<&Value>,
         env: &Env<'_>,
-        merged: Option<&mut MergedSets>,
+        merged: Option<(&mut MergedSets, u32)>,
     ) -> Verdict {
-        let (mut sets, reads) = self.consulted(who, &resources);
-        if sets.is_empty() {
+        let (buckets, reads) = self.consulted(who, &resources);
+        if buckets.is_empty() {
             // No policy can apply: the default deny, without asking Cedar.
             return Verdict {
                 allowed: false,
@@ -1061,73 +1273,87 @@ impl Governor {
                 detail: None,
             };
         }
-        // Only what a policy that can apply reads goes into the context; arguments included.
-        let context = match self.context(env, arguments, reads) {
-            Ok(c) => c,
-            Err(v) => return v,
-        };
-        let action = match action {
+        let action_uid = match action {
             Action::Discover => &self.discover,
             Action::Call => &self.call,
         };
-        let request = match Request::new(
-            who.uid.clone(),
-            action.clone(),
-            resource.clone(),
-            context,
-            None,
-        ) {
-            Ok(r) => r,
-            Err(e) => return Verdict::deny(e.to_string()),
+        // Only what the policies asked read goes into the context; arguments included.
+        let request = |reads: u8,
+                       arguments: Option<&Value>,
+                       only: Option<&BTreeSet<String>>|
+         -> Result<Request, Verdict> {
+            let context = self.context(env, arguments, reads, only)?;
+            Request::new(
+                who.uid.clone(),
+                action_uid.clone(),
+                resource.clone(),
+                context,
+                None,
+            )
+            .map_err(|e| Verdict::deny(e.to_string()))
         };
-        // Cedar's answer over the union of the buckets equals the union of its answers per bucket: a
-        // satisfied forbid anywhere denies, else a satisfied permit anywhere allows.
-        if sets.len() > 1 {
-            if let Some(union) = merged.and_then(|m| m.merged((who.idx, resources), &sets)) {
-                sets = vec![union];
-            }
-        }
         let authorizer = Authorizer::new();
-        let (mut permits, mut forbids, mut failed_forbids) = (Vec::new(), Vec::new(), Vec::new());
-        {
-            for set in sets {
-                let response = authorizer.is_authorized(&request, set, &self.entities);
-                // Cedar skips a policy that errors; for a forbid that would turn an error into access.
-                failed_forbids.extend(
-                    response
-                        .diagnostics()
-                        .errors()
-                        .map(|e| match e {
-                            cedar_policy::AuthorizationError::PolicyEvaluationError(e) => {
-                                e.policy_id()
-                            }
-                        })
-                        .filter(|id| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid))
-                        .map(ToString::to_string),
-                );
-                let reasons = response.diagnostics().reason().map(ToString::to_string);
-                match response.decision() {
-                    Decision::Allow => permits.extend(reasons),
-                    Decision::Deny => forbids.extend(reasons),
+        let ask = |set: &PolicySet, request: &Request| {
+            Answer::of(&authorizer.is_authorized(request, set, &self.entities), set)
+        };
+        let mut answer = Answer::default();
+        let parts =
+            merged.and_then(|(m, tool)| Some((m.parts((who.idx, resources), &buckets)?, tool)));
+        if let Some(((m, answers), tool)) = parts {
+            // Without arguments the arguments-reading part is as fixed as the rest.
+            let parts = [
+                (&m.fixed, m.fixed_reads, false, true),
+                (&m.moving, m.moving_reads, true, arguments.is_none()),
+            ];
+            for (set, reads, moving, remember) in parts {
+                if set.is_empty() {
+                    continue;
                 }
+                if !remember {
+                    match request(reads, arguments, m.moving_fields.as_ref()) {
+                        Ok(r) => answer.add(&ask(set, &r)),
+                        Err(v) => return v,
+                    }
+                    continue;
+                }
+                let key = AnswerKey {
+                    agent: who.idx,
+                    tool,
+                    action,
+                    moving,
+                    env: EnvKey::new(reads & !READS_ARGUMENTS, env),
+                };
+                if let Some(a) = answers.get(&key) {
+                    answer.add(a);
+                    continue;
+                }
+                let a = match request(reads, None, None) {
+                    Ok(r) => ask(set, &r),
+                    Err(v) => return v,
+                };
+                answer.add(&a);
+                if answers.len() >= MERGED_ANSWERS_MAX {
+                    answers.clear();
+                }
+                answers.insert(key, a);
+            }
+            return answer.verdict();
+        }
+        // Bucket by bucket, over one request with everything any of them reads.
+        let mut fields = Some(BTreeSet::new());
+        for b in buckets.iter().filter(|b| !b.moving.is_empty()) {
+            union_fields(&mut fields, &b.moving_fields);
+        }
+        let r = match request(reads, arguments, fields.as_ref()) {
+            Ok(r) => r,
+            Err(v) => return v,
+        };
+        for set in buckets.iter().flat_map(|b| [&b.fixed, &b.moving]) {
+            if !set.is_empty() {
+                answer.add(&ask(set, &r));
             }
         }
-        if !failed_forbids.is_empty() {
-            failed_forbids.sort_unstable();
-            return Verdict {
-                allowed: false,
-                policies: failed_forbids,
-                detail: Some("a forbid policy failed to evaluate".into()),
-            };
-        }
-        let allowed = forbids.is_empty() && !permits.is_empty();
-        let mut policies = if forbids.is_empty() { permits } else { forbids };
-        policies.sort_unstable();
-        Verdict {
-            allowed,
-            policies,
-            detail: None,
-        }
+        answer.verdict()
     }
 
     /// May `agent` `action` the prompts and resources of `capability` (listing them is `discover`,

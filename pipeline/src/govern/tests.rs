@@ -584,3 +584,104 @@ fn merged_sets_decide_exactly_as_the_buckets_do() {
     merged.clear();
     assert!(merged.is_empty());
 }
+
+#[test]
+fn remembered_answers_are_kept_apart_by_tool_action_and_context() {
+    // Neither policy names a tool or capability in its scope, so both tools share one merged set; the
+    // permit reads the tool's name and the hour, the forbid the arguments.
+    let g = governor(&[
+        (
+            "query-by-day",
+            r#"permit(principal, action, resource) when { resource.name == "query" && context.hour >= 9 };"#,
+        ),
+        (
+            "discover-all",
+            r#"permit(principal, action == Action::"discover", resource);"#,
+        ),
+        (
+            "big-amounts",
+            r#"forbid(principal, action == Action::"call", resource) when { context.arguments has amount && context.arguments.amount > 1000 };"#,
+        ),
+    ]);
+    let mut merged = crate::govern::MergedSets::default();
+    let mut compared = 0;
+    for hour in [12, 3, 12, 20, 3] {
+        let env = Env { hour, ..ENV };
+        for (c, t) in [("docs", "query"), ("bank", "transfer"), ("docs", "query")] {
+            for action in [Action::Call, Action::Discover] {
+                for args in [json!({"amount": 5}), json!({"amount": 5000}), json!({})] {
+                    let plain = g.decide("teller", action, c, t, Some(&args), &env);
+                    let m = g.decide_merged(&mut merged, "teller", action, c, t, Some(&args), &env);
+                    assert_eq!(plain, m, "{action:?} {c}__{t} {args} at {hour}h");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 5 * 3 * 2 * 3);
+    let mut call = |t: &str, hour: i64, amount: i64| {
+        let env = Env { hour, ..ENV };
+        let c = if t == "query" { "docs" } else { "bank" };
+        g.decide_merged(
+            &mut merged,
+            "teller",
+            Action::Call,
+            c,
+            t,
+            Some(&json!({"amount": amount})),
+            &env,
+        )
+    };
+    assert!(call("query", 12, 5).allowed);
+    assert!(
+        !call("transfer", 12, 5).allowed,
+        "another tool's remembered answer"
+    );
+    assert!(
+        !call("query", 3, 5).allowed,
+        "another hour's remembered answer"
+    );
+    let v = call("query", 12, 5000);
+    assert!(!v.allowed);
+    assert_eq!(v.policies, ["big-amounts"]);
+    assert_eq!(merged.len(), 1, "one merged set for both tools");
+}
+
+#[test]
+fn the_context_carries_only_the_arguments_policies_name() {
+    let fields = |text: &str| {
+        let p = cedar_policy::Policy::from_str(text).unwrap();
+        argument_fields(p.to_json().ok().as_ref()).map(|f| f.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        fields(
+            r#"forbid(principal, action, resource) when { context.arguments has amount && context.arguments.amount > 5 && context.arguments["to"] like "x*" };"#
+        ),
+        Some(vec!["amount".to_owned(), "to".to_owned()])
+    );
+    // A nested field is read through its top-level one.
+    assert_eq!(
+        fields(
+            r#"permit(principal, action, resource) when { context.arguments.filter.owner == principal.owner };"#
+        ),
+        Some(vec!["filter".to_owned()])
+    );
+    assert_eq!(
+        fields(r#"permit(principal, action, resource) when { context.hour > 3 };"#),
+        Some(vec![])
+    );
+    // The record compared whole (or handed to anything else) needs every field.
+    assert_eq!(
+        fields(
+            r#"forbid(principal, action, resource) when { context.arguments == {"amount": 5} };"#
+        ),
+        None
+    );
+    assert_eq!(
+        fields(
+            r#"forbid(principal, action, resource) when { context.arguments.amount > 1 || [context.arguments].contains({}) };"#
+        ),
+        None
+    );
+    // (Approval validates policies against the schema, which refuses most such uses anyway.)
+}

@@ -11,9 +11,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use portcullis_storage::audit::{Recovery, Segments};
 use portcullis_storage::SigningKey;
 
@@ -40,13 +41,15 @@ enum Job {
     Record {
         payload: Vec<u8>,
         ack: Option<flume::Sender<Result<(), String>>>,
+        /// When the core queued it: the record's wait is measured from here.
+        queued: Instant,
     },
     /// Write a checkpoint, sync, and answer (shutdown).
     Close(flume::Sender<()>),
 }
 
 /// What one core's writer has counted.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub records: AtomicU64,
     pub failures: AtomicU64,
@@ -57,6 +60,27 @@ pub struct Stats {
     pub failing: AtomicBool,
     /// When the last batch was written, ms since the epoch (0: none yet).
     pub last_batch_ms: AtomicU64,
+    /// Microseconds each batch took to write (and sync, when durable). Locked by the writer once a
+    /// batch and by a scrape, never by a core.
+    pub batch_us: Mutex<Histogram<u64>>,
+    /// Microseconds from a record being queued to its batch being written: what a durable request
+    /// waits for its record.
+    pub wait_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            records: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            write_nanos: AtomicU64::default(),
+            failing: AtomicBool::default(),
+            last_batch_ms: AtomicU64::default(),
+            batch_us: Mutex::new(crate::metrics::new_histogram()),
+            wait_us: Mutex::new(crate::metrics::new_histogram()),
+        }
+    }
 }
 
 /// One core's handle on its writer.
@@ -82,7 +106,11 @@ impl CoreTrail {
         if !self.durable {
             return self
                 .tx
-                .send_async(Job::Record { payload, ack: None })
+                .send_async(Job::Record {
+                    payload,
+                    ack: None,
+                    queued: Instant::now(),
+                })
                 .await
                 .map_err(|_| "the audit writer stopped".to_owned());
         }
@@ -91,6 +119,7 @@ impl CoreTrail {
             .send_async(Job::Record {
                 payload,
                 ack: Some(ack),
+                queued: Instant::now(),
             })
             .await
             .map_err(|_| "the audit writer stopped".to_owned())?;
@@ -198,6 +227,21 @@ impl Trail {
                 }
             }
         }
+        crate::metrics::summary_text(
+            &mut out,
+            "portcullis_audit_batch_write_duration_seconds",
+            "Writing (and in durable mode syncing) one batch of records, per core.",
+            self.cores
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i, &c.stats.batch_us)),
+        );
+        crate::metrics::summary_text(
+            &mut out,
+            "portcullis_audit_record_wait_seconds",
+            "From a record being queued to its batch being written: what a durable request waits for its record, per core.",
+            self.cores.iter().enumerate().map(|(i, c)| (i, &c.stats.wait_us)),
+        );
         let _ = writeln!(
             out,
             "# HELP portcullis_audit_bytes Bytes of the audit trail on disk.\n# TYPE portcullis_audit_bytes gauge\nportcullis_audit_bytes {}\n# HELP portcullis_audit_max_bytes The audit trail's disk budget.\n# TYPE portcullis_audit_max_bytes gauge\nportcullis_audit_max_bytes {}",
@@ -320,13 +364,19 @@ impl Writer {
             };
             let mut payloads = Vec::new();
             let mut acks = Vec::new();
+            let mut queued = Vec::new();
             let mut closes = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Record { payload, ack } => {
+                    Job::Record {
+                        payload,
+                        ack,
+                        queued: at,
+                    } => {
                         payloads.push(payload);
                         acks.push(ack);
+                        queued.push(at);
                     }
                     Job::Close(tx) => closes.push(tx),
                 }
@@ -336,6 +386,13 @@ impl Writer {
             }
             if !payloads.is_empty() {
                 let outcome = self.write(&payloads);
+                if outcome.is_ok() {
+                    if let Ok(mut h) = self.stats.wait_us.lock() {
+                        for at in &queued {
+                            let _ = h.record(micros(at.elapsed()));
+                        }
+                    }
+                }
                 for ack in acks.into_iter().flatten() {
                     let _ = ack.send(outcome.clone());
                 }
@@ -416,9 +473,15 @@ impl Writer {
             let before = self.segs.bytes();
             let t0 = Instant::now();
             let r = self.segs.append(payloads, self.durable, now_ms());
+            let took = t0.elapsed();
             self.stats
                 .write_nanos
-                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            if r.is_ok() {
+                if let Ok(mut h) = self.stats.batch_us.lock() {
+                    let _ = h.record(micros(took));
+                }
+            }
             let grown = self.segs.bytes().saturating_sub(before);
             self.used.fetch_add(grown, Ordering::Relaxed);
             r.map(|_| ()).map_err(|e| e.to_string())
@@ -445,4 +508,9 @@ impl Writer {
         }
         result
     }
+}
+
+/// A duration in whole microseconds, at least 1 (the histograms start there).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use portcullis_pipeline::DenyReason;
 
 /// Latency histogram range: 1 µs to 60 s, 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low, sigfig <= 5).
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
@@ -275,20 +275,30 @@ fn histogram_text(
     cores: &[Arc<CoreShared>],
     pick: fn(&CoreShared) -> &Mutex<Histogram<u64>>,
 ) {
+    summary_text(out, name, help, cores.iter().map(|c| (c.core, pick(c))));
+}
+
+/// A Prometheus summary (p50/p99/p99.9 in seconds, and the count) of per-core microsecond histograms,
+/// each core's and all of them merged.
+pub(crate) fn summary_text<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    cores: impl IntoIterator<Item = (usize, &'a Mutex<Histogram<u64>>)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} summary");
     let mut all = new_histogram();
-    for c in cores {
-        let Ok(h) = pick(c).lock() else { continue };
+    for (core, h) in cores {
+        let Ok(h) = h.lock() else { continue };
         for q in [0.5, 0.99, 0.999] {
             let _ = writeln!(
                 out,
-                "{name}{{core=\"{}\",quantile=\"{q}\"}} {}",
-                c.core,
+                "{name}{{core=\"{core}\",quantile=\"{q}\"}} {}",
                 h.value_at_quantile(q) as f64 / 1e6
             );
         }
-        let _ = writeln!(out, "{name}_count{{core=\"{}\"}} {}", c.core, h.len());
+        let _ = writeln!(out, "{name}_count{{core=\"{core}\"}} {}", h.len());
         let _ = all.add(&*h);
     }
     for q in [0.5, 0.99, 0.999] {

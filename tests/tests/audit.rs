@@ -154,6 +154,35 @@ fn every_request_leaves_a_record_that_verifies_and_exports() {
         metrics.contains("portcullis_audit_records_total{core="),
         "{metrics}"
     );
+    // Every record written was waited for and every batch timed, in the histograms' counts.
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+    };
+    let written: f64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("portcullis_audit_records_total{core="))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    let batches: f64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("portcullis_audit_batches_total{core="))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum();
+    assert!(written >= rs.len() as f64, "{metrics}");
+    assert_eq!(
+        value("portcullis_audit_record_wait_seconds_count{core=\"all\"}"),
+        written
+    );
+    assert_eq!(
+        value("portcullis_audit_batch_write_duration_seconds_count{core=\"all\"}"),
+        batches
+    );
+    let p99 = value("portcullis_audit_record_wait_seconds{core=\"all\",quantile=\"0.99\"}");
+    assert!(p99 > 0.0 && p99 < 60.0, "{p99}");
 
     // A clean stop vouches for every tail with a signed checkpoint; a flipped byte is then found.
     assert!(g.proc.terminate().success());

@@ -389,7 +389,7 @@ impl Writer {
                 if outcome.is_ok() {
                     if let Ok(mut h) = self.stats.wait_us.lock() {
                         for at in &queued {
-                            let _ = h.record(micros(at.elapsed()));
+                            crate::metrics::record_micros(&mut h, at.elapsed());
                         }
                     }
                 }
@@ -479,7 +479,7 @@ impl Writer {
                 .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
             if r.is_ok() {
                 if let Ok(mut h) = self.stats.batch_us.lock() {
-                    let _ = h.record(micros(took));
+                    crate::metrics::record_micros(&mut h, took);
                 }
             }
             let grown = self.segs.bytes().saturating_sub(before);
@@ -508,9 +508,4 @@ impl Writer {
         }
         result
     }
-}
-
-/// A duration in whole microseconds, at least 1 (the histograms start there).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }

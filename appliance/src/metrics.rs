@@ -20,6 +20,11 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// Record `d` in a `new_histogram`, in whole microseconds and at least 1 (where its range starts).
+pub(crate) fn record_micros(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
 #[derive(Debug)]
 pub struct Counters {
     pub connections_accepted: AtomicU64,
@@ -227,17 +232,11 @@ impl CoreMetrics {
     }
 
     pub fn record_request(&self, d: Duration) {
-        let _ = self
-            .request_us
-            .borrow_mut()
-            .record((d.as_micros() as u64).max(1));
+        record_micros(&mut self.request_us.borrow_mut(), d);
     }
 
     pub fn record_upstream(&self, d: Duration) {
-        let _ = self
-            .upstream_us
-            .borrow_mut()
-            .record((d.as_micros() as u64).max(1));
+        record_micros(&mut self.upstream_us.borrow_mut(), d);
     }
 
     /// Fold the local histograms into the shared copies (called by the core's timer).

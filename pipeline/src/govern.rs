@@ -445,6 +445,15 @@ fn union_fields(a: &mut ArgumentFields, b: &ArgumentFields) {
     }
 }
 
+/// What the moving policies of `buckets` read of the arguments, together.
+fn moving_fields(buckets: &[&Bucket]) -> ArgumentFields {
+    let mut fields = Some(BTreeSet::new());
+    for b in buckets.iter().filter(|b| !b.moving.is_empty()) {
+        union_fields(&mut fields, &b.moving_fields);
+    }
+    fields
+}
+
 impl Bucket {
     fn reads(&self) -> u8 {
         self.fixed_reads | self.moving_reads
@@ -487,6 +496,13 @@ impl Answer {
         self.permits.extend_from_slice(&other.permits);
         self.forbids.extend_from_slice(&other.forbids);
         self.failed_forbids.extend_from_slice(&other.failed_forbids);
+    }
+
+    /// `add`, for an answer not kept (nothing copied).
+    fn absorb(&mut self, other: Answer) {
+        self.permits.extend(other.permits);
+        self.forbids.extend(other.forbids);
+        self.failed_forbids.extend(other.failed_forbids);
     }
 
     fn verdict(self) -> Verdict {
@@ -568,19 +584,49 @@ struct Merged {
     moving_fields: ArgumentFields,
 }
 
+impl Merged {
+    /// The union of `buckets`; `None` if Cedar refuses it (it cannot: policy ids are unique across
+    /// buckets), and the caller then asks each bucket.
+    fn of(buckets: &[&Bucket]) -> Option<Merged> {
+        let (mut fixed, mut moving) = (PolicySet::new(), PolicySet::new());
+        for b in buckets {
+            for p in b.fixed.policies() {
+                fixed.add(p.clone()).ok()?;
+            }
+            for p in b.moving.policies() {
+                moving.add(p.clone()).ok()?;
+            }
+        }
+        Some(Merged {
+            fixed,
+            fixed_reads: buckets.iter().fold(0, |acc, b| acc | b.fixed_reads),
+            moving,
+            moving_reads: buckets.iter().fold(0, |acc, b| acc | b.moving_reads),
+            moving_fields: moving_fields(buckets),
+        })
+    }
+}
+
 impl MergedSets {
     pub fn clear(&mut self) {
         self.sets.clear();
         self.answers.clear();
     }
 
-    /// The merged set for `key` and the remembered answers, apart, for one decision to use both.
+    /// The buckets for `key` merged (once per key), and the remembered answers, apart, for one
+    /// decision to use both.
     fn parts(
         &mut self,
         key: (u32, [u32; 3]),
         buckets: &[&Bucket],
     ) -> Option<(&Merged, &mut HashMap<AnswerKey, Answer>)> {
-        self.merged(key, buckets)?;
+        if !self.sets.contains_key(&key) {
+            let merged = Merged::of(buckets)?;
+            if self.sets.len() >= MERGED_SETS_MAX {
+                self.sets.clear();
+            }
+            self.sets.insert(key, merged);
+        }
         Some((self.sets.get(&key)?, &mut self.answers))
     }
 
@@ -590,38 +636,6 @@ impl MergedSets {
 
     pub fn is_empty(&self) -> bool {
         self.sets.is_empty()
-    }
-
-    /// The union of `buckets`, merged once per `key`; `None` if Cedar refuses the union (it cannot:
-    /// policy ids are unique across buckets), and the caller then asks each bucket.
-    fn merged(&mut self, key: (u32, [u32; 3]), buckets: &[&Bucket]) -> Option<()> {
-        if !self.sets.contains_key(&key) {
-            let (mut fixed, mut moving) = (PolicySet::new(), PolicySet::new());
-            for b in buckets {
-                for p in b.fixed.policies() {
-                    fixed.add(p.clone()).ok()?;
-                }
-                for p in b.moving.policies() {
-                    moving.add(p.clone()).ok()?;
-                }
-            }
-            if self.sets.len() >= MERGED_SETS_MAX {
-                self.sets.clear();
-            }
-            let mut moving_fields = Some(BTreeSet::new());
-            for b in buckets.iter().filter(|b| !b.moving.is_empty()) {
-                union_fields(&mut moving_fields, &b.moving_fields);
-            }
-            let merged = Merged {
-                fixed,
-                fixed_reads: buckets.iter().fold(0, |acc, b| acc | b.fixed_reads),
-                moving,
-                moving_reads: buckets.iter().fold(0, |acc, b| acc | b.moving_reads),
-                moving_fields,
-            };
-            self.sets.insert(key, merged);
-        }
-        Some(())
     }
 }
 
@@ -634,8 +648,37 @@ const READS_WEEKDAY: u8 = 32;
 const READS_ARGUMENTS: u8 = 64;
 const READS_ALL: u8 = 127;
 
-/// Which context attributes a policy reads, from its JSON form: every `context.X` and
-/// `context has X`; `context` used any other way (whole, or through a function) reads everything.
+/// Which attributes a policy reads of the record `base` recognises (`context`, `context.arguments`),
+/// from its JSON form: every `base.X` and `base has X`, added to `attrs`. `false` when the record is
+/// used any other way (whole, or through a function): it then reads everything.
+fn attributes_read(v: &Value, base: fn(&Value) -> bool, attrs: &mut BTreeSet<String>) -> bool {
+    match v {
+        Value::Object(m) => {
+            for op in [".", "has"] {
+                if let Some(inner) = m.get(op) {
+                    if let (Some(left), Some(attr)) = (inner.get("left"), inner.get("attr")) {
+                        if base(left) {
+                            let Some(attr) = attr.as_str() else {
+                                return false;
+                            };
+                            attrs.insert(attr.to_owned());
+                            return true;
+                        }
+                    }
+                }
+            }
+            !base(v) && m.values().all(|v| attributes_read(v, base, attrs))
+        }
+        Value::Array(a) => a.iter().all(|v| attributes_read(v, base, attrs)),
+        _ => true,
+    }
+}
+
+fn is_context(v: &Value) -> bool {
+    v.get("Var").and_then(Value::as_str) == Some("context")
+}
+
+/// Which context attributes a policy reads (`READS_*`), from its JSON form.
 fn context_reads(json: Option<&Value>) -> u8 {
     fn attr_bit(attr: &str) -> u8 {
         match attr {
@@ -650,31 +693,13 @@ fn context_reads(json: Option<&Value>) -> u8 {
             _ => 0,
         }
     }
-    fn is_context(v: &Value) -> bool {
-        v.get("Var").and_then(Value::as_str) == Some("context")
-    }
-    fn walk(v: &Value) -> u8 {
-        match v {
-            Value::Object(m) => {
-                for op in [".", "has"] {
-                    if let Some(inner) = m.get(op) {
-                        if let (Some(left), Some(attr)) = (inner.get("left"), inner.get("attr")) {
-                            if is_context(left) {
-                                return attr.as_str().map_or(READS_ALL, attr_bit);
-                            }
-                        }
-                    }
-                }
-                if is_context(v) {
-                    return READS_ALL;
-                }
-                m.values().fold(0, |acc, v| acc | walk(v))
-            }
-            Value::Array(a) => a.iter().fold(0, |acc, v| acc | walk(v)),
-            _ => 0,
+    let mut attrs = BTreeSet::new();
+    match json {
+        Some(j) if attributes_read(j, is_context, &mut attrs) => {
+            attrs.iter().fold(0, |acc, a| acc | attr_bit(a))
         }
+        _ => READS_ALL,
     }
-    json.map_or(READS_ALL, walk)
 }
 
 /// Which top-level arguments a policy reads, from its JSON form: every `context.arguments.X` and
@@ -685,37 +710,12 @@ fn argument_fields(json: Option<&Value>) -> ArgumentFields {
     fn is_arguments(v: &Value) -> bool {
         v.get(".").is_some_and(|inner| {
             inner.get("attr").and_then(Value::as_str) == Some("arguments")
-                && inner
-                    .get("left")
-                    .and_then(|l| l.get("Var"))
-                    .and_then(Value::as_str)
-                    == Some("context")
+                && inner.get("left").is_some_and(is_context)
         })
     }
-    fn walk(v: &Value, fields: &mut BTreeSet<String>) -> bool {
-        match v {
-            Value::Object(m) => {
-                for op in [".", "has"] {
-                    if let Some(inner) = m.get(op) {
-                        if let (Some(left), Some(attr)) = (inner.get("left"), inner.get("attr")) {
-                            if is_arguments(left) {
-                                let Some(attr) = attr.as_str() else {
-                                    return false;
-                                };
-                                fields.insert(attr.to_owned());
-                                return true;
-                            }
-                        }
-                    }
-                }
-                !is_arguments(v) && m.values().all(|v| walk(v, fields))
-            }
-            Value::Array(a) => a.iter().all(|v| walk(v, fields)),
-            _ => true,
-        }
-    }
     let mut fields = BTreeSet::new();
-    json.filter(|j| walk(j, &mut fields)).map(|_| fields)
+    json.filter(|j| attributes_read(j, is_arguments, &mut fields))
+        .map(|_| fields)
 }
 
 /// What a `call` or `discover` decision depends on beyond the snapshot: the agent, the tool, the
@@ -1311,7 +1311,7 @@ impl Governor {
                 }
                 if !remember {
                     match request(reads, arguments, m.moving_fields.as_ref()) {
-                        Ok(r) => answer.add(&ask(set, &r)),
+                        Ok(r) => answer.absorb(ask(set, &r)),
                         Err(v) => return v,
                     }
                     continue;
@@ -1340,17 +1340,13 @@ impl Governor {
             return answer.verdict();
         }
         // Bucket by bucket, over one request with everything any of them reads.
-        let mut fields = Some(BTreeSet::new());
-        for b in buckets.iter().filter(|b| !b.moving.is_empty()) {
-            union_fields(&mut fields, &b.moving_fields);
-        }
-        let r = match request(reads, arguments, fields.as_ref()) {
+        let r = match request(reads, arguments, moving_fields(&buckets).as_ref()) {
             Ok(r) => r,
             Err(v) => return v,
         };
         for set in buckets.iter().flat_map(|b| [&b.fixed, &b.moving]) {
             if !set.is_empty() {
-                answer.add(&ask(set, &r));
+                answer.absorb(ask(set, &r));
             }
         }
         answer.verdict()

@@ -303,27 +303,39 @@ fn a_dropped_get_stream_resumes_from_last_event_id() {
     assert!(head.contains("resume_unavailable"), "{head}");
 }
 
-#[test]
-fn upstream_events_reach_the_stream_that_replaced_a_dropped_one() {
-    // A client that drops its GET stream and opens another (a reconnect) must hear the upstream on the
-    // new one at once, not after the gateway next writes to the dead one. The upstream allows one GET
-    // stream per session, so the gateway has to let go of the old one first.
-    let (_up, port) = py_server("alpha", &[]);
+/// A raw 2025-11-25 `tools/call` of `tool` with no arguments on session `sid`.
+fn call_on(port: u16, sid: &str, tool: &str) -> RawResponse {
+    post(
+        port,
+        &[
+            ("mcp-session-id", sid),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+            .to_string(),
+    )
+}
+
+/// A gateway serving upstream `alpha` (approved), with the test acting as `ops` in a fresh session.
+fn alpha_session_as_ops() -> (Proc, Gateway, String) {
+    let (up, port) = py_server("alpha", &[]);
     let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
     add_capability(&g, "alpha", port);
     let (ops, _) = ops_and_viewer(&g);
     ok(&g, &["approve"]);
     act_as(&ops);
     let sid = initialize(g.plain_port);
-    let announce = || {
-        let r = post(
-            g.plain_port,
-            &[
-                ("mcp-session-id", &sid),
-                ("mcp-protocol-version", "2025-11-25"),
-            ],
-            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__announce","arguments":{}}}"#,
-        );
+    (up, g, sid)
+}
+
+#[test]
+fn upstream_events_reach_the_stream_that_replaced_a_dropped_one() {
+    // A client that drops its GET stream and opens another (a reconnect) must hear the upstream on the
+    // new one at once, not after the gateway next writes to the dead one. The upstream allows one GET
+    // stream per session, so the gateway has to let go of the old one first.
+    let (_up, g, sid) = alpha_session_as_ops();
+    let announce = |sid: &str| {
+        let r = call_on(g.plain_port, sid, "alpha__announce");
         assert!(r.text().contains("announced"), "{}", r.text());
     };
     let heard = |s: &mut TcpStream, round: usize| {
@@ -338,13 +350,13 @@ fn upstream_events_reach_the_stream_that_replaced_a_dropped_one() {
     };
     let (mut s, head) = open_stream(g.plain_port, &sid, None);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    announce();
+    announce(&sid);
     heard(&mut s, 0);
     for round in 1..4 {
         drop(s);
         let (mut next, head) = open_stream(g.plain_port, &sid, None);
         assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
-        announce();
+        announce(&sid);
         heard(&mut next, round);
         s = next;
     }
@@ -357,29 +369,12 @@ fn upstream_events_reach_the_stream_that_replaced_a_dropped_one() {
         let port = g.plain_port;
         let first_call = {
             let fresh = fresh.clone();
-            std::thread::spawn(move || {
-                post(
-                    port,
-                    &[
-                        ("mcp-session-id", &fresh),
-                        ("mcp-protocol-version", "2025-11-25"),
-                    ],
-                    r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"alpha__whoami","arguments":{}}}"#,
-                )
-            })
+            std::thread::spawn(move || call_on(port, &fresh, "alpha__whoami"))
         };
         let (mut s, head) = open_stream(g.plain_port, &fresh, None);
         assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
         assert!(first_call.join().unwrap().text().contains("alpha"));
-        let r = post(
-            g.plain_port,
-            &[
-                ("mcp-session-id", &fresh),
-                ("mcp-protocol-version", "2025-11-25"),
-            ],
-            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__announce","arguments":{}}}"#,
-        );
-        assert!(r.text().contains("announced"), "{}", r.text());
+        announce(&fresh);
         heard(&mut s, round);
     }
 }
@@ -714,13 +709,7 @@ fn sessions_and_holds_survive_a_kill_and_revoked_ones_stay_gone() {
 
 #[test]
 fn a_dropped_post_stream_resumes_with_the_rest_of_its_answer() {
-    let (_up, port) = py_server("alpha", &[]);
-    let g = Gateway::start(&[], "pinning:\n  recheck_interval: 1h\n");
-    add_capability(&g, "alpha", port);
-    let (ops, _) = ops_and_viewer(&g);
-    ok(&g, &["approve"]);
-    act_as(&ops);
-    let sid = initialize(g.plain_port);
+    let (_up, g, sid) = alpha_session_as_ops();
     let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"alpha__slow_count","arguments":{"n":20},"_meta":{"progressToken":"t"}}}"#;
     let mut s = TcpStream::connect(("127.0.0.1", g.plain_port)).unwrap();
     write!(

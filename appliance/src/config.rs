@@ -542,12 +542,17 @@ pub struct Pinning {
     /// withheld from the next check on; one minute bounds how long a silent change goes unnoticed
     /// without listing every upstream constantly.
     pub recheck_interval: Dur,
+    /// How long an activation (a rollback, a restart, a followed snapshot) waits for each upstream's
+    /// tool list before its snapshot is served. Pins are checked before anything is served from them;
+    /// an upstream that does not answer in time keeps its pins, and its calls fail on their own.
+    pub activation_check_timeout: Dur,
 }
 
 impl Default for Pinning {
     fn default() -> Self {
         Pinning {
             recheck_interval: Dur(Duration::from_secs(60)),
+            activation_check_timeout: Dur(Duration::from_secs(5)),
         }
     }
 }
@@ -901,6 +906,10 @@ impl Config {
             ("limits.session_idle", l.session_idle),
             ("limits.session_duration_max", l.session_duration_max),
             ("pinning.recheck_interval", self.pinning.recheck_interval),
+            (
+                "pinning.activation_check_timeout",
+                self.pinning.activation_check_timeout,
+            ),
             ("secrets.cache_ttl", self.secrets.cache_ttl),
             ("secrets.timeout", self.secrets.timeout),
             ("audit.flush_interval", self.audit.flush_interval),

@@ -8,7 +8,7 @@
 //! Errors are `{"error": {"code", "message", ...}}` with stable codes.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_pipeline::control::{
     self, Agent, ApproveError, Capability, CapabilityKind, OpenApiSource, Policy,
@@ -55,6 +55,8 @@ pub struct ControlPlane {
     /// The identity providers, for `GET /admin/v1/identity`.
     identity: Arc<crate::identity::Providers>,
     broker: Option<Arc<crate::broker::Broker>>,
+    /// How long an activation's answer waits for its snapshot to be checked and served.
+    activation_wait: Duration,
 }
 
 /// An answer: status and JSON body.
@@ -165,7 +167,15 @@ impl ControlPlane {
             tls_not_after: None,
             identity: Arc::default(),
             broker: None,
+            activation_wait: Duration::from_secs(10),
         }
+    }
+
+    /// Each upstream's pins are checked for at most `per_upstream` before an activation is served; its
+    /// answer waits a little longer than that.
+    pub fn with_activation_check(mut self, per_upstream: Duration) -> ControlPlane {
+        self.activation_wait = per_upstream + Duration::from_secs(5);
+        self
     }
 
     /// The credential broker: the embedded store behind `/admin/v1/secrets`, and service credentials for
@@ -200,7 +210,7 @@ impl ControlPlane {
         &self,
         version: u64,
     ) -> Option<portcullis_storage::registry::SnapshotInfo> {
-        self.registry.snapshot(version).ok().map(|(info, _)| info)
+        self.registry.snapshot_info(version).ok()
     }
 
     /// Let data planes presenting `token` pull snapshots.
@@ -231,7 +241,10 @@ impl ControlPlane {
     pub fn follow_offer(&self, offer: &Offer) -> Result<Followed, RegistryError> {
         let f = self.registry.follow(offer)?;
         if f.changed {
-            self.serve(f.info.header.version);
+            if let Some(published) = self.serve(f.info.header.version) {
+                // The follower's status should say what is served, not what is about to be.
+                let _ = published.recv_timeout(self.activation_wait);
+            }
         }
         Ok(f)
     }
@@ -247,33 +260,50 @@ impl ControlPlane {
 
     /// Serve the active snapshot, if there is one and this appliance serves snapshots. A snapshot that
     /// fails verification is not served: the data plane keeps what it had (fail closed at first start).
+    /// At start: the drift watcher publishes it once its pins are checked.
     pub fn serve_active(&self) {
         match self.registry.active_version() {
-            Ok(Some(v)) => self.serve(v),
+            Ok(Some(v)) => {
+                let _ = self.serve(v);
+            }
             Ok(None) => {}
             Err(e) => crate::error!("active snapshot unreadable: {e}"),
         }
     }
 
-    fn serve(&self, version: u64) {
+    /// Compile snapshot `version` and stage it; the receiver hears once the drift watcher has checked
+    /// its pins and published it. `None` when nothing will be published.
+    fn serve(&self, version: u64) -> Option<flume::Receiver<()>> {
         // Followers get every activation, even one this appliance does not serve itself.
         self.beacon.ring();
         if !self.published.managed() {
             crate::warn!(
                 "snapshot {version} activated but not served: the config lists static `upstreams`"
             );
-            return;
+            return None;
         }
+        // Compiled straight from the archive in the LMDB map.
         let compiled = self
             .registry
-            .snapshot(version)
+            .read_snapshot(version, |info, archived| {
+                Served::from_archived(archived, &info.hash, &self.published)
+            })
             .map_err(|e| e.to_string())
-            .and_then(|(info, snapshot)| {
-                Served::from_snapshot(&snapshot, &info.hash, &self.published)
-            });
+            .and_then(|r| r);
         match compiled {
-            Ok(served) => self.published.publish(served),
-            Err(e) => crate::error!("snapshot {version} not served: {e}"),
+            Ok(served) => Some(self.published.stage(served)),
+            Err(e) => {
+                crate::error!("snapshot {version} not served: {e}");
+                None
+            }
+        }
+    }
+
+    /// Serve `version` and answer once it is served (or after `activation_wait`, when the upstreams'
+    /// checks take longer than the bound on each should allow).
+    async fn served(&self, version: u64) {
+        if let Some(published) = self.serve(version) {
+            let _ = monoio::time::timeout(self.activation_wait, published.recv_async()).await;
         }
     }
 
@@ -349,7 +379,7 @@ impl ControlPlane {
             .approve(actor, &req.note, now, activate, &fetched);
         if let Ok(info) = &r {
             if info.active {
-                self.serve(info.header.version);
+                self.served(info.header.version).await;
             }
         }
         result(201, r)
@@ -784,7 +814,7 @@ impl ControlPlane {
                 Ok(v) => {
                     let a = r.activate(v);
                     if a.is_ok() {
-                        self.serve(v);
+                        self.served(v).await;
                     }
                     result(200, a)
                 }

@@ -148,7 +148,7 @@ impl Follower {
     pub fn run(self, cp: Arc<ControlPlane>, status: Arc<FollowStatus>, stop: Arc<AtomicBool>) {
         // What a restart serves before the control plane answers (or if it says nothing is new).
         if let Ok(Some(version)) = cp.registry.active_version() {
-            if let Ok((info, _)) = cp.registry.snapshot(version) {
+            if let Ok(info) = cp.registry.snapshot_info(version) {
                 status.lock().serving = Some(Serving {
                     seq: cp.registry.activation_seq().unwrap_or(0),
                     version,

@@ -216,6 +216,10 @@ pub fn readiness(shared: &Shared, n_cores: usize) -> Vec<Check> {
     let snapshot = match served.version {
         Some(_) => (true, served.label.clone()),
         None if !shared.served.managed() => (true, "static upstreams".to_owned()),
+        None if shared.served.checking() => (
+            false,
+            "the active snapshot's pinned tools are being checked before it is served".to_owned(),
+        ),
         None => (false, "no approved snapshot is active".to_owned()),
     };
     vec![

@@ -291,7 +291,8 @@ fn up(args: UpArgs) -> Result<(), String> {
         published.clone(),
         ClientLimits::from_config(&config.limits),
         ProbeLimits::from_config(&config.limits),
-    );
+    )
+    .with_activation_check(config.pinning.activation_check_timeout.0);
     drop(admin_token);
     if config.listen.sync.is_some() {
         let (t, created) =

@@ -3,10 +3,14 @@
 //! when the upstream returns to the approved definition.
 //!
 //! It runs on the admin thread: at each activation, when an upstream says its tool list changed, and every
-//! `pinning.recheck_interval`. An upstream that cannot be reached keeps its tools' last verdicts; calls to
-//! it fail on their own with `upstream_unavailable`.
+//! `pinning.recheck_interval`. An activation's snapshot is checked *before* it is published (each
+//! upstream given `pinning.activation_check_timeout`), so a rollback or a restart never serves a pin for
+//! the one round trip it would take to notice the change. An upstream that cannot be reached keeps its
+//! tools' last verdicts (a fresh snapshot's: served); calls to it fail on their own with
+//! `upstream_unavailable`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::gateway::Shared;
 use crate::probe::{join_bounded, ProbeLimits, Target, CONCURRENCY};
@@ -16,18 +20,37 @@ use crate::upstream::{ClientLimits, Pool};
 pub async fn run(shared: Arc<Shared>, client: ClientLimits, probe: ProbeLimits) {
     let pool = Pool::new(client);
     let doorbell = shared.served.recheck_requests();
+    let staged = shared.served.staged();
     let interval = shared.config.pinning.recheck_interval.0;
+    let first = shared.config.pinning.activation_check_timeout.0;
     loop {
-        // A doorbell or the interval, whichever first.
-        let _ = monoio::time::timeout(interval, doorbell.recv_async()).await;
+        // A snapshot to activate, a doorbell or the interval, whichever first.
+        let next = monoio::select! {
+            s = staged.recv_async() => s.ok(),
+            _ = monoio::time::timeout(interval, doorbell.recv_async()) => None,
+        };
         shared.served.collect_retired();
-        let served = shared.served.current();
-        check(&pool, &shared, &served, probe).await;
+        match next {
+            Some(s) => {
+                check(&pool, &shared, &s.served, probe, Some(first)).await;
+                shared.served.publish_checked(s);
+            }
+            None => {
+                let served = shared.served.current();
+                check(&pool, &shared, &served, probe, None).await;
+            }
+        }
     }
 }
 
-/// Compare one snapshot's pins with what its upstreams list now.
-async fn check(pool: &Pool, shared: &Shared, served: &Served, probe: ProbeLimits) {
+/// Compare one snapshot's pins with what its upstreams list now, giving each upstream at most `bound`.
+async fn check(
+    pool: &Pool,
+    shared: &Shared,
+    served: &Served,
+    probe: ProbeLimits,
+    bound: Option<Duration>,
+) {
     let Some(pins) = &served.pins else {
         return;
     };
@@ -55,7 +78,13 @@ async fn check(pool: &Pool, shared: &Shared, served: &Served, probe: ProbeLimits
                 limits: probe,
                 credential,
             };
-            (u, target.list_tools().await)
+            let listed = match bound {
+                Some(d) => monoio::time::timeout(d, target.list_tools())
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no tool list within {d:?}"))),
+                None => target.list_tools().await,
+            };
+            (u, listed)
         })
         .collect();
     for (u, listed) in join_bounded(checks, CONCURRENCY).await {

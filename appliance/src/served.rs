@@ -16,8 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use portcullis_pipeline::archive;
 use portcullis_pipeline::control::cedar;
-use portcullis_pipeline::control::{Agent, CredentialMode, PinnedTool, Record, Snapshot};
+use portcullis_pipeline::control::{
+    Agent, ArchivedSnapshot, CredentialMode, PinnedTool, Record, Snapshot, SnapshotContent,
+};
 use portcullis_pipeline::credential::Binding;
 use portcullis_pipeline::govern::{Governor, Keys};
 use portcullis_pipeline::mcp::Naming;
@@ -253,7 +256,28 @@ impl Served {
         hash: &str,
         published: &Published,
     ) -> Result<Served, String> {
-        let policies = cedar::policy_set(&snapshot.content.policies).map_err(|problems| {
+        Self::from_content(snapshot.header.version, &snapshot.content, hash, published)
+    }
+
+    /// Compile a snapshot read in place from the registry's map: its content is decoded straight out of
+    /// the archive (no JSON is parsed but the schemas', once, for their validators).
+    pub fn from_archived(
+        archived: &ArchivedSnapshot,
+        hash: &str,
+        published: &Published,
+    ) -> Result<Served, String> {
+        let version = archived.header.version.to_native();
+        let content = archive::content(archived).map_err(|e| e.to_string())?;
+        Self::from_content(version, &content, hash, published)
+    }
+
+    fn from_content(
+        version: u64,
+        content: &SnapshotContent,
+        hash: &str,
+        published: &Published,
+    ) -> Result<Served, String> {
+        let policies = cedar::policy_set(&content.policies).map_err(|problems| {
             let first = problems
                 .first()
                 .map(|p| {
@@ -268,7 +292,7 @@ impl Served {
         let naming = Naming::Prefixed;
         let mut upstreams = Vec::new();
         let mut apis = Vec::new();
-        for c in &snapshot.content.capabilities {
+        for c in &content.capabilities {
             let list = if c.spec.serves_mcp() {
                 &mut upstreams
             } else if c.spec.serves_api() {
@@ -287,26 +311,25 @@ impl Served {
                 }),
                 Err(e) => crate::error!(
                     "snapshot={} capability={} not served: {e}",
-                    snapshot.header.version,
+                    version,
                     c.spec.name
                 ),
             }
         }
-        let pins = Pins::new(&snapshot.content.tools, &naming);
-        let governor = Governor::new(&snapshot.content, policies)?;
-        let limit_cells = published.limit_cells(&snapshot.content.agents);
+        let pins = Pins::new(&content.tools, &naming);
+        let governor = Governor::new(content, policies)?;
+        let limit_cells = published.limit_cells(&content.agents);
         debug_assert_eq!(limit_cells.len(), governor.limit_count());
         Ok(Served {
-            label: format!("v{} blake3:{hash}", snapshot.header.version),
-            version: Some(snapshot.header.version),
+            label: format!("v{} blake3:{hash}", version),
+            version: Some(version),
             upstreams,
             apis,
             pins: Some(pins),
             governor,
             limit_cells,
             epoch: published.epoch,
-            agent_modes: snapshot
-                .content
+            agent_modes: content
                 .agents
                 .iter()
                 .map(|a| {
@@ -316,8 +339,7 @@ impl Served {
                     )
                 })
                 .collect(),
-            agent_sessions: snapshot
-                .content
+            agent_sessions: content
                 .agents
                 .iter()
                 .filter_map(|a| Some((a.spec.name.clone(), a.spec.sessions.as_ref()?.limits())))
@@ -478,6 +500,13 @@ impl Served {
     }
 }
 
+/// A compiled snapshot on its way to being served, with whom to tell when it is.
+#[derive(Debug)]
+pub struct Staged {
+    pub served: Served,
+    done: flume::Sender<()>,
+}
+
 /// The current `Served`, the slot table, and the drift watcher's doorbell; shared by every core, the admin
 /// thread and the watcher.
 #[derive(Debug)]
@@ -492,6 +521,11 @@ pub struct Published {
     retired: Mutex<Vec<Arc<Served>>>,
     recheck_tx: flume::Sender<()>,
     recheck_rx: flume::Receiver<()>,
+    /// Compiled snapshots waiting for the drift watcher to check their pins before they are published.
+    staged_tx: flume::Sender<Staged>,
+    staged_rx: flume::Receiver<Staged>,
+    /// Staged and not yet published.
+    pending: AtomicU64,
     /// The agent API keys accepted now, swapped whole when one is issued or revoked; cores pick up a new
     /// table the way they pick up a snapshot (a generation of its own, so key changes never look like
     /// list changes to open streams).
@@ -506,6 +540,7 @@ pub struct Published {
 impl Published {
     pub fn new(managed: bool) -> Published {
         let (recheck_tx, recheck_rx) = flume::bounded(1);
+        let (staged_tx, staged_rx) = flume::unbounded();
         Published {
             managed,
             generation: AtomicU64::new(0),
@@ -514,6 +549,9 @@ impl Published {
             retired: Mutex::new(Vec::new()),
             recheck_tx,
             recheck_rx,
+            staged_tx,
+            staged_rx,
+            pending: AtomicU64::new(0),
             keys_generation: AtomicU64::new(0),
             keys: RwLock::new(Arc::new(Keys::default())),
             limits: Mutex::new(HashMap::new()),
@@ -596,6 +634,38 @@ impl Published {
 
     /// Make `served` what new requests get, and have the watcher check its pins at once.
     pub fn publish(&self, served: Served) {
+        self.swap_in(served);
+        self.ask_recheck();
+    }
+
+    /// Hand `served` to the drift watcher, which checks its pins against the upstreams and then
+    /// publishes it, so that no request is ever served a pin the upstream has already changed. The
+    /// receiver hears once it is published. Snapshots are published in the order they were staged.
+    pub fn stage(&self, served: Served) -> flume::Receiver<()> {
+        let (done, published) = flume::bounded(1);
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let _ = self.staged_tx.send(Staged { served, done });
+        published
+    }
+
+    /// What the drift watcher takes staged snapshots from.
+    pub fn staged(&self) -> flume::Receiver<Staged> {
+        self.staged_rx.clone()
+    }
+
+    /// Publish a staged snapshot whose pins were just checked (no second check is asked for).
+    pub fn publish_checked(&self, staged: Staged) {
+        self.swap_in(staged.served);
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+        let _ = staged.done.send(());
+    }
+
+    /// Whether a staged snapshot waits for its pins to be checked.
+    pub fn checking(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
+    }
+
+    fn swap_in(&self, served: Served) {
         crate::info!(
             "serving snapshot={} upstreams={} pinned_tools={}",
             served.label,
@@ -608,7 +678,6 @@ impl Published {
         );
         // Release: a core that sees the new generation also sees the new `current` and its slots.
         self.generation.fetch_add(1, Ordering::Release);
-        self.ask_recheck();
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         retired.push(old);
         self.release_retired(&mut retired);

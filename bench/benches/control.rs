@@ -148,11 +148,30 @@ fn serving(c: &mut Criterion) {
     assert_eq!(snapshot.content.tools.len(), 10_000);
     let published = Published::new(true);
 
+    // Verify the blob (hash, signature) and validate its archive where it lies in the LMDB map: what
+    // every activation pays before it compiles anything.
+    c.bench_function("activation/read_verify_in_place_10k_tools", |b| {
+        b.iter(|| {
+            r.read_snapshot(info.header.version, |_, a| a.content.tools.len())
+                .unwrap()
+        })
+    });
+    // The same, decoded into owned values (admin reads: show, diff).
     c.bench_function("activation/read_verify_decode_10k_tools", |b| {
         b.iter(|| r.snapshot(info.header.version).unwrap())
     });
     c.bench_function("activation/compile_for_serving_10k_tools", |b| {
         b.iter(|| Served::from_snapshot(&snapshot, &info.hash, &published).unwrap())
+    });
+    // What an activation does end to end: verify in place, decode the content out of the archive,
+    // compile.
+    c.bench_function("activation/read_compile_from_archive_10k_tools", |b| {
+        b.iter(|| {
+            r.read_snapshot(info.header.version, |i, a| {
+                Served::from_archived(a, &i.hash, &published).unwrap()
+            })
+            .unwrap()
+        })
     });
     // The admin thread's part of an activation: swap in the compiled snapshot (the replaced one is
     // retired, freed later off every core's path).

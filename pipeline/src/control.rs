@@ -12,14 +12,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::names;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CapabilityKind {
     Mcp,
     Openapi,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Risk {
     Low,
@@ -28,7 +52,19 @@ pub enum Risk {
     Critical,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]
@@ -37,7 +73,18 @@ pub enum Status {
 }
 
 /// How the gateway authenticates to upstreams on an agent's behalf.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialMode {
     /// One credential of the gateway's per upstream.
@@ -49,7 +96,17 @@ pub enum CredentialMode {
 }
 
 /// An MCP server or API registered for agents to use. Its name is the namespace of its tools.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Capability {
     pub name: String,
@@ -83,7 +140,18 @@ pub struct Capability {
 }
 
 /// Which argument fields the audit trail must not keep in clear.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct ArgumentAudit {
     /// Object keys, matched case-insensitively at any depth, whose values are replaced by
@@ -93,7 +161,17 @@ pub struct ArgumentAudit {
 }
 
 /// Which OpenAPI document an `openapi` capability converts, and which of its operations become tools.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct OpenApiSource {
     /// BLAKE3 (hex) of the document as stored; the registry keeps the bytes by this hash.
@@ -115,7 +193,19 @@ fn is_zero(n: &u8) -> bool {
 pub const REDIRECTS_MAX: u8 = 10;
 
 /// Checking tool results against their pinned output schema.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputSchemaMode {
     /// Not checked.
@@ -134,7 +224,17 @@ impl OutputSchemaMode {
 }
 
 /// A registered, accountable agent: the principal of every decision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Agent {
     pub name: String,
@@ -158,7 +258,18 @@ pub struct Agent {
 }
 
 /// An agent's session bounds as registered: durations written `30m`, `8h` (`session::parse_duration`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSessions {
     /// Idle time after which its sessions expire.
@@ -213,7 +324,17 @@ impl AgentSessions {
 }
 
 /// One Cedar policy (a single `permit` or `forbid` statement).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     pub id: String,
@@ -223,7 +344,17 @@ pub struct Policy {
 }
 
 /// Who changed a record and when; `version` counts its edits from 1.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct RecordMeta {
     pub version: u64,
@@ -257,7 +388,17 @@ impl RecordMeta {
 }
 
 /// A registry entry: the record as last edited, with its history counter.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Record<T> {
     pub spec: T,
@@ -490,7 +631,17 @@ pub struct DesiredState {
 /// A tool definition as approved: what discovery shows and what calls are checked against. Everything
 /// an agent (or its model) reads to decide whether and how to call the tool is pinned; `_meta` and icons
 /// are not, being presentation the upstream may vary freely.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct PinnedTool {
     pub capability: String,
@@ -500,10 +651,13 @@ pub struct PinnedTool {
     pub title: Option<String>,
     #[serde(default)]
     pub description: String,
+    #[rkyv(with = crate::archive::JsonText)]
     pub input_schema: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Map<crate::archive::JsonText>)]
     pub output_schema: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[rkyv(with = rkyv::with::Map<crate::archive::JsonText>)]
     pub annotations: Option<serde_json::Value>,
     /// For a tool converted from an OpenAPI operation: the HTTP request its calls make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,7 +723,17 @@ impl PinnedTool {
 
 /// Everything an approval decides about: the registry and the pinned tools, plus the Cedar schema the
 /// policies were validated against.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotContent {
     pub capabilities: Vec<Record<Capability>>,
@@ -580,7 +744,17 @@ pub struct SnapshotContent {
 }
 
 /// Who approved what, when, and which content: the part of a snapshot shown in lists.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotHeader {
     /// Monotonic, from 1.
@@ -598,7 +772,17 @@ pub struct SnapshotHeader {
     pub capability_versions: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
     pub header: SnapshotHeader,
@@ -606,7 +790,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The canonical encoding that is hashed and signed: compact JSON of these types, whose fields
+    /// The canonical JSON encoding (`content_hash` is BLAKE3 of the content's; the stored, signed body is
+    /// the rkyv archive of `crate::archive`): compact JSON of these types, whose fields
     /// serialize in declaration order, whose lists `compile` sorts by key, and whose free-form JSON
     /// (schemas) is `serde_json::Value`, an object type with sorted keys. Equal snapshots encode to equal
     /// bytes.

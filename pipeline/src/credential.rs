@@ -23,7 +23,18 @@ pub const REF_BYTES_MAX: usize = 256;
 pub const AGENT_PLACEHOLDER: &str = "{agent}";
 
 /// A capability's credentials, one section per credential mode it serves.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// The gateway's own credential for this upstream, for agents in mode `service`.
@@ -43,7 +54,17 @@ pub struct Binding {
 }
 
 /// Where a token exchange happens and what it asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Exchange {
     /// The authorization server's token endpoint (`https://`).
@@ -64,7 +85,17 @@ pub struct Exchange {
 }
 
 /// How a secret is presented to the upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Inject {
     /// `Authorization: Bearer SECRET`.

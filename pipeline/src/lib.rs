@@ -5,6 +5,7 @@
 //! as they are. The appliance performs whatever I/O a result asks for.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod audit;
 pub mod authn;
 pub mod base64;

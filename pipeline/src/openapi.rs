@@ -71,7 +71,18 @@ pub enum Dialect {
 }
 
 /// Where a parameter goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Location {
     Path,
@@ -81,7 +92,17 @@ pub enum Location {
 }
 
 /// One parameter of a call plan: which argument feeds it and how it is serialised.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct ParamPlan {
     /// The parameter's name on the wire.
     pub name: String,
@@ -95,7 +116,17 @@ pub struct ParamPlan {
 }
 
 /// How a call of a converted tool becomes an HTTP request (`call::build`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct CallPlan {
     pub method: String,
     /// The path template, relative to the capability's base URL (`/users/{id}`).

@@ -5,7 +5,9 @@
 //! transaction, so a failed write (map full, invalid record) changes nothing, and LMDB's single writer
 //! serialises concurrent approvals. Records are JSON (the `pipeline::control` types); each edit also
 //! appends the new version to `history`, so who changed what and when survives later edits. Snapshots are
-//! signed blobs (see `signing`) read straight from the memory map and verified before use.
+//! signed blobs (see `signing`) whose body is an rkyv archive (`pipeline::archive`): verified (hash,
+//! signature, then the archive's own validation) and read where it lies in the memory map, never copied
+//! out or parsed to be looked at.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,9 +15,10 @@ use std::path::{Path, PathBuf};
 use heed::byteorder::BE;
 use heed::types::{Bytes, Str, U64};
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use portcullis_pipeline::archive;
 use portcullis_pipeline::control::{
-    self, Agent, Approval, ApproveError, Capability, DesiredState, Draft, FieldError, PinnedTool,
-    Policy, Record, RecordMeta, Snapshot, SnapshotHeader,
+    self, Agent, Approval, ApproveError, ArchivedSnapshot, Capability, DesiredState, Draft,
+    FieldError, PinnedTool, Policy, Record, RecordMeta, Snapshot, SnapshotHeader,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -379,6 +382,13 @@ fn decode<T: DeserializeOwned>(what: impl Fn() -> String, bytes: &[u8]) -> Resul
         what: what(),
         message: e.to_string(),
     })
+}
+
+fn corrupt_snapshot(version: u64, e: &archive::ArchiveError) -> RegistryError {
+    RegistryError::Corrupt {
+        what: format!("snapshot {version}"),
+        message: e.to_string(),
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -1002,7 +1012,11 @@ impl Registry {
             },
         )
         .map_err(RegistryError::Approve)?;
-        let blob = self.key.seal(&snapshot.canonical_bytes());
+        let body = archive::encode(&snapshot).map_err(|e| RegistryError::Corrupt {
+            what: format!("snapshot {}", snapshot.header.version),
+            message: e.to_string(),
+        })?;
+        let blob = self.key.seal(&body);
         let version = snapshot.header.version;
         self.tables
             .snapshots
@@ -1172,8 +1186,28 @@ impl Registry {
         Ok(out)
     }
 
-    /// Read and verify one snapshot (hash and signature) and decode it.
+    /// Read and verify one snapshot (hash and signature) and decode it into owned values.
     pub fn snapshot(&self, version: u64) -> Result<(SnapshotInfo, Snapshot)> {
+        self.read_snapshot(version, |info, archived| {
+            archive::to_owned(archived)
+                .map(|s| (info.clone(), s))
+                .map_err(|e| corrupt_snapshot(version, &e))
+        })?
+    }
+
+    /// One snapshot's header, hash and whether it is active, verified; the body is only looked at.
+    pub fn snapshot_info(&self, version: u64) -> Result<SnapshotInfo> {
+        self.read_snapshot(version, |info, _| info.clone())
+    }
+
+    /// Verify snapshot `version` (hash, signature, the archive's validation) and hand `f` the archive
+    /// where it lies in the LMDB map, inside one read transaction: nothing is copied or parsed. A body
+    /// stored before archives (JSON) is decoded and archived in memory first.
+    pub fn read_snapshot<R>(
+        &self,
+        version: u64,
+        f: impl FnOnce(&SnapshotInfo, &ArchivedSnapshot) -> R,
+    ) -> Result<R> {
         let r = self.read()?;
         let active = self.meta_version(&r, "active")?;
         let blob = self
@@ -1187,19 +1221,28 @@ impl Registry {
             })?;
         let opened = signing::open_blob(blob, &self.trust)
             .map_err(|error| RegistryError::BadSnapshot { version, error })?;
-        let snapshot: Snapshot = decode(|| format!("snapshot {version}"), opened.body)?;
-        if snapshot.header.version != version {
+        let from_json;
+        let body = if archive::is_archive(opened.body) {
+            opened.body
+        } else {
+            let old: Snapshot = decode(|| format!("snapshot {version}"), opened.body)?;
+            from_json = archive::encode(&old).map_err(|e| corrupt_snapshot(version, &e))?;
+            &from_json[..]
+        };
+        let archived = archive::access(body).map_err(|e| corrupt_snapshot(version, &e))?;
+        let header = archive::header(archived).map_err(|e| corrupt_snapshot(version, &e))?;
+        if header.version != version {
             return Err(RegistryError::Corrupt {
                 what: format!("snapshot {version}"),
-                message: format!("it says it is version {}", snapshot.header.version),
+                message: format!("it says it is version {}", header.version),
             });
         }
         let info = SnapshotInfo {
-            header: snapshot.header.clone(),
+            header,
             hash: signing::hex(&opened.hash),
             active: active == Some(version),
         };
-        Ok((info, snapshot))
+        Ok(f(&info, archived))
     }
 
     pub fn active_version(&self) -> Result<Option<u64>> {
@@ -1311,12 +1354,20 @@ impl Registry {
                 ),
             });
         }
-        let snapshot: Snapshot = decode(|| format!("snapshot {}", a.version), opened.body)?;
-        if snapshot.header.version != a.version {
+        // The header is all a follower needs to store it; the rest is validated here and read in
+        // place when it is served.
+        let header = if archive::is_archive(opened.body) {
+            archive::access(opened.body)
+                .and_then(archive::header)
+                .map_err(|e| corrupt_snapshot(a.version, &e))?
+        } else {
+            decode::<Snapshot>(|| format!("snapshot {}", a.version), opened.body)?.header
+        };
+        if header.version != a.version {
             return Err(RegistryError::ActivationMismatch {
                 message: format!(
                     "it names version {} but the snapshot is version {}",
-                    a.version, snapshot.header.version
+                    a.version, header.version
                 ),
             });
         }
@@ -1325,7 +1376,7 @@ impl Registry {
         let current = self.seq_in(&w)?;
         let active = self.meta_version(&w, "active")?;
         let info = |active| SnapshotInfo {
-            header: snapshot.header.clone(),
+            header: header.clone(),
             hash: signing::hex(&opened.hash),
             active,
         };
@@ -1353,7 +1404,7 @@ impl Registry {
                     .map_err(&err)?;
                 self.tables
                     .snapshot_headers
-                    .put(&mut w, &a.version, &encode(&snapshot.header))
+                    .put(&mut w, &a.version, &encode(&header))
                     .map_err(&err)?;
                 let latest = self.meta_version(&w, "latest")?.unwrap_or(0);
                 self.tables
@@ -1372,6 +1423,29 @@ impl Registry {
             info: info(true),
             changed: true,
         })
+    }
+
+    /// Replace a stored blob by one sealed (signed) with this registry's key around what `body` makes of
+    /// the old body: a signer's own mistake, or a body from an older release.
+    #[cfg(test)]
+    fn reseal_for_tests(&self, version: u64, body: impl FnOnce(&[u8]) -> Vec<u8>) -> Result<()> {
+        let mut w = self.write()?;
+        let err = self.err();
+        let old = self
+            .tables
+            .snapshots
+            .get(&w, &version)
+            .map_err(&err)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let opened = signing::open_blob(&old, &self.trust)
+            .map_err(|error| RegistryError::BadSnapshot { version, error })?;
+        let blob = self.key.seal(&body(opened.body));
+        self.tables
+            .snapshots
+            .put(&mut w, &version, &blob)
+            .map_err(&err)?;
+        w.commit().map_err(&err)
     }
 
     /// Flip bits of a stored blob byte, as an attacker with write access to the file could.
@@ -1617,6 +1691,58 @@ mod tests {
             Err(RegistryError::BadSnapshot { .. })
         ));
         assert_eq!(r.active_version().unwrap(), Some(1));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn snapshots_are_archives_read_in_place_and_json_bodies_still_read() {
+        let (r, root) = reg("archive", DEFAULT_MAP_BYTES);
+        r.put(cap("docs"), Put::Create, "alice", 1).unwrap();
+        r.approve("bob", "first", 2, true, &fetched(&r)).unwrap();
+        r.put(cap("more"), Put::Create, "alice", 3).unwrap();
+        let s2 = r.approve("bob", "second", 4, true, &fetched(&r)).unwrap();
+        let (_, owned) = r.snapshot(2).unwrap();
+        // Stored as an archive, and what is read in place is what was approved.
+        let (tools, note) = r
+            .read_snapshot(2, |info, a| {
+                assert_eq!(info.hash, s2.hash);
+                let names: Vec<String> =
+                    a.content.tools.iter().map(|t| t.name.to_string()).collect();
+                (names, a.header.note.to_string())
+            })
+            .unwrap();
+        assert_eq!(tools, ["search", "search"]);
+        assert_eq!(note, "second");
+        assert_eq!(r.snapshot_info(2).unwrap().header, owned.header);
+        let schema = &owned.content.tools[0].input_schema;
+        assert_eq!(schema["type"], "object", "{schema}");
+
+        // A body written before archives (canonical JSON) reads the same and can be activated.
+        r.reseal_for_tests(2, |_| owned.canonical_bytes()).unwrap();
+        let (_, again) = r.snapshot(2).unwrap();
+        assert_eq!(again, owned);
+        r.activate(1).unwrap();
+        r.activate(2).unwrap();
+        assert_eq!(r.active_version().unwrap(), Some(2));
+
+        // A signed body whose archive does not validate is refused, not trusted on its signature.
+        r.reseal_for_tests(2, |_| {
+            let mut b = archive::MAGIC.to_vec();
+            b.extend_from_slice(&[0xff; 64]);
+            b
+        })
+        .unwrap();
+        for e in [
+            r.snapshot(2).err(),
+            r.snapshot_info(2).err(),
+            r.activate(2).err(),
+        ] {
+            assert!(
+                matches!(&e, Some(RegistryError::Corrupt { what, message }) if what == "snapshot 2" && message.contains("does not validate")),
+                "{e:?}"
+            );
+        }
+        assert!(r.snapshot(1).is_ok());
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -446,14 +446,15 @@ impl Gateway {
 }
 
 /// Whether a `/readyz` answer says the gateway serves: ready, or failing only for want of an approved
-/// snapshot (most tests start a gateway and then approve one).
+/// snapshot (most tests start a gateway and then approve one). A snapshot still being checked before it
+/// is served is not serving yet.
 pub fn serving(r: &RawResponse) -> bool {
     r.status == 200
         || (r.status == 503
             && r.text()
                 .lines()
                 .filter(|l| l.contains(": FAIL"))
-                .all(|l| l.starts_with("snapshot:")))
+                .all(|l| l.starts_with("snapshot: FAIL no approved snapshot")))
 }
 
 /// A response read by the raw client.

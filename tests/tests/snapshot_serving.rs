@@ -180,11 +180,22 @@ fn a_tool_changed_behind_its_approval_is_withheld_until_approved() {
     );
     assert_eq!(v["text"], json!("back"), "{v}");
 
-    // Snapshot 1 pinned the old definition: rolled back to it, echo is withheld again.
+    // Snapshot 1 pinned the old definition: rolled back to it, echo is withheld from the first request
+    // on, since its pins are checked before it is served.
     ok(&g, &["snapshot", "activate", "1"]);
-    wait_for("alpha__echo withheld under snapshot 1", || {
-        !listed(&g).0.contains(&"alpha__echo".to_owned())
-    });
+    let (tools, header) = listed(&g);
+    assert!(header.starts_with("v1 "), "{header}");
+    assert!(!tools.contains(&"alpha__echo".to_owned()), "{tools:?}");
+    assert_eq!(call_reason(&g, "alpha__echo"), "tool_definition_changed");
+
+    // So after a restart: the first request served already knows echo changed.
+    let mut g = g;
+    assert!(g.proc.terminate().success());
+    let g = g.restart();
+    let (tools, header) = listed(&g);
+    assert!(header.starts_with("v1 "), "{header}");
+    assert!(!tools.contains(&"alpha__echo".to_owned()), "{tools:?}");
+    assert!(tools.contains(&"alpha__add".to_owned()), "{tools:?}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use crate::console::{Auth, Console};
 use crate::control::ControlPlane;
 use crate::gateway::Shared;
 use crate::http::{
-    encode_chunk, Conn, Native, Polled, ReadError, ReadLimits, Response, LAST_CHUNK,
+    encode_chunk, ByteStream, Conn, Native, Polled, ReadError, ReadLimits, Response, LAST_CHUNK,
 };
 use crate::metrics::{self, CoreShared};
 use crate::ops::{Ops, Out};
@@ -32,15 +32,28 @@ struct State {
     ops: Ops,
 }
 
+/// The TLS configurations of the admin thread's listeners.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// `listen.sync`, for data planes (the MCP listener's certificate).
+    pub sync: Option<Arc<rustls::ServerConfig>>,
+    /// The admin listener itself with `listen.admin_tls` (`None`: plain HTTP).
+    pub admin: Option<Arc<rustls::ServerConfig>>,
+}
+
 pub fn run(
     addr: SocketAddr,
     shared: Arc<Shared>,
     cores: CoreList,
     n_cores: usize,
     control: Arc<ControlPlane>,
-    sync_tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Listeners,
     bound: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
+    let Listeners {
+        sync: sync_tls,
+        admin: admin_tls,
+    } = tls;
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -101,6 +114,7 @@ pub fn run(
             },
         });
         let _ = bound.send(Ok(()));
+        let acceptor = admin_tls.map(tokio_rustls::TlsAcceptor::from);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -109,86 +123,107 @@ pub fn run(
             let cores = cores.clone();
             let control = control.clone();
             let ops = state.clone();
+            let acceptor = acceptor.clone();
             monoio::spawn(async move {
-                let mut conn = Conn::new(Native(stream));
-                let l = &shared.config.limits;
-                let limits = ReadLimits {
-                    header_bytes_max: l.header_bytes_max,
-                    headers_count_max: l.headers_count_max,
-                    body_bytes_max: l.admin_body_bytes_max,
-                    idle_timeout: l.idle_timeout.0,
-                    header_read_timeout: l.header_read_timeout.0,
-                    request_timeout: l.request_timeout.0,
+                let Some(acceptor) = acceptor else {
+                    let conn = Conn::new(Native(stream));
+                    return serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
                 };
-                loop {
-                    let read = async {
-                        let head = conn.read_head(&limits).await?;
-                        let body = conn.read_body(&head, &limits).await?;
-                        Ok::<_, ReadError>((head, body))
-                    }
-                    .await;
-                    let (head, body) = match read {
-                        Ok(hb) => hb,
-                        Err(ReadError::Refused(r)) => {
-                            let _ = conn
-                                .write(
-                                    Response::new(r.http_status()).full(r.code().as_bytes(), true),
-                                )
-                                .await;
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
-                    let resp = if path == "/console" || path.starts_with("/console/") {
-                        if !shared.config.console.enabled {
-                            Response::new(404)
-                                .full(b"the console is off (console.enabled)\n", false)
-                        } else {
-                            ops.console.serve(&control, &head, path, &body)
-                        }
-                    } else if path.starts_with("/admin/") {
-                        match admin_api(&ops, &control, &head, path, query, &body).await {
-                            Out::Answer(a) => json_response(&a),
-                            Out::Stream {
-                                content_type,
-                                filename,
-                                chunks,
-                            } => {
-                                // A streamed export ends its connection (chunked, then close).
-                                let head_bytes = Response::new(200)
-                                    .header("content-type", content_type)
-                                    .header("cache-control", "no-store")
-                                    .header("x-content-type-options", "nosniff")
-                                    .header(
-                                        "content-disposition",
-                                        format!("attachment; filename=\"{filename}\""),
-                                    )
-                                    .streaming_head(true);
-                                if conn.write(head_bytes).await.is_err() {
-                                    return;
-                                }
-                                while let Ok(chunk) = chunks.recv_async().await {
-                                    let mut framed = Vec::with_capacity(chunk.len() + 16);
-                                    encode_chunk(&chunk, &mut framed);
-                                    if conn.write(framed).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                let _ = conn.write(LAST_CHUNK.to_vec()).await;
-                                return;
-                            }
-                        }
-                    } else {
-                        route(&head.method, path, &shared, &cores, n_cores, &control, &ops)
-                    };
-                    if conn.write(resp).await.is_err() || head.close {
-                        return;
-                    }
-                }
+                // A handshake that fails (no client certificate, one the CAs do not verify, plain HTTP)
+                // ends the connection before a byte of HTTP is read.
+                let io = monoio_compat::StreamWrapper::new(stream);
+                let timeout = shared.config.limits.header_read_timeout.0;
+                let Ok(Ok(s)) = monoio::time::timeout(timeout, acceptor.accept(io)).await else {
+                    return;
+                };
+                let conn = Conn::new(Polled(s));
+                serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
             });
         }
     });
+}
+
+/// One admin connection, plain or TLS: requests until it closes or asks to.
+async fn serve_conn<S: ByteStream>(
+    mut conn: Conn<S>,
+    shared: &Arc<Shared>,
+    cores: &CoreList,
+    n_cores: usize,
+    control: &Arc<ControlPlane>,
+    ops: &std::rc::Rc<State>,
+) {
+    let l = &shared.config.limits;
+    let limits = ReadLimits {
+        header_bytes_max: l.header_bytes_max,
+        headers_count_max: l.headers_count_max,
+        body_bytes_max: l.admin_body_bytes_max,
+        idle_timeout: l.idle_timeout.0,
+        header_read_timeout: l.header_read_timeout.0,
+        request_timeout: l.request_timeout.0,
+    };
+    loop {
+        let read = async {
+            let head = conn.read_head(&limits).await?;
+            let body = conn.read_body(&head, &limits).await?;
+            Ok::<_, ReadError>((head, body))
+        }
+        .await;
+        let (head, body) = match read {
+            Ok(hb) => hb,
+            Err(ReadError::Refused(r)) => {
+                let _ = conn
+                    .write(Response::new(r.http_status()).full(r.code().as_bytes(), true))
+                    .await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let (path, query) = head.path.split_once('?').unwrap_or((&head.path, ""));
+        let resp = if path == "/console" || path.starts_with("/console/") {
+            if !shared.config.console.enabled {
+                Response::new(404).full(b"the console is off (console.enabled)\n", false)
+            } else {
+                ops.console.serve(control, &head, path, &body)
+            }
+        } else if path.starts_with("/admin/") {
+            match admin_api(ops, control, &head, path, query, &body).await {
+                Out::Answer(a) => json_response(&a),
+                Out::Stream {
+                    content_type,
+                    filename,
+                    chunks,
+                } => {
+                    // A streamed export ends its connection (chunked, then close).
+                    let head_bytes = Response::new(200)
+                        .header("content-type", content_type)
+                        .header("cache-control", "no-store")
+                        .header("x-content-type-options", "nosniff")
+                        .header(
+                            "content-disposition",
+                            format!("attachment; filename=\"{filename}\""),
+                        )
+                        .streaming_head(true);
+                    if conn.write(head_bytes).await.is_err() {
+                        return;
+                    }
+                    while let Ok(chunk) = chunks.recv_async().await {
+                        let mut framed = Vec::with_capacity(chunk.len() + 16);
+                        encode_chunk(&chunk, &mut framed);
+                        if conn.write(framed).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = conn.write(LAST_CHUNK.to_vec()).await;
+                    return;
+                }
+            }
+        } else {
+            route(&head.method, path, shared, cores, n_cores, control, ops)
+        };
+        if conn.write(resp).await.is_err() || head.close {
+            return;
+        }
+    }
 }
 
 /// One admin API request: authenticated by the bearer token or the console's login, then served by

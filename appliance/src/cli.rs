@@ -9,9 +9,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Map, Value};
+
+use crate::config::UpstreamUrl;
 
 pub const USAGE: &str = "\
 CONTROL PLANE (talks to the admin API of a running `portcullis up`):
@@ -72,12 +76,21 @@ AUDIT TRAIL (reads DATA_DIR/audit directly; works with the appliance running or 
     Common options: --admin URL (default http://127.0.0.1:8444), --token-file F (default
     DATA_DIR/admin.token; or PORTCULLIS_ADMIN_TOKEN), --data-dir D (default ./portcullis-data),
     --as NAME (recorded as the actor; default $USER), --json.
+    An https:// admin URL (listen.admin_tls) is trusted by --admin-fingerprint FP, --admin-ca F, or
+    else DATA_DIR's own certificate; --client-cert F --client-key F (or PORTCULLIS_ADMIN_CERT and
+    PORTCULLIS_ADMIN_KEY) present a client certificate (listen.admin_client_ca).
 ";
 
 /// Parsed common options plus positional words and `--field value` pairs, in order.
 #[derive(Debug, Default)]
 struct Args {
     admin: Option<String>,
+    /// With an `https://` admin URL: how the listener's certificate is trusted, and the client
+    /// certificate to present when it asks for one.
+    admin_ca: Option<PathBuf>,
+    admin_fingerprint: Option<String>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     token_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     actor: Option<String>,
@@ -121,6 +134,10 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
         };
         match name.as_str() {
             "admin" => a.admin = Some(value),
+            "admin-ca" => a.admin_ca = Some(value.into()),
+            "admin-fingerprint" => a.admin_fingerprint = Some(value),
+            "client-cert" => a.client_cert = Some(value.into()),
+            "client-key" => a.client_key = Some(value.into()),
             "token-file" => a.token_file = Some(value.into()),
             "data-dir" => a.data_dir = Some(value.into()),
             "as" => a.actor = Some(value),
@@ -130,10 +147,58 @@ fn parse(argv: Vec<String>) -> Result<Args, String> {
     Ok(a)
 }
 
+/// Largest admin answer the CLI reads over TLS (an audit export is read whole, as over plain HTTP).
+const ADMIN_BODY_MAX: usize = 1 << 32;
+
 struct Client {
     host: String,
     token: String,
     actor: String,
+    /// An `https://` admin listener: its URL and how to speak TLS to it.
+    tls: Option<(UpstreamUrl, Arc<rustls::ClientConfig>)>,
+}
+
+/// How the CLI trusts an `https://` admin listener: `--admin-fingerprint`, else `--admin-ca`, else the
+/// certificate the appliance generated in its data dir (pinned by fingerprint); with `--client-cert` and
+/// `--client-key` (or `PORTCULLIS_ADMIN_CERT`/`PORTCULLIS_ADMIN_KEY`) it presents a client certificate.
+fn admin_tls(a: &Args) -> Result<Arc<rustls::ClientConfig>, String> {
+    let env = |k: &str| std::env::var(k).ok().map(PathBuf::from);
+    let cert = a
+        .client_cert
+        .clone()
+        .or_else(|| env("PORTCULLIS_ADMIN_CERT"));
+    let key = a.client_key.clone().or_else(|| env("PORTCULLIS_ADMIN_KEY"));
+    let client = match (&cert, &key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err("--client-cert and --client-key go together".into()),
+    };
+    let fingerprint = match (&a.admin_fingerprint, &a.admin_ca) {
+        (Some(fp), _) => Some(fp.clone()),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let path = a
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("portcullis-data"))
+                .join(crate::tls::CERT_FILE);
+            let pem = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "admin certificate {}: {e} (pass --admin-fingerprint, --admin-ca or --data-dir)",
+                    path.display()
+                )
+            })?;
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+                .map_err(|e| format!("admin certificate {}: {e}", path.display()))?;
+            Some(crate::tls::fingerprint(der.as_ref()))
+        }
+    };
+    crate::https::client_config_with(
+        fingerprint.as_deref(),
+        a.admin_ca.as_deref(),
+        client,
+        "admin listener",
+    )
 }
 
 impl Client {
@@ -143,11 +208,21 @@ impl Client {
             .clone()
             .or_else(|| std::env::var("PORTCULLIS_ADMIN").ok())
             .unwrap_or_else(|| "http://127.0.0.1:8444".into());
-        let host = admin
-            .strip_prefix("http://")
-            .ok_or("--admin must be an http:// URL (the admin listener is plain HTTP on loopback)")?
-            .trim_end_matches('/')
-            .to_owned();
+        let (host, tls) = if admin.starts_with("https://") {
+            let url = crate::config::parse_https_url(admin.trim_end_matches('/'))
+                .map_err(|e| format!("--admin {admin}: {e}"))?;
+            (
+                format!("{}:{}", url.host, url.port),
+                Some((url, admin_tls(a)?)),
+            )
+        } else {
+            let host = admin
+                .strip_prefix("http://")
+                .ok_or("--admin must be an http:// or https:// URL")?
+                .trim_end_matches('/')
+                .to_owned();
+            (host, None)
+        };
         let token = match std::env::var("PORTCULLIS_ADMIN_TOKEN") {
             Ok(t) if a.token_file.is_none() => t,
             _ => {
@@ -174,6 +249,7 @@ impl Client {
             host,
             token: token.trim().to_owned(),
             actor,
+            tls,
         })
     }
 
@@ -185,6 +261,31 @@ impl Client {
 
     /// A call with a raw body (an OpenAPI document, JSON or YAML as written).
     fn call_bytes(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Value), String> {
+        if let Some((url, tls)) = &self.tls {
+            let headers = zeroize::Zeroizing::new(format!(
+                "authorization: Bearer {}\r\nx-portcullis-actor: {}\r\n",
+                self.token, self.actor
+            ));
+            let req = crate::https::Get {
+                target: path,
+                headers: &headers,
+                connect_timeout: Duration::from_secs(10),
+                io_timeout: Duration::from_secs(60),
+                body_max: ADMIN_BODY_MAX,
+                header: "",
+            };
+            let (status, _, raw) =
+                crate::https::request(url, tls, method, &req, Some(("application/json", body)))
+                    .map_err(|e| {
+                        format!(
+                            "admin API at {}: {e} (is `portcullis up` running?)",
+                            self.host
+                        )
+                    })?;
+            let text = String::from_utf8_lossy(&raw);
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text.into_owned()));
+            return Ok((status, v));
+        }
         let mut s = TcpStream::connect(&self.host).map_err(|e| {
             format!(
                 "admin API at {}: {e} (is `portcullis up` running?)",

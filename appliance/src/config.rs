@@ -619,6 +619,13 @@ pub struct Listen {
     /// Control plane in hybrid deployments: where data planes pull signed snapshots (HTTPS with the MCP
     /// listener's certificate, `DATA_DIR/sync.token` as bearer). Off by default.
     pub sync: Option<SocketAddr>,
+    /// Serve the admin listener (API, console, health, metrics) over HTTPS with the appliance's
+    /// certificate instead of plain HTTP. Off by default: it listens on loopback.
+    pub admin_tls: bool,
+    /// With `admin_tls`: PEM file of the CAs whose client certificates the admin listener requires
+    /// (mutual TLS). A connection without one, or with one they do not verify, fails its handshake; the
+    /// admin token is still required on top.
+    pub admin_client_ca: Option<PathBuf>,
 }
 
 impl Default for Listen {
@@ -631,6 +638,8 @@ impl Default for Listen {
             admin: SocketAddr::from(([127, 0, 0, 1], 8444)),
             allowed_origins: Vec::new(),
             sync: None,
+            admin_tls: false,
+            admin_client_ca: None,
         }
     }
 }
@@ -988,6 +997,12 @@ impl Config {
     }
 
     fn validate_identity(&self) -> Result<(), ConfigError> {
+        if self.listen.admin_client_ca.is_some() && !self.listen.admin_tls {
+            return Err(invalid(
+                "listen.admin_client_ca",
+                "client certificates need TLS on the admin listener (listen.admin_tls: true)",
+            ));
+        }
         let id = &self.identity;
         if id.mtls.is_some() && self.listen.mcp_tls.is_none() {
             return Err(invalid(

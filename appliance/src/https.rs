@@ -62,6 +62,17 @@ pub fn post(
     send(url, tls, "POST", req, Some((content_type, body)))
 }
 
+/// Any method, with an optional (content type, body): status, the value of `req.header`, body.
+pub fn request(
+    url: &UpstreamUrl,
+    tls: &Arc<ClientConfig>,
+    method: &str,
+    req: &Get<'_>,
+    body: Option<(&str, &[u8])>,
+) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    send(url, tls, method, req, body)
+}
+
 fn send(
     url: &UpstreamUrl,
     tls: &Arc<ClientConfig>,
@@ -226,23 +237,46 @@ pub fn client_config(
     ca_file: Option<&Path>,
     what: &str,
 ) -> Result<Arc<ClientConfig>, String> {
+    client_config_with(fingerprint, ca_file, None, what)
+}
+
+/// As `client_config`, presenting the client certificate chain and key in `client` (PEM files) when
+/// given.
+pub fn client_config_with(
+    fingerprint: Option<&str>,
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+    what: &str,
+) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let mut config = match (fingerprint, ca_file) {
+    let builder = match (fingerprint, ca_file) {
         (Some(fp), _) => {
             let pin = parse_fingerprint(fp)
                 .ok_or_else(|| format!("{what}.tls_fingerprint: not a fingerprint"))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
-                .with_no_client_auth()
         }
-        (None, Some(path)) => builder
-            .with_root_certificates(roots(path, what)?)
-            .with_no_client_auth(),
+        (None, Some(path)) => builder.with_root_certificates(roots(path, what)?),
         (None, None) => return Err(format!("{what}: set tls_fingerprint or tls_ca_file")),
+    };
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let err = |p: &Path, e: &dyn std::fmt::Display| format!("{what} {}: {e}", p.display());
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| err(cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(cert, &e))?;
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{what}: client certificate: {e}"))?
+        }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -320,7 +320,10 @@ fn up(args: UpArgs) -> Result<(), String> {
         None => None,
     };
 
-    let tls_material = if config.listen.mcp_tls.is_some() || config.listen.sync.is_some() {
+    let tls_material = if config.listen.mcp_tls.is_some()
+        || config.listen.sync.is_some()
+        || config.listen.admin_tls
+    {
         let m = tls::load_or_generate(&data).map_err(|e| e.to_string())?;
         let verb = if m.created { "generated" } else { "loaded" };
         info!(
@@ -376,6 +379,16 @@ fn up(args: UpArgs) -> Result<(), String> {
             )
         }
         _ => (None, None),
+    };
+    let admin_tls = match (&tls_material, config.listen.admin_tls) {
+        (Some(m), true) => {
+            let client_cas = match &config.listen.admin_client_ca {
+                Some(path) => Some(portcullis::https::roots(path, "listen.admin_client_ca")?),
+                None => None,
+            };
+            Some(m.admin_config(client_cas).map_err(|e| e.to_string())?)
+        }
+        _ => None,
     };
     let tls_material = tls_material.map(|m| m.config);
     if let Some(addr) = config.listen.mcp_tls {
@@ -483,7 +496,10 @@ fn up(args: UpArgs) -> Result<(), String> {
                     core_list,
                     n_cores,
                     control,
-                    tls_material,
+                    admin::Listeners {
+                        sync: tls_material,
+                        admin: admin_tls,
+                    },
                     bound_tx,
                 )
             })
@@ -512,9 +528,17 @@ fn up(args: UpArgs) -> Result<(), String> {
             .spawn(move || follower.run(control, status, stop))
             .map_err(|e| e.to_string())?;
     }
-    println!("Admin and health: http://{admin_addr}/ (healthz, readyz, metrics, admin API under /admin/)");
+    let scheme = if shared.config.listen.admin_tls {
+        "https"
+    } else {
+        "http"
+    };
+    println!("Admin and health: {scheme}://{admin_addr}/ (healthz, readyz, metrics, admin API under /admin/)");
+    if shared.config.listen.admin_client_ca.is_some() {
+        println!("Admin listener requires a client certificate (listen.admin_client_ca)");
+    }
     if shared.config.console.enabled {
-        println!("Console: http://{admin_addr}/console/ (log in with the admin token)");
+        println!("Console: {scheme}://{admin_addr}/console/ (log in with the admin token)");
     }
     println!(
         "Admin token {}: {}",

@@ -78,13 +78,7 @@ pub fn load_or_generate(dir: &DataDir) -> Result<TlsMaterial, TlsError> {
     let cert =
         CertificateDer::from_pem_slice(&cert_pem).map_err(|_| TlsError::Pem("certificate"))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Pem("private key"))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-    let fingerprint_sha256 = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let fingerprint_sha256 = fingerprint(cert.as_ref());
     let config = server_config(&cert, &key, None)?;
     Ok(TlsMaterial {
         config,
@@ -114,6 +108,21 @@ impl TlsMaterial {
         }
     }
 
+    /// The admin listener's: ALPN http/1.1 and, with `client_cas`, a client certificate they verify
+    /// required of every connection (unlike the MCP listener, where a bearer credential may stand in).
+    pub fn admin_config(
+        &self,
+        client_cas: Option<rustls::RootCertStore>,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let base = match client_cas {
+            None => self.config.clone(),
+            Some(roots) => server_config_with(&self.cert, &self.key, Some(roots), true)?,
+        };
+        let mut config = (*base).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// The HTTP/3 listener's: as `mcp_config`, ALPN `h3`, and early data only with `early_data` (0-RTT
     /// requests can be replayed; `h3srv` serves only safe methods before the handshake completes).
     pub fn h3_config(
@@ -135,6 +144,16 @@ fn server_config(
     key: &PrivateKeyDer<'static>,
     client_cas: Option<rustls::RootCertStore>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with(cert, key, client_cas, false)
+}
+
+/// `required`: a connection without a client certificate fails its handshake.
+fn server_config_with(
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+    client_cas: Option<rustls::RootCertStore>,
+    required: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -145,10 +164,15 @@ fn server_config(
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            );
+            let verifier = if required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -157,4 +181,14 @@ fn server_config(
         .map_err(TlsError::Rustls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// SHA-256 of a DER certificate as colon-separated upper-case hex, the form printed at start.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -298,6 +298,9 @@ pub struct Gateway {
     pub args: Vec<String>,
     /// Everything the process wrote to stdout and stderr so far (also echoed to the test's stderr).
     pub output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// How `cli` reaches an admin listener over TLS (`--admin https://...` and a client certificate);
+    /// empty for the default plain one.
+    pub admin_cli: Vec<String>,
 }
 
 /// Upstreams for a gateway config: (name, port); the URL is `http://127.0.0.1:PORT/mcp`.
@@ -341,7 +344,33 @@ impl Gateway {
         let cfg = dir.path().join("portcullis.yaml");
         std::fs::write(&cfg, config).unwrap();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        Self::launch(dir, (plain_port, tls_port, admin_port), args)
+        Self::launch(dir, (plain_port, tls_port, admin_port), args, Vec::new())
+    }
+
+    /// Start with the admin listener on TLS requiring a client certificate from `client_ca` (PEM files
+    /// in `dir`); `cli` presents `cert` and `key`, and readiness is the admin API answering through it.
+    pub fn start_admin_mtls(dir: TempDir, client_ca: &str, cert: &str, key: &str) -> Gateway {
+        let at = |f: &str| dir.path().join(f).display().to_string();
+        let listen = format!("  admin_tls: true\n  admin_client_ca: {}\n", at(client_ca));
+        let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{listen}"
+        );
+        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        let admin_cli = vec![
+            "--admin".to_owned(),
+            format!("https://127.0.0.1:{admin_port}"),
+            "--client-cert".to_owned(),
+            at(cert),
+            "--client-key".to_owned(),
+            at(key),
+        ];
+        Self::launch(
+            dir,
+            (plain_port, tls_port, admin_port),
+            vec!["--cores".into(), "1".into()],
+            admin_cli,
+        )
     }
 
     /// The data dir.
@@ -358,16 +387,18 @@ impl Gateway {
             admin_port,
             dir,
             args,
+            admin_cli,
             ..
         } = self;
         drop(proc);
-        Self::launch(dir, (plain_port, tls_port, admin_port), args)
+        Self::launch(dir, (plain_port, tls_port, admin_port), args, admin_cli)
     }
 
     fn launch(
         dir: TempDir,
         (plain_port, tls_port, admin_port): (u16, u16, u16),
         args: Vec<String>,
+        admin_cli: Vec<String>,
     ) -> Gateway {
         let cfg = dir.path().join("portcullis.yaml");
         let mut cmd = Command::new(gateway_bin());
@@ -410,6 +441,7 @@ impl Gateway {
             dir,
             args,
             output,
+            admin_cli,
         };
         gw.wait_ready();
         gw
@@ -421,7 +453,11 @@ impl Gateway {
             if let Some(s) = self.proc.child.try_wait().unwrap() {
                 panic!("gateway exited during start: {s}");
             }
-            if let Ok(r) = request(self.admin_port, "GET", "/readyz", &[], b"") {
+            if !self.admin_cli.is_empty() {
+                if cli(self, &["agent", "list"]).status.success() {
+                    return;
+                }
+            } else if let Ok(r) = request(self.admin_port, "GET", "/readyz", &[], b"") {
                 if serving(&r) {
                     return;
                 }
@@ -793,11 +829,19 @@ pub fn modern_body(id: u64, method: &str, params: Value) -> String {
 
 /// Run `portcullis ARGS --json` as operator `alice` against a gateway's admin API.
 pub fn cli(g: &Gateway, args: &[&str]) -> std::process::Output {
+    let plain = vec![
+        "--admin".to_owned(),
+        format!("http://127.0.0.1:{}", g.admin_port),
+    ];
+    let admin = if g.admin_cli.is_empty() {
+        &plain
+    } else {
+        &g.admin_cli
+    };
     Command::new(gateway_bin())
         .args(args)
         .arg("--json")
-        .arg("--admin")
-        .arg(format!("http://127.0.0.1:{}", g.admin_port))
+        .args(admin)
         .arg("--data-dir")
         .arg(g.dir.path().join("data"))
         .arg("--as")

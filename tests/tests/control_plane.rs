@@ -229,6 +229,97 @@ fn api_keys_are_shown_once_stored_as_hashes_and_revocable() {
 }
 
 #[test]
+fn the_admin_listener_can_require_tls_and_a_client_certificate() {
+    let dir = TempDir::new("gw");
+    client_pki(&dir, &["ops"], &["ops"]);
+    let g = Gateway::start_admin_mtls(dir, "ca.pem", "ops.pem", "ops.key");
+    // The CLI drives it over TLS with the operator's certificate (and the token).
+    ok(&g, &add_capability("docs"));
+    let caps = ok(&g, &["capability", "list"]);
+    assert!(caps.to_string().contains("docs"), "{caps}");
+
+    // Plain HTTP gets no answer at all, not even health.
+    let r = request(g.admin_port, "GET", "/readyz", &[], b"");
+    assert!(r.is_err(), "{:?}", r.map(|r| r.status));
+
+    let at = |f: &str| g.dir.path().join(f).display().to_string();
+    let url = format!("https://127.0.0.1:{}", g.admin_port);
+    let data = at("data");
+    let run = |extra: &[&str]| {
+        Command::new(gateway_bin())
+            .args([
+                "capability",
+                "list",
+                "--json",
+                "--admin",
+                &url,
+                "--data-dir",
+                &data,
+            ])
+            .args(extra)
+            .env_remove("PORTCULLIS_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // No certificate, or a same-named one from a CA the listener does not trust: the handshake fails.
+    let (rogue_cert, rogue_key) = (at("rogue-ops.pem"), at("rogue-ops.key"));
+    for extra in [
+        vec![],
+        vec!["--client-cert", &rogue_cert, "--client-key", &rogue_key],
+    ] {
+        let out = run(&extra);
+        assert!(!out.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("admin API at"), "{extra:?}: {err}");
+        assert!(!err.contains("docs"), "{err}");
+    }
+    // The right certificate with a wrong token is still refused: both are required.
+    let wrong = at("wrong.token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let (cert, key) = (at("ops.pem"), at("ops.key"));
+    let out = run(&[
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "--token-file",
+        &wrong,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") && err.contains("unauthenticated"),
+        "{err}"
+    );
+    // The listener's certificate is pinned: a wrong fingerprint is refused by the CLI.
+    let fp = "00".repeat(32);
+    let out = run(&[
+        "--client-cert",
+        &cert,
+        "--client-key",
+        &key,
+        "--admin-fingerprint",
+        &fp,
+    ]);
+    assert!(!out.status.success());
+
+    // A client CA without TLS is a config error naming the key.
+    let bad = TempDir::new("gw");
+    let cfg = bad.path().join("c.yaml");
+    std::fs::write(&cfg, "listen:\n  admin_client_ca: /nonexistent.pem\n").unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["up", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(bad.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen.admin_client_ca"), "{err}");
+}
+
+#[test]
 fn admin_api_needs_the_token() {
     let g = Gateway::start(&[], "");
     for auth in [None, Some("Bearer wrong"), Some("Basic abc")] {

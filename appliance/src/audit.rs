@@ -169,6 +169,7 @@ impl Trail {
                 rx,
                 durable: cfg.mode == AuditMode::Durable,
                 flush_interval: cfg.flush_interval.0,
+                gather: cfg.async_gather.0,
                 batch_max: cfg.batch_max,
                 used: used.clone(),
                 max: cfg.max_bytes,
@@ -328,6 +329,8 @@ struct Writer {
     rx: flume::Receiver<Job>,
     durable: bool,
     flush_interval: Duration,
+    /// Async mode: the pause after a write (`audit.async_gather`).
+    gather: Duration,
     batch_max: usize,
     used: Arc<AtomicU64>,
     max: u64,
@@ -384,7 +387,8 @@ impl Writer {
                     next = self.rx.try_recv().ok();
                 }
             }
-            if !payloads.is_empty() {
+            let payloads_empty = payloads.is_empty();
+            if !payloads_empty {
                 let outcome = self.write(&payloads);
                 if outcome.is_ok() {
                     if let Ok(mut h) = self.stats.wait_us.lock() {
@@ -409,6 +413,12 @@ impl Writer {
             for c in closes {
                 let _ = self.segs.checkpoint(now_ms());
                 let _ = c.send(());
+            }
+            if !self.durable && !payloads_empty && !self.gather.is_zero() {
+                // Async: nobody waits for this write, so let records gather a moment instead of waking
+                // this thread once per record (a context switch that every request would pay on a busy
+                // box). An idle writer blocks in `recv` again and is woken by the next record.
+                std::thread::sleep(self.flush_interval.min(self.gather));
             }
         }
         let _ = self.segs.checkpoint(now_ms());

@@ -227,6 +227,10 @@ pub struct Audit {
     pub checkpoint_every: u64,
     /// `async` mode: the bound on how long a written record waits for `fdatasync`.
     pub flush_interval: Dur,
+    /// `async` mode: after each write the writer lets records gather this long (at most
+    /// `flush_interval`) before it writes again, so a busy core does not wake it once per record. `0s`
+    /// writes each record at once.
+    pub async_gather: Dur,
     /// Records written (and synced) together at most.
     pub batch_max: usize,
     /// Stream every record to a syslog collector (RFC 5424 over TCP or TLS, octet-counted).
@@ -279,6 +283,7 @@ impl Default for Audit {
             max_bytes: 16 << 30,
             checkpoint_every: 1000,
             flush_interval: Dur(Duration::from_millis(200)),
+            async_gather: Dur(Duration::from_millis(1)),
             batch_max: 1024,
             syslog: None,
             at_budget: AtBudget::FailClosed,
@@ -854,6 +859,25 @@ impl Config {
             }
             parse_http_url(&u.url).map_err(|e| invalid(&format!("upstreams[{i}].url"), e))?;
         }
+        if !self.upstreams.is_empty() {
+            // Static upstreams are served ungoverned (no identity, policy or approval): a lab mode, so
+            // it may only listen where nothing but this machine can reach it.
+            let exposed = [
+                ("listen.mcp_tls", self.listen.mcp_tls),
+                ("listen.mcp_plain", self.listen.mcp_plain),
+            ]
+            .into_iter()
+            .find(|(_, a)| a.is_some_and(|a| !a.ip().is_loopback()));
+            if let Some((key, addr)) = exposed {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "static `upstreams` are served ungoverned, so only on loopback ({} is not); register them as capabilities and approve a snapshot to serve them elsewhere",
+                        addr.map(|a| a.to_string()).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         if self.naming == NamingMode::Passthrough && self.upstreams.len() != 1 {
             return Err(invalid(
                 "naming",
@@ -1192,6 +1216,15 @@ mod tests {
         );
         assert!(err("upstreams:\n  - name: a\n    url: ftp://x\n").contains("upstreams[0].url"));
         assert!(err("naming: passthrough\n").contains("naming"));
+        let exposed = "listen:\n  mcp_plain: 0.0.0.0:8080\nupstreams:\n  - {name: a, url: 'http://127.0.0.1:1/mcp'}\n";
+        assert!(
+            err(exposed).contains("listen.mcp_plain"),
+            "{}",
+            err(exposed)
+        );
+        assert!(err(exposed).contains("only on loopback"));
+        let tls = "listen:\n  mcp_tls: '[::]:8443'\nupstreams:\n  - {name: a, url: 'http://127.0.0.1:1/mcp'}\n";
+        assert!(err(tls).contains("listen.mcp_tls"));
         assert!(err("naming: sideways\n").contains("naming"));
         assert!(err("limits:\n  body_bytes_max: 0\n").contains("limits.body_bytes_max"));
         let twice =

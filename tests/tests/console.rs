@@ -164,19 +164,24 @@ fn metrics_count_by_method_revision_decision_agent_and_tool() {
         "{}",
         r.text()
     );
-    let m = eventually(5, "counts published", || {
-        let m = g.metrics();
-        m.contains("portcullis_tool_calls_total{tool=\"alpha__echo\",decision=\"allowed\"} 3")
-            .then_some(m)
-    });
-    for line in [
+    let expected = [
+        "portcullis_tool_calls_total{tool=\"alpha__echo\",decision=\"allowed\"} 3",
         "portcullis_mcp_requests_total{method=\"tools/call\",transport=\"h1\",revision=\"2025-11-25\",decision=\"allowed\"} 3",
         "portcullis_mcp_requests_total{method=\"tools/call\",transport=\"h1\",revision=\"2025-11-25\",decision=\"denied\"} 1",
         "portcullis_mcp_requests_total{method=\"initialize\",transport=\"h1\",revision=\"2025-11-25\",decision=\"allowed\"} 2",
         "portcullis_agent_requests_total{agent=\"ops\"} 4",
         "portcullis_agent_requests_total{agent=\"viewer\"} 2",
         "portcullis_tool_calls_total{tool=\"alpha__add\",decision=\"denied\"} 1",
-    ] {
+    ];
+    // The two agents' connections may be on different cores, which publish their counts each on their
+    // own: wait for all of them, then say which is missing.
+    let t0 = Instant::now();
+    let mut m = g.metrics();
+    while !expected.iter().all(|l| m.contains(l)) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        m = g.metrics();
+    }
+    for line in expected {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
     let denial = format!("portcullis_denials_total{{reason=\"{reason}\",blame=\"agent\"}} 1");

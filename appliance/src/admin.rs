@@ -131,9 +131,8 @@ pub fn run(
                 };
                 // A handshake that fails (no client certificate, one the CAs do not verify, plain HTTP)
                 // ends the connection before a byte of HTTP is read.
-                let io = monoio_compat::StreamWrapper::new(stream);
                 let timeout = shared.config.limits.header_read_timeout.0;
-                let Ok(Ok(s)) = monoio::time::timeout(timeout, acceptor.accept(io)).await else {
+                let Some(s) = crate::tls::accept(&acceptor, stream, timeout).await else {
                     return;
                 };
                 let conn = Conn::new(Polled(s));
@@ -153,14 +152,7 @@ async fn serve_conn<S: ByteStream>(
     ops: &std::rc::Rc<State>,
 ) {
     let l = &shared.config.limits;
-    let limits = ReadLimits {
-        header_bytes_max: l.header_bytes_max,
-        headers_count_max: l.headers_count_max,
-        body_bytes_max: l.admin_body_bytes_max,
-        idle_timeout: l.idle_timeout.0,
-        header_read_timeout: l.header_read_timeout.0,
-        request_timeout: l.request_timeout.0,
-    };
+    let limits = ReadLimits::from_config(l, l.admin_body_bytes_max);
     loop {
         let read = async {
             let head = conn.read_head(&limits).await?;
@@ -318,21 +310,12 @@ async fn serve_sync(
             }
             let _release = Release(open);
             let l = &shared.config.limits;
-            let io = monoio_compat::StreamWrapper::new(stream);
-            let Ok(Ok(s)) =
-                monoio::time::timeout(l.header_read_timeout.0, acceptor.accept(io)).await
+            let Some(s) = crate::tls::accept(&acceptor, stream, l.header_read_timeout.0).await
             else {
                 return;
             };
             let mut conn = Conn::new(Polled(s));
-            let limits = ReadLimits {
-                header_bytes_max: l.header_bytes_max,
-                headers_count_max: l.headers_count_max,
-                body_bytes_max: 0,
-                idle_timeout: l.idle_timeout.0,
-                header_read_timeout: l.header_read_timeout.0,
-                request_timeout: l.request_timeout.0,
-            };
+            let limits = ReadLimits::from_config(l, 0);
             loop {
                 let head = match conn.read_head(&limits).await {
                     Ok(h) => h,

@@ -100,6 +100,20 @@ pub struct ReadLimits {
     pub request_timeout: Duration,
 }
 
+impl ReadLimits {
+    /// The config's head and timeout limits, with the body bound of the listener at hand.
+    pub fn from_config(l: &crate::config::Limits, body_bytes_max: usize) -> ReadLimits {
+        ReadLimits {
+            header_bytes_max: l.header_bytes_max,
+            headers_count_max: l.headers_count_max,
+            body_bytes_max,
+            idle_timeout: l.idle_timeout.0,
+            header_read_timeout: l.header_read_timeout.0,
+            request_timeout: l.request_timeout.0,
+        }
+    }
+}
+
 /// A connection with its read-ahead buffer.
 pub struct Conn<S> {
     pub stream: S,

@@ -47,7 +47,7 @@ pub fn get(
     tls: &Arc<ClientConfig>,
     req: &Get<'_>,
 ) -> Result<(u16, Option<String>, Vec<u8>), String> {
-    send(url, tls, "GET", req, None)
+    request(url, tls, "GET", req, None)
 }
 
 /// POST `body` (of `content_type`) to `req.target` on `url`'s host: status, the value of `req.header`,
@@ -59,21 +59,11 @@ pub fn post(
     content_type: &str,
     body: &[u8],
 ) -> Result<(u16, Option<String>, Vec<u8>), String> {
-    send(url, tls, "POST", req, Some((content_type, body)))
+    request(url, tls, "POST", req, Some((content_type, body)))
 }
 
 /// Any method, with an optional (content type, body): status, the value of `req.header`, body.
 pub fn request(
-    url: &UpstreamUrl,
-    tls: &Arc<ClientConfig>,
-    method: &str,
-    req: &Get<'_>,
-    body: Option<(&str, &[u8])>,
-) -> Result<(u16, Option<String>, Vec<u8>), String> {
-    send(url, tls, method, req, body)
-}
-
-fn send(
     url: &UpstreamUrl,
     tls: &Arc<ClientConfig>,
     method: &str,

@@ -200,8 +200,7 @@ async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAccep
                 monoio::spawn(async move {
                     let hs = core.shared.config.limits.header_read_timeout.0;
                     // Failed or slow handshakes cost nothing further.
-                    let io = monoio_compat::StreamWrapper::new(stream);
-                    if let Ok(Ok(s)) = monoio::time::timeout(hs, acceptor.accept(io)).await {
+                    if let Some(s) = crate::tls::accept(&acceptor, stream, hs).await {
                         // The handshake verified any client certificate against identity.mtls's CAs.
                         let tls = s.get_ref().1;
                         let cert_agent = tls
@@ -230,14 +229,7 @@ async fn drain_flag(core: &Core) {
 
 fn read_limits(core: &Core) -> ReadLimits {
     let l = &core.shared.config.limits;
-    ReadLimits {
-        header_bytes_max: l.header_bytes_max,
-        headers_count_max: l.headers_count_max,
-        body_bytes_max: l.body_bytes_max,
-        idle_timeout: l.idle_timeout.0,
-        header_read_timeout: l.header_read_timeout.0,
-        request_timeout: l.request_timeout.0,
-    }
+    ReadLimits::from_config(l, l.body_bytes_max)
 }
 
 /// Answer a refusal made before the request reached the gateway (framing, limits, unknown path).

@@ -183,6 +183,20 @@ fn server_config_with(
     Ok(Arc::new(config))
 }
 
+/// A listener's TLS handshake on an accepted connection, given at most `timeout`; `None` when it fails or
+/// takes longer.
+pub async fn accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: monoio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> Option<tokio_rustls::server::TlsStream<monoio_compat::StreamWrapper<monoio::net::TcpStream>>> {
+    let io = monoio_compat::StreamWrapper::new(stream);
+    monoio::time::timeout(timeout, acceptor.accept(io))
+        .await
+        .ok()?
+        .ok()
+}
+
 /// SHA-256 of a DER certificate as colon-separated upper-case hex, the form printed at start.
 pub fn fingerprint(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)

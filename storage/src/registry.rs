@@ -1429,6 +1429,31 @@ impl Registry {
     /// the old body: a signer's own mistake, or a body from an older release.
     #[cfg(test)]
     fn reseal_for_tests(&self, version: u64, body: impl FnOnce(&[u8]) -> Vec<u8>) -> Result<()> {
+        self.rewrite_blob_for_tests(version, |old| {
+            let opened = signing::open_blob(&old, &self.trust)
+                .map_err(|error| RegistryError::BadSnapshot { version, error })?;
+            Ok(self.key.seal(&body(opened.body)))
+        })
+    }
+
+    /// Flip bits of a stored blob byte, as an attacker with write access to the file could.
+    #[cfg(test)]
+    fn tamper_for_tests(&self, version: u64, offset: usize) -> Result<()> {
+        self.rewrite_blob_for_tests(version, |mut blob| {
+            if let Some(b) = blob.get_mut(offset) {
+                *b ^= 0x20;
+            }
+            Ok(blob)
+        })
+    }
+
+    /// Store what `f` makes of snapshot `version`'s blob, in one write transaction.
+    #[cfg(test)]
+    fn rewrite_blob_for_tests(
+        &self,
+        version: u64,
+        f: impl FnOnce(Vec<u8>) -> Result<Vec<u8>>,
+    ) -> Result<()> {
         let mut w = self.write()?;
         let err = self.err();
         let old = self
@@ -1438,31 +1463,7 @@ impl Registry {
             .map_err(&err)?
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        let opened = signing::open_blob(&old, &self.trust)
-            .map_err(|error| RegistryError::BadSnapshot { version, error })?;
-        let blob = self.key.seal(&body(opened.body));
-        self.tables
-            .snapshots
-            .put(&mut w, &version, &blob)
-            .map_err(&err)?;
-        w.commit().map_err(&err)
-    }
-
-    /// Flip bits of a stored blob byte, as an attacker with write access to the file could.
-    #[cfg(test)]
-    fn tamper_for_tests(&self, version: u64, offset: usize) -> Result<()> {
-        let mut w = self.write()?;
-        let err = self.err();
-        let mut blob = self
-            .tables
-            .snapshots
-            .get(&w, &version)
-            .map_err(&err)?
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        if let Some(b) = blob.get_mut(offset) {
-            *b ^= 0x20;
-        }
+        let blob = f(old)?;
         self.tables
             .snapshots
             .put(&mut w, &version, &blob)

@@ -317,6 +317,23 @@ pub fn upstreams_yaml(upstreams: &[(&str, u16)]) -> String {
     y
 }
 
+/// Write `dir/portcullis.yaml` on fresh loopback ports, `listen` lines added to its `listen:` block;
+/// returns the (plain MCP, TLS MCP, admin) ports.
+fn write_config(
+    dir: &TempDir,
+    listen: &str,
+    upstreams: &[(&str, u16)],
+    extra: &str,
+) -> (u16, u16, u16) {
+    let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{listen}{}{extra}",
+        upstreams_yaml(upstreams)
+    );
+    std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+    (plain_port, tls_port, admin_port)
+}
+
 impl Gateway {
     /// Start with these upstreams plus `extra` YAML (e.g. a `limits:` block), on two cores.
     pub fn start(upstreams: &[(&str, u16)], extra: &str) -> Gateway {
@@ -336,15 +353,9 @@ impl Gateway {
         extra: &str,
         args: &[&str],
     ) -> Gateway {
-        let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
-        let config = format!(
-            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{listen}{}{extra}",
-            upstreams_yaml(upstreams)
-        );
-        let cfg = dir.path().join("portcullis.yaml");
-        std::fs::write(&cfg, config).unwrap();
+        let ports = write_config(&dir, listen, upstreams, extra);
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        Self::launch(dir, (plain_port, tls_port, admin_port), args, Vec::new())
+        Self::launch(dir, ports, args, Vec::new())
     }
 
     /// Start with the admin listener on TLS requiring a client certificate from `client_ca` (PEM files
@@ -352,25 +363,16 @@ impl Gateway {
     pub fn start_admin_mtls(dir: TempDir, client_ca: &str, cert: &str, key: &str) -> Gateway {
         let at = |f: &str| dir.path().join(f).display().to_string();
         let listen = format!("  admin_tls: true\n  admin_client_ca: {}\n", at(client_ca));
-        let (plain_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
-        let config = format!(
-            "listen:\n  mcp_plain: 127.0.0.1:{plain_port}\n  mcp_tls: 127.0.0.1:{tls_port}\n  admin: 127.0.0.1:{admin_port}\n{listen}"
-        );
-        std::fs::write(dir.path().join("portcullis.yaml"), config).unwrap();
+        let ports = write_config(&dir, &listen, &[], "");
         let admin_cli = vec![
             "--admin".to_owned(),
-            format!("https://127.0.0.1:{admin_port}"),
+            format!("https://127.0.0.1:{}", ports.2),
             "--client-cert".to_owned(),
             at(cert),
             "--client-key".to_owned(),
             at(key),
         ];
-        Self::launch(
-            dir,
-            (plain_port, tls_port, admin_port),
-            vec!["--cores".into(), "1".into()],
-            admin_cli,
-        )
+        Self::launch(dir, ports, vec!["--cores".into(), "1".into()], admin_cli)
     }
 
     /// The data dir.

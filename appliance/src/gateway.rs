@@ -1668,8 +1668,10 @@ impl Core {
                     }
                     if req.method == "tools/call" {
                         if let Some(args) = req.params.as_ref().and_then(|p| p.get("arguments")) {
-                            let json = simd_json::to_vec(args).unwrap_or_default();
-                            a.arguments_blake3 = Some(blake3::hash(&json).to_hex().to_string());
+                            // Hashed as serialized, straight into the hasher (no copy of the arguments).
+                            let mut h = blake3::Hasher::new();
+                            let _ = simd_json::to_writer(&mut h, args);
+                            a.arguments_blake3 = Some(h.finalize().to_hex().to_string());
                             if let Some(rec) = sv.audit_arguments(upstream) {
                                 let mut v = to_serde(args);
                                 portcullis_pipeline::audit::redact(&mut v, &rec.redact);

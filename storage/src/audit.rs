@@ -340,7 +340,13 @@ pub struct Segments {
     checkpoint_every: u64,
     /// Bytes of all this core's segments.
     bytes: u64,
+    /// The encode buffer, kept between batches: a fresh one per batch is fresh memory per batch, which
+    /// the allocator maps and the kernel zeroes every time.
+    scratch: Vec<u8>,
 }
+
+/// The most encode buffer a trail keeps between batches; a larger batch's buffer is freed after it.
+const SCRATCH_KEEP: usize = 1 << 20;
 
 impl fmt::Debug for Segments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -437,6 +443,7 @@ impl Segments {
                 since_checkpoint: 0,
                 checkpoint_every: checkpoint_every.max(1),
                 bytes,
+                scratch: Vec::new(),
             },
             recovery,
         ))
@@ -462,7 +469,9 @@ impl Segments {
     ) -> Result<Vec<u64>, AuditError> {
         let before = self.chain;
         let before_checkpoint = self.since_checkpoint;
-        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEAD_LEN).sum());
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.reserve(payloads.iter().map(|p| p.len() + HEAD_LEN).sum());
         let mut seqs = Vec::with_capacity(payloads.len());
         for p in payloads {
             seqs.push(self.chain.next_seq);
@@ -472,7 +481,11 @@ impl Segments {
                 self.checkpoint_into(&mut buf, now_ms);
             }
         }
-        if let Err(e) = self.write(&buf, sync) {
+        let written = self.write(&buf, sync);
+        if buf.capacity() <= SCRATCH_KEEP {
+            self.scratch = buf;
+        }
+        if let Err(e) = written {
             self.chain = before;
             self.since_checkpoint = before_checkpoint;
             return Err(e);

@@ -1445,7 +1445,13 @@ impl Core {
                     a.session = session.map(|s| s.to_string());
                 }
                 Agent::Modern {
-                    meta: transport::meta(&msg).cloned().unwrap_or_else(Value::object),
+                    meta: {
+                        // What goes upstream on the agent's behalf never carries the keys addressed to
+                        // the gateway.
+                        let mut m = transport::meta(&msg).cloned().unwrap_or_else(Value::object);
+                        mcp::strip_gateway_keys(&mut m);
+                        m
+                    },
                     params: param_headers(head),
                     on: caller.on_behalf(),
                     session,
@@ -3127,33 +3133,47 @@ impl Core {
     ) -> Result<UpstreamResponse, DenyReason> {
         let (rev, sid) = self.exchange_revision(agent, up, ephemeral).await?;
         if rev.is_stateless() {
-            let meta = match agent {
-                Agent::Modern { meta, .. } => meta.clone(),
-                Agent::Session { session, .. } => modern_meta(
-                    session
-                        .client_capabilities
-                        .as_ref()
-                        .unwrap_or(&Value::object()),
-                    session.client_info.as_ref(),
-                ),
-            };
             let mut fwd = req;
-            let mut m = meta;
-            // Keep the agent's progress token and trace context, but state the version we speak upstream.
-            if let Some(token) = fwd
+            let forwarded_meta = fwd
                 .params
                 .as_ref()
                 .and_then(|p| p.get("_meta"))
-                .and_then(|m| m.get("progressToken"))
-            {
-                m.insert("progressToken", token.clone()).ok();
+                .is_some_and(|m| m.is_object());
+            match agent {
+                // The request carries the agent's own `_meta` (gateway keys already stripped): it goes
+                // upstream as it is, in place.
+                Agent::Modern { .. } if forwarded_meta => {}
+                Agent::Modern { meta, .. } => {
+                    fwd.params = Some(params_with_meta(fwd.params.take(), meta.clone()));
+                }
+                Agent::Session { session, .. } => {
+                    let mut m = modern_meta(
+                        session
+                            .client_capabilities
+                            .as_ref()
+                            .unwrap_or(&Value::object()),
+                        session.client_info.as_ref(),
+                    );
+                    // Keep the agent's progress token.
+                    if let Some(token) = fwd
+                        .params
+                        .as_ref()
+                        .and_then(|p| p.get("_meta"))
+                        .and_then(|m| m.get("progressToken"))
+                    {
+                        m.insert("progressToken", token.clone()).ok();
+                    }
+                    fwd.params = Some(params_with_meta(fwd.params.take(), m));
+                }
             }
-            m.insert(
-                transport::META_PROTOCOL_VERSION,
-                Revision::V2026_07_28.as_str(),
-            )
-            .ok();
-            fwd.params = Some(params_with_meta(fwd.params.take(), m));
+            // State the version we speak upstream.
+            if let Some(m) = fwd.params.as_mut().and_then(|p| p.get_mut("_meta")) {
+                m.insert(
+                    transport::META_PROTOCOL_VERSION,
+                    Revision::V2026_07_28.as_str(),
+                )
+                .ok();
+            }
             let name = name_of(&fwd);
             let mut headers: Vec<(&str, String)> = modern_headers(&fwd.method, name.as_deref());
             if let Agent::Modern { params, .. } = agent {

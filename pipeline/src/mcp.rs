@@ -257,10 +257,16 @@ pub const GATEWAY_META_PREFIX: &str = "dev.portcullis/";
 /// Drop the `_meta` entries under the gateway's prefix: whatever an agent puts there is addressed to the
 /// gateway, never to an upstream.
 pub fn strip_gateway_meta(params: &mut Value) {
-    let Some(meta) = params.get_mut("_meta").and_then(|m| m.as_object_mut()) else {
-        return;
-    };
-    meta.retain(|k, _| !k.starts_with(GATEWAY_META_PREFIX));
+    if let Some(meta) = params.get_mut("_meta") {
+        strip_gateway_keys(meta);
+    }
+}
+
+/// The same on a `_meta` object itself.
+pub fn strip_gateway_keys(meta: &mut Value) {
+    if let Some(meta) = meta.as_object_mut() {
+        meta.retain(|k, _| !k.starts_with(GATEWAY_META_PREFIX));
+    }
 }
 
 /// Namespace the names in one upstream's list result and append them to `into`.

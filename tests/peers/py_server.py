@@ -136,6 +136,17 @@ def build_server(name: str) -> MCPServer:
     def credentials(ctx: Context) -> str:
         return json.dumps(describe_credentials(ctx.headers or {}, ctx.request_context.request))
 
+    @mcp.tool(description="The keys of the `_meta` this request arrived with, sorted, as a JSON list.")
+    def meta_keys(ctx: Context) -> str:
+        meta = ctx.request_context.meta
+        if meta is None:
+            keys = []
+        elif hasattr(meta, "model_dump"):
+            keys = list(meta.model_dump(by_alias=True, exclude_none=True).keys())
+        else:
+            keys = list(dict(meta).keys())
+        return json.dumps(sorted(keys))
+
     @mcp.tool(description="Announce that the tool list changed (to subscriptions/listen streams and to the session's GET stream).")
     async def announce(ctx: Context) -> str:
         # 2026-07-28 subscribers hear it through the subscription bus; a 2025-11-25 session on its GET stream.

@@ -48,6 +48,7 @@ fn check_list(v: &Value) {
         "alpha__announce",
         "alpha__confirm",
         "alpha__credentials",
+        "alpha__meta_keys",
         "alpha__redefine",
         "alpha__received_calls",
     ];
@@ -201,6 +202,47 @@ fn session_agents_reach_a_modern_only_upstream() {
         &["--tool", "beta__whoami", "--args", "{}"],
     );
     assert_eq!(v["text"], json!("beta"), "{v}");
+}
+
+#[test]
+fn meta_addressed_to_the_gateway_never_reaches_an_upstream() {
+    // A 2026-07-28 agent's `_meta` goes upstream with the agent's own keys, without those under the
+    // gateway's prefix, in whichever revision the upstream is spoken to.
+    let (_a, pa) = py_server("alpha", &[]);
+    let g = Gateway::start(&[("alpha", pa)], "");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "alpha__meta_keys", "arguments": {},
+    "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+        "dev.portcullis/probe": "for the gateway only",
+        "com.example/trace": "t-1",
+        "progressToken": "p-1"
+    }}});
+    let r = post(
+        g.plain_port,
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "alpha__meta_keys"),
+        ],
+        &body.to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let keys: Vec<String> = serde_json::from_str(text).unwrap_or_default();
+    assert!(
+        keys.iter().any(|k| k == "com.example/trace"),
+        "the agent's own key is forwarded: {v}"
+    );
+    assert!(
+        !keys.iter().any(|k| k.starts_with("dev.portcullis/")),
+        "a key addressed to the gateway reached the upstream: {v}"
+    );
 }
 
 #[test]

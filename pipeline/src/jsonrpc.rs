@@ -250,9 +250,74 @@ fn error_from_value(v: Value) -> Option<ErrorObject> {
     })
 }
 
-/// Encode a message as compact JSON.
+/// Encode a message as compact JSON: the same bytes as `to_vec(&to_value(msg))`, written straight from
+/// the message (no copy of its params or result into a new tree first).
 pub fn encode(msg: &Message) -> Vec<u8> {
-    to_vec(&to_value(msg))
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0""#);
+    match msg {
+        Message::Request(r) => {
+            out.extend_from_slice(br#","id":"#);
+            write_id(&r.id, &mut out);
+            out.extend_from_slice(br#","method":"#);
+            write_str(&r.method, &mut out);
+            if let Some(p) = &r.params {
+                out.extend_from_slice(br#","params":"#);
+                write_value(p, &mut out);
+            }
+        }
+        Message::Notification(n) => {
+            out.extend_from_slice(br#","method":"#);
+            write_str(&n.method, &mut out);
+            if let Some(p) = &n.params {
+                out.extend_from_slice(br#","params":"#);
+                write_value(p, &mut out);
+            }
+        }
+        Message::Response(r) => {
+            out.extend_from_slice(br#","id":"#);
+            match &r.id {
+                Some(id) => write_id(id, &mut out),
+                None => out.extend_from_slice(b"null"),
+            }
+            match &r.outcome {
+                Ok(v) => {
+                    out.extend_from_slice(br#","result":"#);
+                    write_value(v, &mut out);
+                }
+                Err(e) => {
+                    out.extend_from_slice(br#","error":{"code":"#);
+                    write_value(&Value::from(e.code), &mut out);
+                    out.extend_from_slice(br#","message":"#);
+                    write_str(&e.message, &mut out);
+                    if let Some(d) = &e.data {
+                        out.extend_from_slice(br#","data":"#);
+                        write_value(d, &mut out);
+                    }
+                    out.push(b'}');
+                }
+            }
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+// Writing into a Vec cannot fail: `Write for Vec` is infallible.
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    let _ = v.write(out);
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // A borrowed value: the string is escaped as simd-json escapes every other one, without a copy.
+    let _ = simd_json::BorrowedValue::from(s).write(out);
+}
+
+fn write_id(id: &Id, out: &mut Vec<u8>) {
+    match id {
+        Id::Number(n) => write_value(&Value::from(*n), out),
+        Id::String(s) => write_str(s, out),
+    }
 }
 
 pub fn to_value(msg: &Message) -> Value {
@@ -488,6 +553,37 @@ mod tests {
             let back = parse(&mut again, &ParseLimits::default()).unwrap();
             assert_eq!(m, back);
         }
+    }
+
+    #[test]
+    fn encode_writes_the_bytes_of_the_value_tree() {
+        // Every message shape, ids of both kinds, strings that need escaping, error data and none.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":{"a":[1,2.5,{"b":null}],"t":true}}}"#,
+            r#"{"jsonrpc":"2.0","id":"q\"\\\u0001é","method":"m\n\"x\"","params":[1,"two"]}"#,
+            r#"{"jsonrpc":"2.0","id":-3,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":"q","error":{"code":-32601,"message":"no \"such\"\tmethod","data":{"reason":"method_not_found"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"plain"}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"result":{"content":[{"type":"text","text":"ü\u2028"}],"isError":false}}"#,
+        ] {
+            let m = check(body).unwrap();
+            assert_eq!(
+                String::from_utf8(encode(&m)).unwrap(),
+                String::from_utf8(to_vec(&to_value(&m))).unwrap(),
+                "{body}"
+            );
+        }
+        let orphan = Message::Response(Response {
+            id: None,
+            outcome: Err(ErrorObject {
+                code: -32700,
+                message: "parse error".into(),
+                data: None,
+            }),
+        });
+        assert_eq!(encode(&orphan), to_vec(&to_value(&orphan)));
     }
 
     #[test]

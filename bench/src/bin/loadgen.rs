@@ -5,6 +5,7 @@
 //! Usage: loadgen --url http://127.0.0.1:PORT/mcp --tool NAME [--concurrency 32] [--seconds 10] [--warmup 2]
 //!                [--bearer TOKEN]   (an agent API key, for a governed gateway)
 //!                [--wrap body]      (the arguments under one name: a converted REST operation's body)
+//!                [--cpu-of PID,...] (also report the CPU those processes spent per request while recording)
 //!        loadgen --proto h2|h3 --url https://127.0.0.1:PORT/mcp --cacert CERT.pem --tool NAME [--connections 4]
 //!
 //! h1: one OS thread per connection, blocking keep-alive. h2: `--concurrency` streams in flight, spread over
@@ -37,6 +38,8 @@ struct Args {
     auth: String,
     /// Put the arguments under this name (`--wrap body`: a converted REST operation's JSON body).
     wrap: Option<String>,
+    /// Processes whose CPU time (every thread, user and system) is measured over the recording window.
+    cpu_of: Vec<u32>,
 }
 
 fn args() -> Args {
@@ -54,6 +57,7 @@ fn args() -> Args {
         warmup: 2,
         auth: String::new(),
         wrap: None,
+        cpu_of: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -85,6 +89,7 @@ fn args() -> Args {
             "--warmup" => a.warmup = val.parse().unwrap(),
             "--bearer" => a.auth = format!("authorization: Bearer {val}\r\n"),
             "--wrap" => a.wrap = Some(val),
+            "--cpu-of" => a.cpu_of = val.split(',').map(|p| p.parse().unwrap()).collect(),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
@@ -167,7 +172,9 @@ fn measure(
     std::thread::sleep(Duration::from_secs(a.warmup));
     recording.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds(&a.cpu_of);
     std::thread::sleep(Duration::from_secs(a.seconds));
+    let cpu = cpu_seconds(&a.cpu_of) - cpu0;
     recording.store(false, Ordering::SeqCst);
     let elapsed = t0.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -178,10 +185,29 @@ fn measure(
         all.add(&h).unwrap();
         errors += e;
     }
-    report(a, &all, errors, elapsed);
+    report(a, &all, errors, elapsed, cpu);
 }
 
-fn report(a: &Args, all: &Histogram<u64>, errors: u64, elapsed: Duration) {
+/// CPU seconds (user + system, every thread) the processes have used so far, from `/proc`.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ is fixed by the kernel ABI).
+    const TICKS: f64 = 100.0;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|e| panic!("--cpu-of {pid}: {e}"));
+        // Fields after the parenthesised command name: utime is the 12th, stime the 13th (cutime and
+        // cstime, for waited-for children, are not this process's own work).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    ticks as f64 / TICKS
+}
+
+fn report(a: &Args, all: &Histogram<u64>, errors: u64, elapsed: Duration, cpu: f64) {
+    let per_request =
+        (!a.cpu_of.is_empty() && !all.is_empty()).then(|| cpu * 1e6 / all.len() as f64);
     let out = serde_json::json!({
         "proto": a.proto,
         "requests": all.len(),
@@ -193,6 +219,7 @@ fn report(a: &Args, all: &Histogram<u64>, errors: u64, elapsed: Duration) {
         "p999_us": all.value_at_quantile(0.999),
         "max_us": all.max(),
         "concurrency": a.concurrency,
+        "cpu_us_per_request": per_request,
     });
     println!("{out}");
 }

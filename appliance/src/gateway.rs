@@ -3132,6 +3132,12 @@ impl Core {
         ephemeral: &mut Ephemeral,
     ) -> Result<UpstreamResponse, DenyReason> {
         let (rev, sid) = self.exchange_revision(agent, up, ephemeral).await?;
+        // Whatever the agent addressed to the gateway stays here, in every revision (lists are built
+        // from the agent's request as it came).
+        let mut req = req;
+        if let Some(p) = req.params.as_mut() {
+            mcp::strip_gateway_meta(p);
+        }
         if rev.is_stateless() {
             let mut fwd = req;
             let forwarded_meta = fwd
@@ -3140,8 +3146,7 @@ impl Core {
                 .and_then(|p| p.get("_meta"))
                 .is_some_and(|m| m.is_object());
             match agent {
-                // The request carries the agent's own `_meta` (gateway keys already stripped): it goes
-                // upstream as it is, in place.
+                // The request carries the agent's own `_meta`: it goes upstream as it is, in place.
                 Agent::Modern { .. } if forwarded_meta => {}
                 Agent::Modern { meta, .. } => {
                     fwd.params = Some(params_with_meta(fwd.params.take(), meta.clone()));

@@ -250,8 +250,8 @@ fn error_from_value(v: Value) -> Option<ErrorObject> {
     })
 }
 
-/// Encode a message as compact JSON: the same bytes as `to_vec(&to_value(msg))`, written straight from
-/// the message (no copy of its params or result into a new tree first).
+/// Encode a message as compact JSON, written straight from the message (no copy of its params or result
+/// into a new value tree first; the tests hold it to the bytes of that tree).
 pub fn encode(msg: &Message) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(br#"{"jsonrpc":"2.0""#);
@@ -259,21 +259,9 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Request(r) => {
             out.extend_from_slice(br#","id":"#);
             write_id(&r.id, &mut out);
-            out.extend_from_slice(br#","method":"#);
-            write_str(&r.method, &mut out);
-            if let Some(p) = &r.params {
-                out.extend_from_slice(br#","params":"#);
-                write_value(p, &mut out);
-            }
+            write_method_params(&r.method, r.params.as_ref(), &mut out);
         }
-        Message::Notification(n) => {
-            out.extend_from_slice(br#","method":"#);
-            write_str(&n.method, &mut out);
-            if let Some(p) = &n.params {
-                out.extend_from_slice(br#","params":"#);
-                write_value(p, &mut out);
-            }
-        }
+        Message::Notification(n) => write_method_params(&n.method, n.params.as_ref(), &mut out),
         Message::Response(r) => {
             out.extend_from_slice(br#","id":"#);
             match &r.id {
@@ -303,6 +291,15 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     out
 }
 
+fn write_method_params(method: &str, params: Option<&Value>, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#","method":"#);
+    write_str(method, out);
+    if let Some(p) = params {
+        out.extend_from_slice(br#","params":"#);
+        write_value(p, out);
+    }
+}
+
 // Writing into a Vec cannot fail: `Write for Vec` is infallible.
 fn write_value(v: &Value, out: &mut Vec<u8>) {
     let _ = v.write(out);
@@ -318,55 +315,6 @@ fn write_id(id: &Id, out: &mut Vec<u8>) {
         Id::Number(n) => write_value(&Value::from(*n), out),
         Id::String(s) => write_str(s, out),
     }
-}
-
-pub fn to_value(msg: &Message) -> Value {
-    let mut o = simd_json::owned::Object::with_capacity(4);
-    o.insert("jsonrpc".into(), Value::from("2.0"));
-    match msg {
-        Message::Request(r) => {
-            o.insert("id".into(), r.id.to_value());
-            o.insert("method".into(), Value::from(r.method.as_str()));
-            if let Some(p) = &r.params {
-                o.insert("params".into(), p.clone());
-            }
-        }
-        Message::Notification(n) => {
-            o.insert("method".into(), Value::from(n.method.as_str()));
-            if let Some(p) = &n.params {
-                o.insert("params".into(), p.clone());
-            }
-        }
-        Message::Response(r) => {
-            o.insert(
-                "id".into(),
-                r.id.as_ref().map_or(Value::null(), Id::to_value),
-            );
-            match &r.outcome {
-                Ok(v) => {
-                    o.insert("result".into(), v.clone());
-                }
-                Err(e) => {
-                    let mut eo = simd_json::owned::Object::with_capacity(3);
-                    eo.insert("code".into(), Value::from(e.code));
-                    eo.insert("message".into(), Value::from(e.message.as_str()));
-                    if let Some(d) = &e.data {
-                        eo.insert("data".into(), d.clone());
-                    }
-                    o.insert("error".into(), Value::from(eo));
-                }
-            }
-        }
-    }
-    Value::from(o)
-}
-
-/// Serialise a JSON value compactly.
-pub fn to_vec(v: &Value) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    // Writing into a Vec cannot fail: `Write for Vec` is infallible.
-    let _ = v.write(&mut out);
-    out
 }
 
 /// A JSON-RPC error response for a refusal, with `data.reason` and any extra data fields.
@@ -553,6 +501,55 @@ mod tests {
             let back = parse(&mut again, &ParseLimits::default()).unwrap();
             assert_eq!(m, back);
         }
+    }
+
+    /// The reference for `encode`: the message as a value tree, serialised by `to_vec`.
+    fn to_value(msg: &Message) -> Value {
+        let mut o = simd_json::owned::Object::with_capacity(4);
+        o.insert("jsonrpc".into(), Value::from("2.0"));
+        match msg {
+            Message::Request(r) => {
+                o.insert("id".into(), r.id.to_value());
+                o.insert("method".into(), Value::from(r.method.as_str()));
+                if let Some(p) = &r.params {
+                    o.insert("params".into(), p.clone());
+                }
+            }
+            Message::Notification(n) => {
+                o.insert("method".into(), Value::from(n.method.as_str()));
+                if let Some(p) = &n.params {
+                    o.insert("params".into(), p.clone());
+                }
+            }
+            Message::Response(r) => {
+                o.insert(
+                    "id".into(),
+                    r.id.as_ref().map_or(Value::null(), Id::to_value),
+                );
+                match &r.outcome {
+                    Ok(v) => {
+                        o.insert("result".into(), v.clone());
+                    }
+                    Err(e) => {
+                        let mut eo = simd_json::owned::Object::with_capacity(3);
+                        eo.insert("code".into(), Value::from(e.code));
+                        eo.insert("message".into(), Value::from(e.message.as_str()));
+                        if let Some(d) = &e.data {
+                            eo.insert("data".into(), d.clone());
+                        }
+                        o.insert("error".into(), Value::from(eo));
+                    }
+                }
+            }
+        }
+        Value::from(o)
+    }
+
+    fn to_vec(v: &Value) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        // Writing into a Vec cannot fail: `Write for Vec` is infallible.
+        let _ = v.write(&mut out);
+        out
     }
 
     #[test]

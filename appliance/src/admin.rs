@@ -50,96 +50,121 @@ pub fn run(
     tls: Listeners,
     bound: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
+    // The admin thread follows the cores' `driver` setting, so `driver: epoll` takes io_uring out of
+    // the whole process (valgrind, for one, does not release its lock while a thread waits in
+    // io_uring_enter, which stalls every other thread).
+    let main = serve(
+        addr,
+        shared.clone(),
+        cores,
+        n_cores,
+        control,
+        tls,
+        bound.clone(),
+    );
+    let built = match shared.config.driver {
+        crate::config::Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main)),
+        _ => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main)),
+    };
+    if let Err(e) = built {
+        let _ = bound.send(Err(e));
+    }
+}
+
+/// The admin thread's listeners and tasks, on whichever runtime `run` built.
+async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    cores: CoreList,
+    n_cores: usize,
+    control: Arc<ControlPlane>,
+    tls: Listeners,
+    bound: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
     let Listeners {
         sync: sync_tls,
         admin: admin_tls,
     } = tls;
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build();
-    let mut rt = match rt {
-        Ok(rt) => rt,
+    if shared.served.managed() {
+        let l = &shared.config.limits;
+        monoio::spawn(pinwatch::run(
+            shared.clone(),
+            ClientLimits::from_config(l),
+            ProbeLimits::from_config(l),
+        ));
+    }
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
         Err(e) => {
             let _ = bound.send(Err(e));
             return;
         }
     };
-    rt.block_on(async move {
-        if shared.served.managed() {
-            let l = &shared.config.limits;
-            monoio::spawn(pinwatch::run(
-                shared.clone(),
-                ClientLimits::from_config(l),
-                ProbeLimits::from_config(l),
-            ));
-        }
-        let listener = match TcpListener::bind(addr) {
-            Ok(l) => l,
+    if let (Some(sync_addr), Some(tls)) = (shared.config.listen.sync, sync_tls) {
+        match TcpListener::bind(sync_addr) {
+            Ok(l) => {
+                monoio::spawn(serve_sync(l, tls, shared.clone(), control.clone()));
+            }
             Err(e) => {
-                let _ = bound.send(Err(e));
+                let _ = bound.send(Err(std::io::Error::new(
+                    e.kind(),
+                    format!("sync listener {sync_addr}: {e}"),
+                )));
                 return;
             }
-        };
-        if let (Some(sync_addr), Some(tls)) = (shared.config.listen.sync, sync_tls) {
-            match TcpListener::bind(sync_addr) {
-                Ok(l) => {
-                    monoio::spawn(serve_sync(l, tls, shared.clone(), control.clone()));
-                }
-                Err(e) => {
-                    let _ = bound.send(Err(std::io::Error::new(
-                        e.kind(),
-                        format!("sync listener {sync_addr}: {e}"),
-                    )));
-                    return;
-                }
-            }
         }
-        let checks = Arc::new(crate::health::Checks::default());
-        let live = Arc::new(crate::traffic::Live::default());
-        monoio::spawn(crate::health::run(shared.clone(), checks.clone()));
-        monoio::spawn(crate::traffic::run(
-            cores.clone(),
-            live.clone(),
-            shared.config.metrics.clone(),
-        ));
-        let state = std::rc::Rc::new(State {
-            console: Console::new(&shared.config.console),
-            ops: Ops {
-                shared: shared.clone(),
-                cores: cores.clone(),
-                n_cores,
-                control: control.clone(),
-                checks,
-                live,
-            },
-        });
-        let _ = bound.send(Ok(()));
-        let acceptor = admin_tls.map(tokio_rustls::TlsAcceptor::from);
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let shared = shared.clone();
-            let cores = cores.clone();
-            let control = control.clone();
-            let ops = state.clone();
-            let acceptor = acceptor.clone();
-            monoio::spawn(async move {
-                let Some(acceptor) = acceptor else {
-                    let conn = Conn::new(Native(stream));
-                    return serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
-                };
-                // A handshake that fails (no client certificate, one the CAs do not verify, plain HTTP)
-                // ends the connection before a byte of HTTP is read.
-                let timeout = shared.config.limits.header_read_timeout.0;
-                let Some(s) = crate::tls::accept(&acceptor, stream, timeout).await else {
-                    return;
-                };
-                let conn = Conn::new(Polled(s));
-                serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
-            });
-        }
+    }
+    let checks = Arc::new(crate::health::Checks::default());
+    let live = Arc::new(crate::traffic::Live::default());
+    monoio::spawn(crate::health::run(shared.clone(), checks.clone()));
+    monoio::spawn(crate::traffic::run(
+        cores.clone(),
+        live.clone(),
+        shared.config.metrics.clone(),
+    ));
+    let state = std::rc::Rc::new(State {
+        console: Console::new(&shared.config.console),
+        ops: Ops {
+            shared: shared.clone(),
+            cores: cores.clone(),
+            n_cores,
+            control: control.clone(),
+            checks,
+            live,
+        },
     });
+    let _ = bound.send(Ok(()));
+    let acceptor = admin_tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        let cores = cores.clone();
+        let control = control.clone();
+        let ops = state.clone();
+        let acceptor = acceptor.clone();
+        monoio::spawn(async move {
+            let Some(acceptor) = acceptor else {
+                let conn = Conn::new(Native(stream));
+                return serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
+            };
+            // A handshake that fails (no client certificate, one the CAs do not verify, plain HTTP)
+            // ends the connection before a byte of HTTP is read.
+            let timeout = shared.config.limits.header_read_timeout.0;
+            let Some(s) = crate::tls::accept(&acceptor, stream, timeout).await else {
+                return;
+            };
+            let conn = Conn::new(Polled(s));
+            serve_conn(conn, &shared, &cores, n_cores, &control, &ops).await;
+        });
+    }
 }
 
 /// One admin connection, plain or TLS: requests until it closes or asks to.

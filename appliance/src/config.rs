@@ -88,7 +88,8 @@ pub struct Config {
     pub pinning: Pinning,
     /// Identifies this appliance in session ids of a fleet (0..=65535).
     pub node_id: u16,
-    /// I/O driver of the cores: `auto` (io_uring where the kernel offers it, else epoll), or force one.
+    /// I/O driver of the cores and the admin thread: `auto` (io_uring where the kernel offers it, else
+    /// epoll), or force one.
     pub driver: Driver,
     /// Hybrid mode: follow a remote control plane's snapshots instead of approving locally.
     pub follow: Option<Follow>,

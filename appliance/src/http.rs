@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct RequestHead {
     pub method: String,
     pub path: String,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: HeaderList,
     /// HTTP/1.0 without keep-alive, or `Connection: close`.
     pub close: bool,
     pub content_length: Option<usize>,
@@ -33,6 +33,54 @@ pub struct RequestHead {
     pub secure: bool,
     /// The agent the connection's verified client certificate names (`identity.mtls`).
     pub cert_agent: Option<std::sync::Arc<str>>,
+}
+
+/// A request's header fields in arrival order, names as sent. All names share one buffer and all values
+/// another, so a head costs three allocations however many fields it has (a `String` and a `Vec` per
+/// field was most of the allocations of reading a request).
+#[derive(Debug, Default)]
+pub struct HeaderList {
+    names: String,
+    values: Vec<u8>,
+    /// Per field: where its name ends in `names` and its value ends in `values` (each starts where the
+    /// previous field's ends).
+    ends: Vec<(u32, u32)>,
+}
+
+impl HeaderList {
+    pub fn with_capacity(fields: usize) -> Self {
+        HeaderList {
+            names: String::with_capacity(fields * 16),
+            values: Vec::with_capacity(fields * 32),
+            ends: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Append a field. Heads are bounded by `header_bytes_max` long before offsets could overflow.
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.names.push_str(name);
+        self.values.extend_from_slice(value);
+        self.ends
+            .push((self.names.len() as u32, self.values.len() as u32));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let mut start = (0usize, 0usize);
+        self.ends.iter().map(move |&(n, v)| {
+            let (n, v) = (n as usize, v as usize);
+            let field = (&self.names[start.0..n], &self.values[start.1..v]);
+            start = (n, v);
+            field
+        })
+    }
 }
 
 impl RequestHead {
@@ -49,11 +97,13 @@ impl RequestHead {
                 .uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: {
+                let mut list = HeaderList::with_capacity(parts.headers.len());
+                for (n, v) in parts.headers.iter() {
+                    list.push(n.as_str(), v.as_bytes());
+                }
+                list
+            },
             close: false,
             content_length: None,
             chunked: false,
@@ -69,7 +119,7 @@ impl RequestHead {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .map(|(_, v)| v)
     }
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
@@ -244,8 +294,16 @@ impl<S: ByteStream> Conn<S> {
     }
 
     fn try_parse_head(&mut self, limits: &ReadLimits) -> Result<Option<RequestHead>, ReadError> {
-        let mut headers = vec![httparse::EMPTY_HEADER; limits.headers_count_max];
-        let mut req = httparse::Request::new(&mut headers);
+        // On the stack for the usual limit; a larger configured one gets a heap array.
+        let mut stack = [httparse::EMPTY_HEADER; 64];
+        let mut heap;
+        let headers = if limits.headers_count_max <= stack.len() {
+            &mut stack[..limits.headers_count_max]
+        } else {
+            heap = vec![httparse::EMPTY_HEADER; limits.headers_count_max];
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(headers);
         let window = &self.buf[..self.buf.len().min(limits.header_bytes_max)];
         let n = match req.parse(window) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -259,7 +317,7 @@ impl<S: ByteStream> Conn<S> {
         let mut head = RequestHead {
             method: req.method.unwrap_or("").to_owned(),
             path: req.path.unwrap_or("").to_owned(),
-            headers: Vec::with_capacity(req.headers.len()),
+            headers: HeaderList::with_capacity(req.headers.len()),
             close: version == 0,
             content_length: None,
             chunked: false,
@@ -293,7 +351,7 @@ impl<S: ByteStream> Conn<S> {
                     head.close = false;
                 }
             }
-            head.headers.push((h.name.to_owned(), h.value.to_vec()));
+            head.headers.push(h.name, h.value);
         }
         if head.chunked && head.content_length.is_some() {
             return Err(ReadError::Malformed);
@@ -471,5 +529,45 @@ impl<S: ByteStream> Reply for Conn<S> {
     }
     async fn stream_end(&mut self) -> bool {
         self.write(LAST_CHUNK.to_vec()).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_list_keeps_fields_in_order_and_apart() {
+        let mut h = HeaderList::with_capacity(1);
+        assert!(h.is_empty());
+        let fields: [(&str, &[u8]); 5] = [
+            ("Content-Type", b"application/json"),
+            ("x-empty", b""),
+            ("Mcp-Param-Region", b"eu-west"),
+            ("x-bytes", b"\xff\x00 tail"),
+            ("content-type", b"text/plain"),
+        ];
+        for (n, v) in fields {
+            h.push(n, v);
+        }
+        assert_eq!(h.len(), 5);
+        assert_eq!(h.iter().collect::<Vec<_>>(), fields.to_vec());
+        let head = RequestHead {
+            method: "POST".into(),
+            path: "/mcp".into(),
+            headers: h,
+            close: false,
+            content_length: None,
+            chunked: false,
+            peer: None,
+            transport: "h1",
+            secure: false,
+            cert_agent: None,
+        };
+        // The first of repeated names, matched without regard to case.
+        assert_eq!(head.header("CONTENT-TYPE"), Some(&b"application/json"[..]));
+        assert_eq!(head.header("x-empty"), Some(&b""[..]));
+        assert_eq!(head.header_str("x-bytes"), None);
+        assert_eq!(head.header("absent"), None);
     }
 }

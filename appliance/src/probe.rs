@@ -108,6 +108,7 @@ impl Target<'_> {
             &mut resp,
             &self.limits.parse,
             self.limits.event_bytes_max,
+            None,
         )
         .await
         .map_err(|e| format!("{method}: {}", e.message()))?;

@@ -143,7 +143,7 @@ fn framing_done(f: &Framing) -> bool {
 #[derive(Debug)]
 pub struct UpstreamResponse {
     pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: crate::http::HeaderList,
     conn: Option<UpstreamConn>,
     framing: Framing,
     keep_alive: bool,
@@ -169,10 +169,12 @@ impl UpstreamResponse {
     }
 
     pub fn is_event_stream(&self) -> bool {
+        const SSE: &[u8] = b"text/event-stream";
         self.header("content-type").is_some_and(|v| {
             v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
+                .as_bytes()
+                .get(..SSE.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
         })
     }
 
@@ -411,13 +413,12 @@ impl Pool {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> Result<UpstreamResponse, UpstreamError> {
+        use std::io::Write as _;
         let mut req = Vec::with_capacity(256 + body.len());
-        req.extend_from_slice(
-            format!(
-                "{method} {} HTTP/1.1\r\nhost: {}:{}\r\n",
-                url.path, url.host, url.port
-            )
-            .as_bytes(),
+        let _ = write!(
+            req,
+            "{method} {} HTTP/1.1\r\nhost: {}:{}\r\n",
+            url.path, url.host, url.port
         );
         for (n, v) in headers {
             req.extend_from_slice(n.as_bytes());
@@ -426,7 +427,7 @@ impl Pool {
             req.extend_from_slice(b"\r\n");
         }
         if method != "GET" || !body.is_empty() {
-            req.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+            let _ = write!(req, "content-length: {}\r\n", body.len());
         }
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
@@ -462,7 +463,8 @@ impl Pool {
                 match resp.parse(&conn.buf) {
                     Ok(httparse::Status::Complete(n)) => {
                         let status = resp.code.unwrap_or(0);
-                        let mut headers = Vec::with_capacity(resp.headers.len());
+                        let mut headers =
+                            crate::http::HeaderList::with_capacity(resp.headers.len());
                         let mut framing = Framing::UntilClose;
                         let mut keep_alive = resp.version == Some(1);
                         for h in resp.headers.iter() {
@@ -486,7 +488,7 @@ impl Pool {
                             {
                                 keep_alive = false;
                             }
-                            headers.push((h.name.to_owned(), h.value.to_vec()));
+                            headers.push(h.name, h.value);
                         }
                         if status == 204 || status == 304 || (100..200).contains(&status) {
                             framing = Framing::Empty;

@@ -171,17 +171,67 @@ fn find_quote_or_backslash(b: &[u8]) -> Option<usize> {
 
 /// Parse one JSON-RPC message. `body` is scratch space: simd-json parses in place.
 pub fn parse(body: &mut [u8], limits: &ParseLimits) -> Result<Message, DenyReason> {
-    let value = parse_value(body, limits)?;
+    parse_in(body, limits, &mut Scratch::default())
+}
+
+/// `parse` with the parser's working buffers kept by the caller between messages.
+pub fn parse_in(
+    body: &mut [u8],
+    limits: &ParseLimits,
+    scratch: &mut Scratch,
+) -> Result<Message, DenyReason> {
+    let value = parse_value_in(body, limits, scratch)?;
     message_from_value(value)
+}
+
+/// The working buffers of simd-json's two stages (structural indexes, string buffer, an aligned copy
+/// of the input), kept between messages: making them afresh is half a dozen allocations and
+/// reallocations per message, which on a small request is a good part of parsing it.
+pub struct Scratch {
+    buffers: simd_json::Buffers,
+}
+
+impl Scratch {
+    /// Bodies up to this size parse in the kept buffers; a larger one gets buffers of its own, dropped
+    /// after it, so one 4 MiB request does not leave a core holding several times that for good.
+    pub const KEEP_BYTES: usize = 64 * 1024;
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            buffers: simd_json::Buffers::new(4096),
+        }
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
 }
 
 /// Parse a JSON document under the same bounds as a message, without interpreting it.
 pub fn parse_value(body: &mut [u8], limits: &ParseLimits) -> Result<Value, DenyReason> {
+    parse_value_in(body, limits, &mut Scratch::default())
+}
+
+/// `parse_value` with the parser's working buffers kept by the caller.
+pub fn parse_value_in(
+    body: &mut [u8],
+    limits: &ParseLimits,
+    scratch: &mut Scratch,
+) -> Result<Value, DenyReason> {
     if nesting_depth(body, limits.json_depth_max) > limits.json_depth_max {
         return Err(DenyReason::JsonTooDeep);
     }
+    let parsed = if body.len() <= Scratch::KEEP_BYTES {
+        simd_json::to_owned_value_with_buffers(body, &mut scratch.buffers)
+    } else {
+        simd_json::to_owned_value_with_buffers(body, &mut simd_json::Buffers::new(body.len()))
+    };
     // simd-json validates UTF-8 itself; tell the two failures apart only when parsing failed.
-    simd_json::to_owned_value(body).map_err(|_| {
+    parsed.map_err(|_| {
         if std::str::from_utf8(body).is_err() {
             DenyReason::InvalidUtf8
         } else {
@@ -341,6 +391,44 @@ mod tests {
     fn check(body: &str) -> Result<Message, DenyReason> {
         let mut b = body.as_bytes().to_vec();
         parse(&mut b, &ParseLimits::default())
+    }
+
+    /// One kept `Scratch` across bodies of every kind (small, failing, larger than it keeps, escaped)
+    /// parses each exactly as fresh buffers do: nothing of one message leaks into the next.
+    #[test]
+    fn kept_buffers_parse_like_fresh_ones() {
+        let big = format!(
+            r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"t","arguments":{{"s":"{}"}}}}}}"#,
+            "y".repeat(Scratch::KEEP_BYTES + 10)
+        );
+        let bodies = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","n":42}}}"#,
+            r#"{"jsonrpc":"2.0","id":"s","method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":2,"method":"x","params":{"#,
+            big.as_str(),
+            r#"{"jsonrpc":"2.0","id":3,"result":{"k":"\u00e9\n\"q\"","v":[1,2.5,-3,true,null]}}"#,
+            r#"[{"jsonrpc":"2.0","id":4,"method":"ping"}]"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        ];
+        let limits = ParseLimits::default();
+        let mut kept = Scratch::default();
+        for _ in 0..2 {
+            for body in bodies {
+                let mut a = body.as_bytes().to_vec();
+                let mut b = body.as_bytes().to_vec();
+                assert_eq!(
+                    parse_in(&mut a, &limits, &mut kept),
+                    parse(&mut b, &limits),
+                    "{}",
+                    &body[..body.len().min(80)]
+                );
+            }
+        }
+        let mut b = bodies[4].as_bytes().to_vec();
+        let Ok(Message::Response(r)) = parse_in(&mut b, &limits, &mut kept) else {
+            panic!("a response");
+        };
+        assert_eq!(r.outcome.unwrap()["k"].as_str(), Some("é\n\"q\""));
     }
 
     #[test]

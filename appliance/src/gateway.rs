@@ -322,9 +322,10 @@ pub struct Core {
     merged: RefCell<(String, govern::MergedSets)>,
     /// Credentials this core resolved, until each one's lifetime ends.
     credentials: RefCell<crate::broker::CoreCache>,
-    /// The JSON parser's working buffers, and a byte buffer for serializing a call's arguments to hash
-    /// them: kept between requests, borrowed only for the synchronous step that uses them.
-    scratch: RefCell<(jsonrpc::Scratch, Vec<u8>)>,
+    /// The JSON parser's working buffers, kept between requests; borrowed only for one parse.
+    parser: RefCell<jsonrpc::Scratch>,
+    /// Where a call's arguments are serialized to be hashed (`arguments_digest`), kept likewise.
+    digest_buf: RefCell<Vec<u8>>,
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
 }
@@ -549,7 +550,8 @@ impl Core {
             decisions: RefCell::new((String::new(), std::collections::HashMap::new())),
             merged: RefCell::new((String::new(), govern::MergedSets::default())),
             credentials: RefCell::default(),
-            scratch: RefCell::default(),
+            parser: RefCell::default(),
+            digest_buf: RefCell::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
         }
@@ -667,18 +669,18 @@ impl Core {
 
     /// Parse a JSON-RPC message in this core's kept parser buffers.
     fn parse(&self, body: &mut [u8], limits: &ParseLimits) -> Result<Message, DenyReason> {
-        jsonrpc::parse_in(body, limits, &mut self.scratch.borrow_mut().0)
+        jsonrpc::parse_in(body, limits, &mut self.parser.borrow_mut())
     }
 
     /// The hex BLAKE3 digest of a call's arguments as compact JSON (the audit record's
     /// `arguments_blake3`): serialized once into a kept buffer and hashed in one go, which is several
     /// times cheaper than feeding the hasher each small piece the serializer writes.
     fn arguments_digest(&self, args: &Value) -> String {
-        let mut scratch = self.scratch.borrow_mut();
-        let buf = &mut scratch.1;
+        let mut buf = self.digest_buf.borrow_mut();
         buf.clear();
         let _ = args.write(&mut *buf);
-        let hex = blake3::hash(buf).to_hex().to_string();
+        let hex = blake3::hash(&buf).to_hex().to_string();
+        // The parser's bound on what a core keeps between requests holds here too.
         if buf.capacity() > jsonrpc::Scratch::KEEP_BYTES {
             *buf = Vec::new();
         }
@@ -3051,7 +3053,7 @@ impl Core {
             resp,
             &self.parse_limits(),
             self.shared.config.limits.upstream_body_bytes_max,
-            Some(&self.scratch),
+            Some(&self.parser),
         )
         .await
     }
@@ -4152,10 +4154,10 @@ pub(crate) async fn read_response(
     resp: &mut UpstreamResponse,
     limits: &ParseLimits,
     event_bytes_max: usize,
-    scratch: Option<&RefCell<(jsonrpc::Scratch, Vec<u8>)>>,
+    parser: Option<&RefCell<jsonrpc::Scratch>>,
 ) -> Result<jsonrpc::Response, DenyReason> {
-    let parse = |b: &mut [u8]| match scratch {
-        Some(s) => jsonrpc::parse_in(b, limits, &mut s.borrow_mut().0),
+    let parse = |b: &mut [u8]| match parser {
+        Some(s) => jsonrpc::parse_in(b, limits, &mut s.borrow_mut()),
         None => jsonrpc::parse(b, limits),
     };
     if resp.is_event_stream() {

@@ -171,7 +171,7 @@ fn find_quote_or_backslash(b: &[u8]) -> Option<usize> {
 
 /// Parse one JSON-RPC message. `body` is scratch space: simd-json parses in place.
 pub fn parse(body: &mut [u8], limits: &ParseLimits) -> Result<Message, DenyReason> {
-    parse_in(body, limits, &mut Scratch::default())
+    message_from_value(parse_value_with(body, limits, None)?)
 }
 
 /// `parse` with the parser's working buffers kept by the caller between messages.
@@ -180,8 +180,7 @@ pub fn parse_in(
     limits: &ParseLimits,
     scratch: &mut Scratch,
 ) -> Result<Message, DenyReason> {
-    let value = parse_value_in(body, limits, scratch)?;
-    message_from_value(value)
+    message_from_value(parse_value_with(body, limits, Some(scratch))?)
 }
 
 /// The working buffers of simd-json's two stages (structural indexes, string buffer, an aligned copy
@@ -213,7 +212,7 @@ impl std::fmt::Debug for Scratch {
 
 /// Parse a JSON document under the same bounds as a message, without interpreting it.
 pub fn parse_value(body: &mut [u8], limits: &ParseLimits) -> Result<Value, DenyReason> {
-    parse_value_in(body, limits, &mut Scratch::default())
+    parse_value_with(body, limits, None)
 }
 
 /// `parse_value` with the parser's working buffers kept by the caller.
@@ -222,13 +221,24 @@ pub fn parse_value_in(
     limits: &ParseLimits,
     scratch: &mut Scratch,
 ) -> Result<Value, DenyReason> {
+    parse_value_with(body, limits, Some(scratch))
+}
+
+/// The one parse behind the four entry points: bounded depth, then simd-json in the kept buffers where
+/// there are some and the body is small enough to keep them at, in buffers sized to the body otherwise.
+fn parse_value_with(
+    body: &mut [u8],
+    limits: &ParseLimits,
+    scratch: Option<&mut Scratch>,
+) -> Result<Value, DenyReason> {
     if nesting_depth(body, limits.json_depth_max) > limits.json_depth_max {
         return Err(DenyReason::JsonTooDeep);
     }
-    let parsed = if body.len() <= Scratch::KEEP_BYTES {
-        simd_json::to_owned_value_with_buffers(body, &mut scratch.buffers)
-    } else {
-        simd_json::to_owned_value_with_buffers(body, &mut simd_json::Buffers::new(body.len()))
+    let parsed = match scratch {
+        Some(s) if body.len() <= Scratch::KEEP_BYTES => {
+            simd_json::to_owned_value_with_buffers(body, &mut s.buffers)
+        }
+        _ => simd_json::to_owned_value(body),
     };
     // simd-json validates UTF-8 itself; tell the two failures apart only when parsing failed.
     parsed.map_err(|_| {

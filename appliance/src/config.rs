@@ -42,7 +42,7 @@ fn invalid(path: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A duration in the file: `250ms`, `5s`, `2m`, `1h`.
+/// A duration in the file: `200us`, `250ms`, `5s`, `2m`, `1h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -51,11 +51,14 @@ impl<'de> Deserialize<'de> for Dur {
         let s = String::deserialize(d)?;
         parse_duration(&s).map(Dur).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "`{s}` is not a duration (use e.g. 250ms, 5s, 2m, 1h)"
+                "`{s}` is not a duration (use e.g. 200us, 250ms, 5s, 2m, 1h)"
             ))
         })
     }
 }
+
+/// The longest `idle_poll` accepted.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(10);
 
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -63,6 +66,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().ok()?;
     Some(match unit {
+        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60)?),
@@ -91,6 +95,10 @@ pub struct Config {
     /// I/O driver of the cores and the admin thread: `auto` (io_uring where the kernel offers it, else
     /// epoll), or force one.
     pub driver: Driver,
+    /// After a request starts or ends, a core keeps polling its driver this long before it sleeps in the
+    /// kernel (`crate::runtime::IdlePoll`): fewer wakeups, lower latency at low load, for CPU spent while
+    /// traffic comes. `0ms` turns it off.
+    pub idle_poll: Dur,
     /// Hybrid mode: follow a remote control plane's snapshots instead of approving locally.
     pub follow: Option<Follow>,
     /// How agents prove who they are besides the control plane's API keys: JWTs from identity providers.
@@ -593,6 +601,7 @@ impl Default for Config {
             pinning: Pinning::default(),
             node_id: 0,
             driver: Driver::Auto,
+            idle_poll: Dur(Duration::from_micros(200)),
             follow: None,
             identity: Identity::default(),
             secrets: Secrets::default(),
@@ -842,6 +851,14 @@ impl Config {
             return Err(invalid(
                 "listen",
                 "at least one of mcp_tls and mcp_plain must be set",
+            ));
+        }
+        if self.idle_poll.0 > IDLE_POLL_MAX {
+            // Past a few milliseconds polling buys no latency (a request that far apart pays one
+            // wakeup either way) and only burns the core.
+            return Err(invalid(
+                "idle_poll",
+                format!("at most {}ms", IDLE_POLL_MAX.as_millis()),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -1170,6 +1187,18 @@ mod tests {
     }
 
     #[test]
+    fn idle_poll_parses_and_is_bounded() {
+        let base = "listen: {mcp_plain: 127.0.0.1:8080}\n";
+        assert_eq!(Config::default().idle_poll.0, Duration::from_micros(200));
+        let c = Config::from_yaml(&format!("{base}idle_poll: 0ms\n")).unwrap();
+        assert!(c.idle_poll.0.is_zero());
+        let c = Config::from_yaml(&format!("{base}idle_poll: 50us\n")).unwrap();
+        assert_eq!(c.idle_poll.0, Duration::from_micros(50));
+        assert!(err(&format!("{base}idle_poll: 1s\n")).contains("idle_poll"));
+        assert!(err(&format!("{base}idle_poll: fast\n")).contains("idle_poll"));
+    }
+
+    #[test]
     fn secret_stores_parse_and_refuse_typos() {
         let c = Config::from_yaml(
             "secrets:\n  stores:\n    - {name: env, kind: env, prefix: P_}\n    - {name: files, kind: file, dir: /run/credentials}\n    - name: bao\n      kind: openbao\n      address: https://127.0.0.1:8200\n      auth: {token_env: BAO_TOKEN}\n",
@@ -1236,6 +1265,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("200us"), Some(Duration::from_micros(200)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("5d"), None);

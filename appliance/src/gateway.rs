@@ -326,8 +326,11 @@ pub struct Core {
     parser: RefCell<jsonrpc::Scratch>,
     /// Where a call's arguments are serialized to be hashed (`arguments_digest`), kept likewise.
     digest_buf: RefCell<Vec<u8>>,
+    /// Requests being served on this core; read at drain. Changed only through `request_started` and
+    /// `request_finished`, which also keep the driver polled (`runtime::IdlePoll`).
     pub in_flight: Cell<usize>,
     pub connections: Cell<usize>,
+    pub idle_poll: crate::runtime::IdlePoll,
 }
 
 /// A core's handle on a `Served`: cloning the `Rc` per request keeps the reference count on this core,
@@ -532,6 +535,7 @@ impl Core {
             }
         }
         let metrics = CoreMetrics::new(metrics, &shared.config.metrics);
+        let shared_idle_poll = shared.config.idle_poll.0;
         Core {
             id,
             shared,
@@ -554,7 +558,20 @@ impl Core {
             digest_buf: RefCell::default(),
             in_flight: Cell::new(0),
             connections: Cell::new(0),
+            idle_poll: crate::runtime::IdlePoll::new(shared_idle_poll),
         }
+    }
+
+    /// A request (of any transport) begins on this core.
+    pub fn request_started(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.idle_poll.touch();
+    }
+
+    /// A request on this core has been answered (or given up).
+    pub fn request_finished(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.idle_poll.touch();
     }
 
     /// What this request is served from: the snapshot published last, picked up here when the generation

@@ -86,7 +86,7 @@ async fn handle_stream(
     cert_agent: Option<std::sync::Arc<str>>,
 ) {
     let t0 = Instant::now();
-    core.in_flight.set(core.in_flight.get() + 1);
+    core.request_started();
     let (parts, mut body) = req.into_parts();
     let head = RequestHead::from_parts(&parts, peer, "h2", cert_agent);
     let mut reply = H2Reply {
@@ -100,7 +100,7 @@ async fn handle_stream(
         }
         Err(reason) => refuse(core, &mut reply, reason).await,
     }
-    core.in_flight.set(core.in_flight.get() - 1);
+    core.request_finished();
     core.metrics.record_request(t0.elapsed());
 }
 

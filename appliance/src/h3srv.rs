@@ -622,10 +622,10 @@ pub async fn serve_core(core: Rc<Core>, rx: flume::Receiver<H3Request>) {
         let core = core.clone();
         monoio::spawn(async move {
             let t0 = Instant::now();
-            core.in_flight.set(core.in_flight.get() + 1);
+            core.request_started();
             let mut reply = H3Reply { out: req.out };
             core.route(&mut reply, &req.head, req.body).await;
-            core.in_flight.set(core.in_flight.get() - 1);
+            core.request_finished();
             core.metrics.record_request(t0.elapsed());
         });
     }

@@ -100,6 +100,7 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
         metrics,
     ));
     monoio::spawn(core.clone().serve_session_messages(setup.inbox));
+    monoio::spawn(idle_poll(core.clone()));
     if let Some(h3) = setup.h3 {
         monoio::spawn(crate::h3srv::serve_core(core.clone(), h3));
     }
@@ -160,6 +161,143 @@ async fn core_main(setup: CoreSetup, driver: &'static str) -> std::io::Result<()
     }
     drop(accept_tasks);
     Ok(())
+}
+
+/// Keeps a core polling its driver for `idle_poll` after each request starts or ends, instead of sleeping
+/// in the kernel as soon as it has nothing to run.
+///
+/// A sleeping core pays a wakeup (an IPI and a context switch; tens of microseconds on a VM) each time
+/// data arrives, and a proxied call arrives twice: the agent's request and the upstream's response. At low
+/// concurrency those two wakeups are most of the latency a proxy adds. Polling for a short window after
+/// activity removes them, the way Seastar's idle poll and glommio's `spin_before_park` do; a core with no
+/// traffic still sleeps, so it costs CPU only while requests are coming. Between polls the thread offers
+/// its CPU to the scheduler (`sched_yield`), so a process sharing the core is not starved by it.
+pub struct IdlePoll {
+    window: Duration,
+    touched: std::cell::Cell<bool>,
+    parked: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+impl std::fmt::Debug for IdlePoll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdlePoll")
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdlePoll {
+    pub fn new(window: Duration) -> Self {
+        IdlePoll {
+            window,
+            touched: std::cell::Cell::new(false),
+            parked: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Something happened on this core: poll for another window. No clock read here; the poller reads it.
+    pub fn touch(&self) {
+        if self.window.is_zero() {
+            return;
+        }
+        self.touched.set(true);
+        if let Some(w) = self.parked.take() {
+            w.wake();
+        }
+    }
+}
+
+async fn idle_poll(core: Rc<Core>) {
+    run_idle_poll(&core.idle_poll).await
+}
+
+/// How often a polling core lets its runtime park for no time at all. monoio fires timers only when it
+/// parks, so a core that polled without pause under steady traffic would never time out a slow client or
+/// a slow upstream; the timer wheel counts in milliseconds, so this costs timers no precision.
+const TIMER_TURN: Duration = Duration::from_millis(1);
+
+async fn run_idle_poll(poll: &IdlePoll) {
+    if poll.window.is_zero() {
+        return;
+    }
+    // A task that wakes itself while running goes to the front of monoio's run queue (`yield_now`), so it
+    // would run again before the tasks its own polling woke. The relay wakes it from outside instead,
+    // which queues it behind them.
+    let relay = Rc::new(Relay::default());
+    let _relay = monoio::spawn(relay.clone().run());
+    loop {
+        // Asleep until a request starts; the driver parks as usual meanwhile.
+        std::future::poll_fn(|cx| {
+            if poll.touched.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                poll.parked.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let mut now = Instant::now();
+        let mut until = now + poll.window;
+        let mut turn = now + TIMER_TURN;
+        loop {
+            // Being runnable keeps the runtime from parking: each round it submits and reaps without
+            // waiting, then runs whatever completed, then this again.
+            relay.pass().await;
+            now = Instant::now();
+            if now >= turn {
+                // A timer already due: the runtime parks with a zero timeout, fires what is due, and
+                // wakes this at once.
+                let due = now.checked_sub(TIMER_TURN).unwrap_or(now);
+                monoio::time::sleep_until(monoio::time::Instant::from_std(due)).await;
+                turn = Instant::now() + TIMER_TURN;
+            }
+            if poll.touched.replace(false) {
+                until = now + poll.window;
+            } else if now >= until {
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Wakes the idle poller from another task, so that it is queued behind the tasks already runnable.
+#[derive(Default)]
+struct Relay {
+    /// The poller, waiting to be woken.
+    poller: std::cell::Cell<Option<std::task::Waker>>,
+    /// The relay task, waiting for a poller to wake.
+    relay: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+impl Relay {
+    /// Pending until the relay task has run once: every task queued before it has run too.
+    async fn pass(&self) {
+        let mut passed = false;
+        std::future::poll_fn(|cx| {
+            if passed {
+                return std::task::Poll::Ready(());
+            }
+            passed = true;
+            self.poller.set(Some(cx.waker().clone()));
+            if let Some(r) = self.relay.take() {
+                r.wake();
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    async fn run(self: Rc<Self>) {
+        std::future::poll_fn(|cx| {
+            if let Some(p) = self.poller.take() {
+                p.wake();
+            }
+            self.relay.set(Some(cx.waker().clone()));
+            std::task::Poll::<()>::Pending
+        })
+        .await
+    }
 }
 
 async fn accept_loop(core: Rc<Core>, listener: TcpListener, tls: Option<TlsAcceptor>) {
@@ -299,9 +437,9 @@ async fn serve_conn<S: ByteStream>(
         head.secure = secure;
         head.cert_agent.clone_from(&cert_agent);
         let t0 = Instant::now();
-        core.in_flight.set(core.in_flight.get() + 1);
+        core.request_started();
         let keep = serve_request(&core, &mut conn, &head, &limits).await;
-        core.in_flight.set(core.in_flight.get() - 1);
+        core.request_finished();
         core.metrics.record_request(t0.elapsed());
         if !keep || head.close || core.shared.draining.load(Ordering::SeqCst) {
             break;
@@ -324,4 +462,134 @@ async fn serve_request<S: ByteStream>(
         Err(_) => return false,
     };
     core.route(conn, head, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+
+    impl IdlePoll {
+        fn is_polling(&self) -> bool {
+            let parked = self.parked.take();
+            let polling = parked.is_none();
+            self.parked.set(parked);
+            polling
+        }
+    }
+
+    /// While a core polls, the connection tasks its polling wakes still run, and its timers still fire:
+    /// either failing would stall the runtime until the window ended (here an hour), so the thread
+    /// running it would not answer.
+    async fn woken_tasks_and_timers_run_while_polling() {
+        let poll = Rc::new(IdlePoll::new(Duration::from_secs(3600)));
+        let p = poll.clone();
+        monoio::spawn(async move { run_idle_poll(&p).await });
+        poll.touch();
+        monoio::time::sleep(Duration::from_millis(5)).await;
+        assert!(poll.is_polling());
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = monoio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let (n, buf) = s.read(vec![0u8; 4]).await;
+            assert_eq!(n.unwrap(), 4);
+            let (w, _) = s.write_all(buf).await;
+            w.unwrap();
+        });
+        let mut c = monoio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            poll.touch();
+            monoio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (w, _) = c.write_all(b"ping".to_vec()).await;
+        w.unwrap();
+        let (n, buf) = c.read(vec![0u8; 4]).await;
+        assert_eq!((n.unwrap(), &buf[..]), (4, &b"ping"[..]));
+        echo.await;
+        assert!(
+            poll.is_polling(),
+            "the poller stopped before its window ended"
+        );
+    }
+
+    /// The poller's pass lets every task queued before it run first: a self-wake would put the poller at
+    /// the front of the queue, ahead of the connection tasks its own polling just woke.
+    async fn relay_pass_comes_after_queued_tasks() {
+        let relay = Rc::new(Relay::default());
+        let _relay = monoio::spawn(relay.clone().run());
+        let ran = Rc::new(std::cell::Cell::new(0));
+        for i in 1..=5 {
+            let r = ran.clone();
+            let _queued = monoio::spawn(async move { r.set(r.get() + 1) });
+            relay.pass().await;
+            assert_eq!(
+                ran.get(),
+                i,
+                "pass returned before a task queued ahead of it ran"
+            );
+        }
+    }
+
+    #[test]
+    fn relay_pass_queues_behind_runnable_tasks() {
+        on_thread(|| {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .build()
+                .unwrap()
+                // In a task of its own: the runtime polls its main future outside the run queue.
+                .block_on(async { monoio::spawn(relay_pass_comes_after_queued_tasks()).await })
+        });
+    }
+
+    fn on_thread(run: fn()) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            run();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the runtime stalled while its idle poll was on");
+    }
+
+    #[test]
+    fn idle_poll_on_epoll_runs_io_and_timers() {
+        on_thread(|| {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap()
+                .block_on(woken_tasks_and_timers_run_while_polling())
+        });
+    }
+
+    #[test]
+    fn idle_poll_on_io_uring_runs_io_and_timers() {
+        on_thread(|| {
+            monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap()
+                .block_on(woken_tasks_and_timers_run_while_polling())
+        });
+    }
+
+    #[test]
+    fn idle_poll_off_never_polls() {
+        on_thread(|| {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let poll = Rc::new(IdlePoll::new(Duration::ZERO));
+                    let p = poll.clone();
+                    let done = monoio::spawn(async move { run_idle_poll(&p).await });
+                    poll.touch();
+                    done.await;
+                    assert!(!poll.touched.get());
+                })
+        });
+    }
 }

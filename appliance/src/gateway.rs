@@ -454,7 +454,11 @@ fn hour_and_weekday() -> (i64, i64) {
 /// Who is asking: a 2026-07-28 agent (stateless) or a 2025-11-25 session.
 enum Agent {
     Modern {
-        meta: Value,
+        /// The agent's `_meta` without the keys addressed to the gateway, copied only for
+        /// `subscriptions/listen`, whose upstream requests the gateway builds itself. Every other request
+        /// of a 2026-07-28 agent carries its own `_meta` (`transport::era` refuses one without), which
+        /// goes upstream in place.
+        meta: Option<Value>,
         /// The request's `Mcp-Param-*` headers (SEP-2243: tool arguments mirrored for intermediaries),
         /// passed on to a 2026-07-28 upstream, which checks them against the body.
         params: Vec<(String, String)>,
@@ -1488,12 +1492,16 @@ impl Core {
                     a.session = session.map(|s| s.to_string());
                 }
                 Agent::Modern {
-                    meta: {
-                        // What goes upstream on the agent's behalf never carries the keys addressed to
-                        // the gateway.
-                        let mut m = transport::meta(&msg).cloned().unwrap_or_else(Value::object);
-                        mcp::strip_gateway_keys(&mut m);
-                        m
+                    meta: match &msg {
+                        Message::Request(r) if r.method == "subscriptions/listen" => {
+                            // What goes upstream on the agent's behalf never carries the keys addressed
+                            // to the gateway.
+                            let mut m =
+                                transport::meta(&msg).cloned().unwrap_or_else(Value::object);
+                            mcp::strip_gateway_keys(&mut m);
+                            Some(m)
+                        }
+                        _ => None,
                     },
                     params: param_headers(head),
                     on: caller.on_behalf(),
@@ -2379,7 +2387,8 @@ impl Core {
             let mut params = simd_json::owned::Object::new();
             params.insert("notifications".into(), want.to_filter());
             let meta = match agent {
-                Agent::Modern { meta, .. } => meta.clone(),
+                // Copied for this very request (`Agent::Modern`).
+                Agent::Modern { meta, .. } => meta.clone().unwrap_or_else(Value::object),
                 Agent::Session { session, .. } => modern_meta(
                     session
                         .client_capabilities
@@ -3189,8 +3198,10 @@ impl Core {
             match agent {
                 // The request carries the agent's own `_meta`: it goes upstream as it is, in place.
                 Agent::Modern { .. } if forwarded_meta => {}
+                // Only a notification comes without one: it goes with an empty `_meta`, as it came.
                 Agent::Modern { meta, .. } => {
-                    fwd.params = Some(params_with_meta(fwd.params.take(), meta.clone()));
+                    let meta = meta.clone().unwrap_or_else(Value::object);
+                    fwd.params = Some(params_with_meta(fwd.params.take(), meta));
                 }
                 Agent::Session { session, .. } => {
                     let mut m = modern_meta(

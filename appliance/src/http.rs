@@ -183,7 +183,11 @@ impl<S> std::fmt::Debug for Conn<S> {
 pub trait ByteStream {
     /// Append what is available to `buf` (at most `reserve` more bytes). `Ok(0)` is end of stream.
     async fn read_append(&mut self, buf: Vec<u8>, reserve: usize) -> (io::Result<usize>, Vec<u8>);
-    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()>;
+    /// Write all of `buf` and hand it back, whether or not the write succeeded.
+    async fn write_lent(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        self.write_lent(buf).await.0
+    }
 }
 
 /// A monoio socket used directly: buffers are lent to the kernel (io_uring) and handed back.
@@ -204,8 +208,9 @@ impl<S: AsyncReadRent + AsyncWriteRent> ByteStream for Native<S> {
         let (res, slice) = self.0.read(buf.slice_mut(len..cap)).await;
         (res, slice.into_inner())
     }
-    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
-        self.0.write_all(buf).await.0.map(|_| ())
+    async fn write_lent(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let (res, buf) = self.0.write_all(buf).await;
+        (res.map(|_| ()), buf)
     }
 }
 
@@ -225,9 +230,12 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> ByteStream for Pol
         buf.truncate(len + *res.as_ref().unwrap_or(&0));
         (res, buf)
     }
-    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
-        self.0.write_all(&buf).await?;
-        self.0.flush().await
+    async fn write_lent(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let res = match self.0.write_all(&buf).await {
+            Ok(()) => self.0.flush().await,
+            Err(e) => Err(e),
+        };
+        (res, buf)
     }
 }
 

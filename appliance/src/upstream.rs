@@ -101,10 +101,10 @@ impl ByteStream for UpStream {
             UpStream::Tls(s) => s.read_append(buf, reserve).await,
         }
     }
-    async fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+    async fn write_lent(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            UpStream::Plain(s) => s.write_vec(buf).await,
-            UpStream::Tls(s) => s.write_vec(buf).await,
+            UpStream::Plain(s) => s.write_lent(buf).await,
+            UpStream::Tls(s) => s.write_lent(buf).await,
         }
     }
 }
@@ -433,28 +433,43 @@ impl Pool {
         req.extend_from_slice(body);
 
         if let Some(conn) = self.take(upstream) {
-            match self.exchange(upstream, conn, req.clone()).await {
+            let (sent, back) = self.exchange(upstream, conn, req).await;
+            match sent {
                 Ok(r) => return Ok(r),
                 // Nothing came back on a reused connection: it was closed while idle. Retry on a fresh one.
                 Err((UpstreamError::Io(_), false)) | Err((UpstreamError::Protocol(_), false)) => {}
                 Err((e, _)) => return Err(e),
             }
+            req = back;
         }
         let conn = self.connect(url).await?;
-        self.exchange(upstream, conn, req).await.map_err(|(e, _)| e)
+        self.exchange(upstream, conn, req)
+            .await
+            .0
+            .map_err(|(e, _)| e)
     }
 
-    /// Returns the error and whether any response byte had arrived.
+    /// Write `req` and read the response head. An error comes with whether any response byte had
+    /// arrived; the request comes back either way (the socket lends it to the kernel and returns it), so a
+    /// retry needs no copy of it.
     async fn exchange(
         &self,
         upstream: usize,
         mut conn: UpstreamConn,
         req: Vec<u8>,
+    ) -> (Result<UpstreamResponse, (UpstreamError, bool)>, Vec<u8>) {
+        let (written, req) = conn.stream.write_lent(req).await;
+        if let Err(e) = written {
+            return (Err((UpstreamError::Io(e), false)), req);
+        }
+        (self.read_head(upstream, conn).await, req)
+    }
+
+    async fn read_head(
+        &self,
+        upstream: usize,
+        mut conn: UpstreamConn,
     ) -> Result<UpstreamResponse, (UpstreamError, bool)> {
-        conn.stream
-            .write_vec(req)
-            .await
-            .map_err(|e| (UpstreamError::Io(e), false))?;
         let deadline = Instant::now() + self.limits.response_timeout;
         loop {
             if !conn.buf.is_empty() {
@@ -534,5 +549,86 @@ impl Pool {
                 Err(e) => return Err((e.into(), had)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Read one request (head and `content-length` body) off a blocking socket; returns its body.
+    fn read_request(s: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return buf[end + 4..end + 4 + len].to_vec();
+                }
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the gateway closed before sending a whole request");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The upstream answers each connection's first request as if keeping it alive, then closes it. The
+    /// pooled connection is dead when the next request takes it, so that request must go again, whole, on
+    /// a fresh connection (the request buffer comes back from the failed write for it).
+    #[test]
+    fn a_request_on_a_pooled_connection_closed_while_idle_goes_again_on_a_fresh_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().unwrap();
+                bodies.push(read_request(&mut s));
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .unwrap();
+                // Closed right after the answer: the gateway has already pooled the connection.
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            bodies
+        });
+        let url = UpstreamUrl {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/mcp".into(),
+            secure: false,
+        };
+        let statuses = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let pool = Pool::new(ClientLimits {
+                    connect_timeout: Duration::from_secs(5),
+                    response_timeout: Duration::from_secs(5),
+                    body_bytes_max: 1 << 20,
+                    idle_per_upstream_max: 4,
+                });
+                let mut statuses = Vec::new();
+                for body in [&b"first"[..], &b"second, after the close"[..]] {
+                    let r = pool.send(0, &url, "POST", &[], body).await.unwrap();
+                    statuses.push(r.status);
+                    drop(r);
+                    // Let the upstream's close arrive before the next request takes the connection.
+                    monoio::time::sleep(Duration::from_millis(50)).await;
+                }
+                statuses
+            });
+        assert_eq!(statuses, [200, 200]);
+        assert_eq!(
+            server.join().unwrap(),
+            [b"first".to_vec(), b"second, after the close".to_vec()]
+        );
     }
 }
